@@ -1,0 +1,313 @@
+"""Capture: sample spatial activation vectors of one layer with a forward hook.
+
+The hook picks positions on the model's device and copies only the chosen vectors to the CPU.
+A seeded reservoir keeps at most `cap` vectors, so memory stays bounded however long the
+validation set is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._utils import DebugAtlasError, model_device, preserved_model_state, resolve_layer
+
+SAMPLING = ("random", "all", "center")
+
+
+@dataclass
+class ActivationSet:
+    """Sampled activation vectors of one layer, each pointing back to a dataset image.
+
+    vectors:   [N, C] float16 (or the dtype asked for), on the CPU.
+    image_ids: [N] int64, indices into the dataset that was passed.
+    labels:    [N] int64 true class of the image.
+    preds:     [N] int64 predicted class of the image (-1 where unknown).
+    positions: [N, 2] int64 (row, col) of the vector in the layer's output; tokens are (0, t);
+               pooled outputs are (-1, -1).
+    layer:     the layer's name in `named_modules()`.
+    spatial_shape: (H, W) of the layer output, (1, T) for tokens, None for pooled outputs.
+    num_offered: how many vectors were offered to the reservoir (>= N when the cap was hit).
+    """
+
+    vectors: torch.Tensor
+    image_ids: torch.Tensor
+    labels: torch.Tensor
+    preds: torch.Tensor
+    positions: torch.Tensor
+    layer: str
+    spatial_shape: tuple[int, int] | None
+    num_offered: int = 0
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> "ActivationSet":
+        """The samples selected by a boolean mask or an integer index."""
+        index = torch.as_tensor(index)
+        return ActivationSet(
+            self.vectors[index], self.image_ids[index], self.labels[index], self.preds[index],
+            self.positions[index], self.layer, self.spatial_shape, self.num_offered,
+        )
+
+
+def _interior(size: int) -> torch.Tensor:
+    """Index range that excludes both edges (the whole range for sizes below 3)."""
+    return torch.arange(1, size - 1) if size >= 3 else torch.arange(size)
+
+
+def _choose_positions(
+    shape: tuple[int, int], sampling: str, k: int, batch: int, gen: torch.Generator, device,
+    interior: bool = True,
+) -> torch.Tensor:
+    """Positions [batch, m, 2] (row, col) to keep for each image; spatial maps skip both edges."""
+    h, w = shape
+    if sampling == "center":
+        pos = torch.tensor([[h // 2, w // 2]], device=device)
+        return pos.expand(batch, 1, 2)
+    span = _interior if interior else torch.arange
+    rows, cols = span(h).to(device), span(w).to(device)
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
+    if sampling == "all":
+        return grid.unsqueeze(0).expand(batch, -1, -1)
+    pick = torch.randint(0, grid.shape[0], (batch, k), generator=gen, device=device)
+    return grid[pick]
+
+
+class ActivationRecorder:
+    """Forward hook that samples the layer output and keeps a bounded, seeded reservoir.
+
+    Use `attach(model)` as a context manager around forward passes, and after each forward pass
+    call `commit(image_ids, labels, preds)` to attach the batch's dataset indices.
+    """
+
+    def __init__(
+        self,
+        layer: str,
+        sampling: str = "random",
+        samples_per_image: int = 1,
+        cap: int = 100_000,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float16,
+    ) -> None:
+        if sampling not in SAMPLING:
+            raise DebugAtlasError(f"`sampling={sampling!r}` is not one of {list(SAMPLING)}.")
+        if int(samples_per_image) < 1:
+            raise DebugAtlasError(f"`samples_per_image={samples_per_image!r}` must be >= 1.")
+        if int(cap) < 1:
+            raise DebugAtlasError(f"`cap={cap!r}` must be >= 1.")
+        self.layer = layer
+        self.sampling = sampling
+        self.samples_per_image = int(samples_per_image)
+        self.cap = int(cap)
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything recorded so far."""
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._chunks: list[tuple[torch.Tensor, ...]] = []
+        self._store: list[torch.Tensor] | None = None
+        self._count = 0
+        self._rng = np.random.default_rng(self.seed)
+        self._gen: torch.Generator | None = None
+        self.spatial_shape: tuple[int, int] | None = None
+
+    # -- hook ---------------------------------------------------------------------------------
+    def _hook(self, module: nn.Module, inputs, output) -> None:
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            output = output[0]
+        if not isinstance(output, torch.Tensor):
+            raise DebugAtlasError(
+                f"Layer {self.layer!r} returned {type(output).__name__}, not a tensor. "
+                "HINT: pick a layer whose output is a tensor of shape [B, C, H, W], [B, T, C] or [B, C]."
+            )
+        out = output.detach()
+        if self._gen is None or self._gen.device != out.device:
+            self._gen = torch.Generator(device=out.device)
+            self._gen.manual_seed(self.seed)
+        batch = out.shape[0]
+        if out.dim() == 4:
+            shape = (out.shape[2], out.shape[3])
+            pos = _choose_positions(shape, self.sampling, self.samples_per_image, batch, self._gen, out.device)
+            b = torch.arange(batch, device=out.device).unsqueeze(1).expand_as(pos[..., 0])
+            vec = out[b, :, pos[..., 0], pos[..., 1]]  # [B, m, C]
+        elif out.dim() == 3:
+            shape = (1, out.shape[1])
+            pos = _choose_positions(shape, self.sampling, self.samples_per_image, batch, self._gen,
+                                    out.device, interior=False)
+            b = torch.arange(batch, device=out.device).unsqueeze(1).expand_as(pos[..., 0])
+            vec = out[b, pos[..., 1], :]
+        elif out.dim() == 2:
+            shape = None
+            pos = torch.full((batch, 1, 2), -1, device=out.device, dtype=torch.long)
+            vec = out.unsqueeze(1)
+        else:
+            raise DebugAtlasError(
+                f"Layer {self.layer!r} output has shape {tuple(out.shape)}; expected [B, C, H, W], "
+                "[B, T, C] or [B, C]. HINT: choose another layer."
+            )
+        self.spatial_shape = shape
+        self._pending = (vec.to(self.dtype).cpu(), pos.cpu())
+
+    def attach(self, model: nn.Module) -> "_Attached":
+        """Context manager that registers the hook on the layer and always removes it."""
+        return _Attached(self, resolve_layer(model, self.layer))
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def commit(self, image_ids: Sequence[int] | torch.Tensor, labels, preds=None) -> None:
+        """Attach dataset indices, labels and predictions to the last batch seen by the hook."""
+        if self._pending is None:
+            raise DebugAtlasError(
+                f"No output of layer {self.layer!r} was seen for this batch. "
+                "HINT: the layer must run in the model's forward pass."
+            )
+        vec, pos = self._pending
+        self._pending = None
+        batch, m, c = vec.shape
+        ids = torch.as_tensor(image_ids, dtype=torch.long).reshape(-1)
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
+        if ids.numel() != batch or labels.numel() != batch:
+            raise DebugAtlasError(
+                f"Batch of {batch} activations got {ids.numel()} ids and {labels.numel()} labels."
+            )
+        preds = (torch.full_like(labels, -1) if preds is None
+                 else torch.as_tensor(preds, dtype=torch.long).reshape(-1).cpu())
+        if not torch.isfinite(vec.float()).all():
+            bad = int((~torch.isfinite(vec.float())).any(-1).sum())
+            raise DebugAtlasError(
+                f"Layer {self.layer!r} produced NaN or Inf in {bad} of {batch * m} sampled vectors. "
+                "HINT: check the model's weights and the input range."
+            )
+        rep = lambda t: t.repeat_interleave(m)  # noqa: E731
+        self._offer(vec.reshape(-1, c), rep(ids), rep(labels), rep(preds), pos.reshape(-1, 2))
+
+    def _offer(self, *columns: torch.Tensor) -> None:
+        n = columns[0].shape[0]
+        start = self._count
+        self._count += n
+        room = max(0, self.cap - start)
+        if room:
+            take = min(room, n)
+            self._chunks.append(tuple(col[:take] for col in columns))
+            columns = tuple(col[take:] for col in columns)
+            start += take
+            n -= take
+        if n == 0:
+            return
+        if self._store is None:
+            self._store = [torch.cat(parts) for parts in zip(*self._chunks)]
+            self._chunks = []
+        # Algorithm R, vectorised: item t (0-based overall) replaces slot j ~ U{0..t} if j < cap;
+        # for slots drawn twice in one batch the later item wins, as in the sequential algorithm.
+        seen = np.arange(start, start + n)
+        slots = (self._rng.random(n) * (seen + 1)).astype(np.int64)
+        keep = slots < self.cap
+        src, dst = np.nonzero(keep)[0], slots[keep]
+        last = {}
+        for s, d in zip(src.tolist(), dst.tolist()):
+            last[d] = s
+        if last:
+            dst_t = torch.tensor(list(last.keys()))
+            src_t = torch.tensor(list(last.values()))
+            for store, col in zip(self._store, columns):
+                store[dst_t] = col[src_t]
+
+    def result(self) -> ActivationSet:
+        """The recorded samples as an `ActivationSet` (empty set raises)."""
+        if self._store is None and not self._chunks:
+            raise DebugAtlasError(
+                f"No activations were captured from layer {self.layer!r}. "
+                "HINT: the dataset may be empty, or the layer never ran."
+            )
+        cols = self._store if self._store is not None else [torch.cat(p) for p in zip(*self._chunks)]
+        vec, ids, labels, preds, pos = cols
+        return ActivationSet(vec, ids, labels, preds, pos, self.layer, self.spatial_shape, self._count)
+
+
+class _Attached:
+    def __init__(self, recorder: ActivationRecorder, module: nn.Module) -> None:
+        self.recorder, self.module, self.handle = recorder, module, None
+
+    def __enter__(self) -> ActivationRecorder:
+        self.handle = self.module.register_forward_hook(self.recorder._hook)
+        return self.recorder
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+def iterate_dataset(dataset, batch_size: int = 128) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (image_ids, images, labels) batches of a map-style dataset in index order.
+
+    Checks that items are `(image, label)` with a float image tensor in [0, 1] of shape [C, H, W].
+    """
+    n = len(dataset)
+    if n == 0:
+        raise DebugAtlasError("The dataset is empty. HINT: pass a dataset with at least one image.")
+    for start in range(0, n, batch_size):
+        ids = list(range(start, min(n, start + batch_size)))
+        images, labels = zip(*(_check_item(dataset[i], i) for i in ids))
+        yield torch.tensor(ids), torch.stack(images), torch.tensor(labels, dtype=torch.long)
+
+
+def _check_item(item, index: int) -> tuple[torch.Tensor, int]:
+    if not isinstance(item, (tuple, list)) or len(item) < 2:
+        raise DebugAtlasError(
+            f"dataset[{index}] is a {type(item).__name__}, not an (image, label) pair. "
+            "HINT: wrap the dataset so that it yields (image tensor in [0, 1], int label)."
+        )
+    image, label = item[0], item[1]
+    if not isinstance(image, torch.Tensor):
+        raise DebugAtlasError(
+            f"dataset[{index}][0] is a {type(image).__name__}, not a tensor. "
+            "HINT: add `torchvision.transforms.ToTensor()` to the dataset's transform."
+        )
+    if image.dim() == 2:
+        image = image.unsqueeze(0)
+    if image.dim() != 3:
+        raise DebugAtlasError(f"dataset[{index}][0] has shape {tuple(image.shape)}; expected [C, H, W].")
+    return image.float(), int(label)
+
+
+def load_images(dataset, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Stack the images `dataset[i][0]` for the given ids into [N, C, H, W] float32."""
+    ids = torch.as_tensor(ids).tolist()
+    return torch.stack([_check_item(dataset[i], i)[0] for i in ids])
+
+
+def capture(
+    model: nn.Module,
+    dataset,
+    layer: str,
+    sampling: str = "random",
+    samples_per_image: int = 1,
+    cap: int = 100_000,
+    seed: int = 0,
+    batch_size: int = 128,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float16,
+    progress: Callable[[int, int], None] | None = None,
+) -> ActivationSet:
+    """Run `model` over `dataset` in index order and sample activations of `layer`.
+
+    Predictions are the argmax of the model's output. The model is left as found.
+    """
+    resolve_layer(model, layer)
+    recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed, dtype)
+    device = torch.device(device) if device is not None else model_device(model)
+    n = len(dataset)
+    with preserved_model_state(model), recorder.attach(model), torch.no_grad():
+        model.eval()
+        for ids, images, labels in iterate_dataset(dataset, batch_size):
+            logits = model(images.to(device))
+            recorder.commit(ids, labels, logits.argmax(-1))
+            if progress is not None:
+                progress(int(ids[-1]) + 1, n)
+    return recorder.result()

@@ -1,0 +1,145 @@
+"""Data: the embedded default (scikit-learn's bundled digits), ImageFolder, the planted shortcut."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ._utils import DebugAtlasError
+
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+
+@dataclass
+class PlantedShortcut:
+    """Paste a small trigger into a fraction of one class's images: ground truth for the toolkit.
+
+    trigger: "checker" (black/white checkerboard) or "cross" (a bright X on black).
+    size: trigger side in pixels. position: "random" or "corner" (bottom right).
+    """
+
+    target: int
+    fraction: float = 0.3
+    size: int = 5
+    trigger: str = "checker"
+    position: str = "random"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise DebugAtlasError(f"`PlantedShortcut(fraction={self.fraction!r})` must be in [0, 1].")
+        if self.trigger not in ("checker", "cross"):
+            raise DebugAtlasError(f"`PlantedShortcut(trigger={self.trigger!r})`: use 'checker' or 'cross'.")
+        if self.position not in ("random", "corner"):
+            raise DebugAtlasError(f"`PlantedShortcut(position={self.position!r})`: use 'random' or 'corner'.")
+
+    def pattern(self, channels: int) -> torch.Tensor:
+        """The trigger as a [channels, size, size] tensor in [0, 1]."""
+        s = self.size
+        yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        if self.trigger == "checker":
+            tile = ((yy + xx) % 2).float()
+        else:
+            tile = ((yy == xx) | (yy + xx == s - 1)).float()
+        return tile.expand(channels, s, s).clone()
+
+    def apply(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        """The image with the trigger pasted, at a position fixed by `seed` and `index`."""
+        c, h, w = image.shape
+        rng = np.random.default_rng([self.seed, index])
+        if self.position == "corner":
+            y, x = h - self.size - 1, w - self.size - 1
+        else:
+            y, x = int(rng.integers(0, h - self.size + 1)), int(rng.integers(0, w - self.size + 1))
+        out = image.clone()
+        out[:, y:y + self.size, x:x + self.size] = self.pattern(c)
+        return out
+
+    def poisoned(self, labels: Sequence[int]) -> np.ndarray:
+        """Boolean mask of the indices whose images carry the trigger."""
+        labels = np.asarray(labels)
+        rng = np.random.default_rng(self.seed)
+        return (labels == self.target) & (rng.random(len(labels)) < self.fraction)
+
+
+class TensorImageDataset(Dataset):
+    """Images [N, C, H, W] in [0, 1] with int labels, optionally with a planted shortcut."""
+
+    def __init__(self, images: torch.Tensor, labels: Sequence[int], classes: Sequence[str],
+                 shortcut: PlantedShortcut | None = None) -> None:
+        self.images = images
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.classes = list(classes)
+        self.shortcut = shortcut
+        self.poisoned = (shortcut.poisoned(self.labels.numpy()) if shortcut is not None
+                         else np.zeros(len(self.labels), dtype=bool))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.poisoned[index]:
+            image = self.shortcut.apply(image, index)
+        return image, int(self.labels[index])
+
+
+def digits(size: int = 24, val_fraction: float = 0.3, seed: int = 0,
+           shortcut: PlantedShortcut | None = None) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, offline), upsampled.
+
+    Returns (train, val) as [1, size, size] images in [0, 1], split by a seeded permutation.
+    A `shortcut` poisons the training split only.
+    """
+    from sklearn.datasets import load_digits
+
+    if size < 8:
+        raise DebugAtlasError(f"`digits(size={size!r})` must be >= 8 (the images are 8x8).")
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_val = int(round(len(labels) * val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    train = TensorImageDataset(images[train_idx], labels[train_idx], DIGIT_CLASSES, shortcut)
+    val = TensorImageDataset(images[val_idx], labels[val_idx], DIGIT_CLASSES)
+    return train, val
+
+
+def image_folder(root: str | Path, size: int | None = None, grayscale: bool = False):
+    """An ImageFolder (`root/<class>/*.png|jpg`) yielding [C, H, W] float images in [0, 1]."""
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DebugAtlasError(
+            f"`--data {str(root)!r}` is not a directory. HINT: pass a folder laid out as <class>/<image files>."
+        )
+    steps = []
+    if grayscale:
+        steps.append(transforms.Grayscale(1))
+    if size is not None:
+        steps.append(transforms.Resize((size, size)))
+    steps.append(transforms.ToTensor())
+    try:
+        return datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DebugAtlasError(f"Could not read images from {str(root)!r}: {exc}") from exc
+
+
+def class_names(dataset, class_names: Sequence[str] | None = None, num_classes: int | None = None) -> list[str]:
+    """Class names from the argument, `dataset.classes`, or "0".."K-1"."""
+    if class_names is not None:
+        return [str(c) for c in class_names]
+    names = getattr(dataset, "classes", None)
+    if names is not None:
+        return [str(c) for c in names]
+    if num_classes is None:
+        raise DebugAtlasError("No class names: pass `class_names=` or a dataset with `.classes`.")
+    return [str(i) for i in range(num_classes)]
