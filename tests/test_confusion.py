@@ -1,0 +1,152 @@
+import numpy as np
+import pytest
+import sklearn.metrics
+import torch
+
+from debugatlas._utils import DebugAtlasError
+from debugatlas.atlas import build_atlas
+from debugatlas.capture import ActivationSet
+from debugatlas.confusion import (
+    SCORE_DESCRIPTION, ConfusingCell, confusion_matrix, most_confused_pairs, rank_confusing_cells,
+)
+
+
+def test_confusion_matrix_matches_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 500)
+    preds = np.where(rng.random(500) < 0.6, labels, rng.integers(0, 5, 500))
+    cm = confusion_matrix(torch.tensor(labels), torch.tensor(preds), 6)
+    expected = sklearn.metrics.confusion_matrix(labels, preds, labels=list(range(6)))
+    assert cm.dtype == np.int64 and cm.shape == (6, 6)
+    assert (cm == expected).all()
+
+
+def test_confusion_matrix_bad_inputs():
+    with pytest.raises(DebugAtlasError, match="outside range"):
+        confusion_matrix([0, 1, 3], [0, 1, 1], 3)
+    with pytest.raises(DebugAtlasError, match="unknown prediction"):
+        confusion_matrix([0, 1], [0, -1], 3)
+    with pytest.raises(DebugAtlasError, match="entries"):
+        confusion_matrix([0, 1], [0], 3)
+    with pytest.raises(DebugAtlasError, match="num_classes"):
+        confusion_matrix([0], [0], 0)
+    with pytest.raises(DebugAtlasError, match="integer"):
+        confusion_matrix([0.5], [0], 2)
+
+
+def test_most_confused_pairs_hand_made():
+    cm = np.array([
+        [50, 5, 0, 0],
+        [2, 40, 5, 1],   # 1->2 count 5, rate 5/48 > 0->1 rate 5/55
+        [0, 0, 30, 0],
+        [0, 0, 2, 10],   # 3->2 count 2, rate 2/12 > 1->0 rate 2/48
+    ])
+    assert most_confused_pairs(cm, n=3) == [(1, 2), (0, 1), (3, 2)]
+    assert most_confused_pairs(cm, n=10) == [(1, 2), (0, 1), (3, 2), (1, 0), (1, 3)]
+    assert most_confused_pairs(np.eye(3, dtype=int) * 9) == []
+    assert most_confused_pairs(cm, n=0) == []
+    with pytest.raises(DebugAtlasError, match="square"):
+        most_confused_pairs(np.zeros((2, 3)))
+    with pytest.raises(DebugAtlasError, match="negative"):
+        most_confused_pairs(-np.ones((2, 2)))
+
+
+def planted(a=1, b=2, k=4, g=4, seed=0):
+    """Samples on a g x g grid (one point per cell per sample); cell (2, 1) is planted: its samples
+    of class `a` carry strong attribution toward `b` and a distinctive activation direction."""
+    rng = np.random.default_rng(seed)
+    n_per, c = 12, 5
+    cells = [(i, j) for i in range(g) for j in range(g)]
+    xy, labels, attr, vectors = [], [], [], []
+    for i, j in cells:
+        for s in range(n_per):
+            label = a if s % 3 else int(rng.integers(0, k))
+            xy.append(((i + rng.random()) / g, (j + rng.random()) / g))
+            labels.append(label)
+            row = rng.normal(0, 0.3, k)
+            row[label] += 1.0
+            v = rng.normal(size=c)
+            if (i, j) == (2, 1) and label == a:
+                row[b] += 4.0
+                v = np.array([5.0, 0, 0, 0, 0]) + rng.normal(0, 0.1 + s * 0.05, c)
+            attr.append(row)
+            vectors.append(v)
+    n = len(labels)
+    acts = ActivationSet(
+        torch.tensor(np.array(vectors), dtype=torch.float16), torch.arange(n), torch.tensor(labels),
+        torch.tensor(labels), torch.zeros(n, 2, dtype=torch.long), "layer3", (6, 6), n,
+    )
+    return np.array(xy), acts, torch.tensor(np.array(attr), dtype=torch.float32)
+
+
+def test_planted_cell_ranks_first():
+    xy, acts, attr = planted()
+    atlas = build_atlas(xy, acts, attr, grid_size=4)
+    ranked = rank_confusing_cells(atlas, acts, attr, a=1, b=2)
+    assert isinstance(ranked[0], ConfusingCell)
+    assert ranked[0].cell == (2, 1)
+    assert ranked[0].score > 2.0 and ranked[0].score > ranked[1].score + 1.5
+    assert len(ranked) == 16  # all cells qualify, fewer than `top`
+    scores = [r.score for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    # fields follow the stated definition
+    labels, attr_np = acts.labels.numpy(), attr.numpy()
+    for r in ranked:
+        members = atlas.members(r.cell)
+        in_a = members[labels[members] == 1]
+        assert r.count == len(members) and r.count_a == len(in_a)
+        assert r.attribution_a == pytest.approx(attr_np[in_a, 1].mean(), rel=1e-5)
+        assert r.attribution_b == pytest.approx(attr_np[in_a, 2].mean(), rel=1e-5)
+        assert r.score == pytest.approx(r.attribution_b - r.attribution_a, abs=1e-6)
+        assert set(r.exemplars) <= set(in_a.tolist()) and len(r.exemplars) == min(8, len(in_a))
+    # exemplars of the planted cell: A samples ordered by cosine to the cell mean
+    vec = acts.vectors.float().numpy()
+    mean = atlas.mean_activation[2, 1]
+    cos = [vec[m] @ mean / np.linalg.norm(vec[m]) / np.linalg.norm(mean) for m in ranked[0].exemplars]
+    assert all(x >= y - 1e-9 for x, y in zip(cos, cos[1:]))
+    assert "A" in SCORE_DESCRIPTION and "B" in SCORE_DESCRIPTION
+
+
+def test_rank_respects_top_min_count_and_validity():
+    xy, acts, attr = planted()
+    atlas = build_atlas(xy, acts, attr, grid_size=4, min_count=13)
+    assert rank_confusing_cells(atlas, acts, attr, 1, 2) == []  # no cell reaches min_count 13
+    atlas = build_atlas(xy, acts, attr, grid_size=4)
+    assert len(rank_confusing_cells(atlas, acts, attr, 1, 2, top=3)) == 3
+    assert rank_confusing_cells(atlas, acts, attr, 1, 2, min_count_a=100) == []
+    ranked = rank_confusing_cells(atlas, acts, attr, 1, 2, n_exemplars=2)
+    assert all(len(r.exemplars) == 2 for r in ranked)
+
+
+def test_rank_bad_inputs():
+    xy, acts, attr = planted()
+    atlas = build_atlas(xy, acts, attr, grid_size=4)
+    with pytest.raises(DebugAtlasError, match="b=9"):
+        rank_confusing_cells(atlas, acts, attr, 1, 9)
+    with pytest.raises(DebugAtlasError, match="same class"):
+        rank_confusing_cells(atlas, acts, attr, 2, 2)
+    # class 3 only appears at every third sample: drop it from the atlas with sample_index
+    keep = np.flatnonzero(acts.labels.numpy() != 3)
+    sub = build_atlas(xy[keep], acts, attr, grid_size=4, sample_index=keep)
+    with pytest.raises(DebugAtlasError, match=r"a=3 has no samples.*HINT"):
+        rank_confusing_cells(sub, acts, attr, 3, 1)
+    with pytest.raises(DebugAtlasError, match="attributions"):
+        rank_confusing_cells(atlas, acts, attr[:5], 1, 2)
+    with pytest.raises(DebugAtlasError, match="top"):
+        rank_confusing_cells(atlas, acts, attr, 1, 2, top=-1)
+
+
+def test_ties_broken_by_count_a():
+    n = 9
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1])
+    xy = np.array([[0.1, 0.1]] * 2 + [[0.9, 0.9]] * 3 + [[0.1, 0.9]] * 4)
+    acts = ActivationSet(
+        torch.ones(n, 3, dtype=torch.float16), torch.arange(n), torch.tensor(labels), torch.tensor(labels),
+        torch.zeros(n, 2, dtype=torch.long), "layer3", (6, 6), n,
+    )
+    attr = torch.tensor([[0.0, 1.0]] * n)  # every sample has the same score
+    atlas = build_atlas(xy, acts, attr, grid_size=2)
+    ranked = rank_confusing_cells(atlas, acts, attr, 0, 1, min_count_a=1)
+    # count_a 3 first; then count_a 2 with 4 samples before count_a 2 with 2 samples
+    assert [r.cell for r in ranked] == [(1, 1), (0, 1), (0, 0)]
+    assert all(r.score == 1.0 for r in ranked)
