@@ -1,0 +1,89 @@
+"""Options of an analysis run, checked once, recorded in summary.json."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ._utils import DebugAtlasError
+
+
+@dataclass
+class AnalysisConfig:
+    """Every stage option of `analyze()`; pass any of them as a keyword argument.
+
+    Capture: sampling, samples_per_image, cap, batch_size. Attribution: relaxed_maxpool.
+    Layout: layout, n_neighbors, min_dist, metric. Atlas: grid_size (the one confusions are ranked
+    on), grid_sizes (all drawn), min_count, n_exemplars, filter_top_n. Confusion: n_pairs, top_cells.
+    Render: render, render_cells, render_steps, render_attempts, render_batch_size.
+    Patches: patches, patch_cells, patch_sizes, crop_sizes, n_random, max_patch_images.
+    Report: n_examples (misclassified examples with pixel attributions per pair).
+    """
+
+    sampling: str = "random"
+    samples_per_image: int = 1
+    cap: int = 100_000
+    batch_size: int = 128
+    relaxed_maxpool: bool = False
+    layout: str = "umap"
+    n_neighbors: int = 50
+    min_dist: float = 0.05
+    metric: str = "cosine"
+    grid_size: int = 20
+    grid_sizes: tuple[int, ...] = (20, 40)
+    min_count: int = 3
+    n_exemplars: int = 8
+    filter_top_n: int = 2000
+    n_pairs: int = 3
+    top_cells: int = 32
+    render: bool = True
+    render_cells: int = 32
+    render_steps: int = 128
+    render_attempts: int = 1
+    render_batch_size: int = 64
+    patches: bool = True
+    patch_cells: int = 32
+    patch_sizes: tuple[float, ...] = (0.25, 0.35)
+    crop_sizes: tuple[int, ...] = ()
+    n_random: int = 8
+    max_patch_images: int = 200
+    n_examples: int = 6
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "AnalysisConfig":
+        """Build from keyword options; an unknown name is an error listing the valid ones."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            import difflib
+
+            close = {u: difflib.get_close_matches(u, names, n=2) for u in unknown}
+            raise DebugAtlasError(
+                f"Unknown analysis option(s) {unknown}. HINT: closest valid names {close}; "
+                f"all options: {sorted(names)}."
+            )
+        config = cls(**options)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check value ranges; errors quote the option and the bad value."""
+        positive = ("samples_per_image", "cap", "batch_size", "grid_size", "min_count", "n_exemplars",
+                    "filter_top_n", "n_pairs", "top_cells", "render_steps", "render_attempts",
+                    "render_batch_size", "n_random", "max_patch_images", "n_neighbors")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DebugAtlasError(f"`{name}={value!r}` must be an integer >= 1.")
+        self.grid_sizes = tuple(int(g) for g in self.grid_sizes)
+        if self.grid_size not in self.grid_sizes:
+            self.grid_sizes = (self.grid_size,) + self.grid_sizes
+        if any(g < 1 for g in self.grid_sizes):
+            raise DebugAtlasError(f"`grid_sizes={self.grid_sizes!r}` must be integers >= 1.")
+        self.patch_sizes = tuple(float(s) for s in self.patch_sizes)
+        if not self.patch_sizes or any(not 0 < s <= 1 for s in self.patch_sizes):
+            raise DebugAtlasError(f"`patch_sizes={self.patch_sizes!r}` must be fractions in (0, 1].")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for summary.json."""
+        out = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
