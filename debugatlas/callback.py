@@ -1,0 +1,216 @@
+"""`AtlasCallback`: capture activations during Lightning validation and analyse them at epoch end.
+
+The only module that imports Lightning.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import SequentialSampler
+
+from ._utils import DebugAtlasError, resolve_layer
+from .capture import SAMPLING, ActivationRecorder
+from .config import AnalysisConfig
+
+log = logging.getLogger("debugatlas")
+
+
+class AtlasCallback(pl.Callback):
+    """Build an activation atlas of `layer` from validation batches and write a report per epoch.
+
+    Args:
+        layer: name in `pl_module.named_modules()`.
+        pairs: "auto" or [(A, B), ...] class names to compare.
+        every_n_epochs: analyse after every n-th validation epoch (and after `trainer.validate()`).
+        dirpath: where `epoch_<n>/` folders go (default `<trainer.default_root_dir>/atlas`).
+        sampling, samples_per_image, cap, seed: capture settings (see `capture.ActivationRecorder`).
+        normalize: (mean, std) when the module expects normalised input; images stay in [0, 1].
+        class_names: names of the classes when the validation dataset has no `.classes`.
+        subdir: folder under `dirpath` per analysis, formatted with `epoch` ("" writes into dirpath).
+        analysis_options: any `AnalysisConfig` option (render, patches, grid_size, ...).
+    """
+
+    def __init__(self, layer: str, pairs: Any = "auto", every_n_epochs: int = 1, dirpath: str | Path | None = None,
+                 sampling: str = "random", samples_per_image: int = 1, cap: int = 100_000, seed: int = 0,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 class_names: Sequence[str] | None = None, subdir: str = "epoch_{epoch}",
+                 **analysis_options: Any) -> None:
+        if not isinstance(layer, str) or not layer:
+            raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
+        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+            raise DebugAtlasError(f"`AtlasCallback(every_n_epochs={every_n_epochs!r})` must be an integer >= 1.")
+        if sampling not in SAMPLING:
+            raise DebugAtlasError(f"`AtlasCallback(sampling={sampling!r})` is not one of {list(SAMPLING)}.")
+        AnalysisConfig.from_options(dict(analysis_options))
+        self.layer, self.pairs, self.every_n_epochs = layer, pairs, every_n_epochs
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.normalize, self.class_names, self.seed = normalize, class_names, int(seed)
+        self.subdir = subdir
+        self.analysis_options = dict(analysis_options)
+        self.recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed)
+        self.last_epoch_analyzed = -1
+        self.runs: list[dict] = []
+        self.last_result = None
+        self._handles: list = []
+        self._offset = 0
+        self._logits: torch.Tensor | None = None
+        self._active = False
+
+    # -- checks that need the model ----------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        try:
+            resolve_layer(pl_module, self.layer)
+        except DebugAtlasError as exc:
+            hint = str(exc).split("HINT:")[-1].strip()
+            raise DebugAtlasError(f"`AtlasCallback(layer={self.layer!r})` found no such module in "
+                                  f"{type(pl_module).__name__}. HINT: {hint}") from None
+        if self.dirpath is None:
+            self.dirpath = Path(trainer.default_root_dir) / "atlas"
+
+    # -- capture ------------------------------------------------------------------------------------
+    def _due(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        if trainer.state.fn != "fit":
+            return True
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+        self._active = self._due(trainer)
+        if not self._active:
+            return
+        self.recorder.reset()
+        self._offset = 0
+        self._handles.append(resolve_layer(pl_module, self.layer).register_forward_hook(self.recorder._hook))
+        self._handles.append(pl_module.register_forward_hook(self._keep_logits))
+
+    def _keep_logits(self, module, inputs, output) -> None:
+        self._logits = output.detach() if isinstance(output, torch.Tensor) and output.dim() == 2 else None
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not self._active or dataloader_idx != 0:
+            return
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DebugAtlasError(
+                f"`AtlasCallback` needs validation batches of (images, labels); got {type(batch).__name__}. "
+                "HINT: make the validation dataset yield (image, label) pairs."
+            )
+        labels = torch.as_tensor(batch[1]).reshape(-1)
+        ids = torch.arange(self._offset, self._offset + labels.numel())
+        self._offset += labels.numel()
+        preds = None
+        if self._logits is not None and self._logits.shape[0] == labels.numel():
+            preds = self._logits.argmax(-1)
+        self._logits = None
+        self.recorder.commit(ids, labels, preds)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+        if not self._active:
+            return
+        self._active = False
+        epoch = int(trainer.current_epoch)
+        if trainer.is_global_zero:
+            dataset = self._val_dataset(trainer)
+            acts = self.recorder.result()
+            self.recorder.reset()
+            self._analyze(trainer, pl_module, dataset, acts, epoch)
+        trainer.strategy.barrier("debugatlas-analysis")
+
+    def _val_dataset(self, trainer: pl.Trainer):
+        loaders = trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        sampler = getattr(loader, "sampler", None)
+        if sampler is not None and not isinstance(sampler, SequentialSampler) and trainer.world_size == 1:
+            raise DebugAtlasError(
+                f"`AtlasCallback` maps validation batches to dataset indices in order, but the validation "
+                f"loader uses {type(sampler).__name__}. HINT: use `shuffle=False` for the validation loader."
+            )
+        return loader.dataset
+
+    def _analyze(self, trainer, pl_module, dataset, acts, epoch: int) -> None:
+        from .api import analyze
+
+        out = self.dirpath / self.subdir.format(epoch=epoch) if self.subdir else self.dirpath
+        result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
+                         out_dir=out, seed=self.seed, class_names=self.class_names, activations=acts,
+                         title=f"{type(pl_module).__name__}, epoch {epoch}", **self.analysis_options)
+        self.last_result = result
+        self.last_epoch_analyzed = epoch
+        self.runs.append({"epoch": epoch, "dir": str(out)})
+        metrics = {"atlas/accuracy": result.summary["accuracy"], "atlas/num_samples": float(len(acts))}
+        for k, pair in enumerate(result.summary["pairs"][:3]):
+            metrics[f"atlas/pair{k}_confused"] = float(pair["confused"])
+            if pair["patches"]:
+                metrics[f"atlas/pair{k}_best_flip_rate"] = max(p["flip_rate"] for p in pair["patches"])
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            self._log_images(logger, out, trainer.global_step)
+
+    @staticmethod
+    def _log_images(logger, out: Path, step: int) -> None:
+        experiment = getattr(logger, "experiment", None)
+        if not hasattr(experiment, "add_image"):
+            return
+        import numpy as np
+        from PIL import Image
+
+        for name in ("icon_atlas.png", "atlas_20.png", "pair0_comparison.png"):
+            path = out / name
+            if path.exists():
+                image = np.asarray(Image.open(path).convert("RGB"))
+                experiment.add_image(f"atlas/{path.stem}", image, step, dataformats="HWC")
+
+    # -- cleanup and state ----------------------------------------------------------------------------
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+        self._active = False
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_epoch_analyzed": self.last_epoch_analyzed, "runs": list(self.runs)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_epoch_analyzed = int(state_dict.get("last_epoch_analyzed", -1))
+        self.runs = list(state_dict.get("runs", []))
+
+
+class ClassifierModule(pl.LightningModule):
+    """A LightningModule around a plain classifier: cross-entropy, Adam, accuracy logged."""
+
+    def __init__(self, model: torch.nn.Module, lr: float = 3e-3) -> None:
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        self.log(f"{stage}_loss", loss, prog_bar=True)
+        self.log(f"{stage}_acc", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
