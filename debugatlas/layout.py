@@ -1,0 +1,308 @@
+"""Layout: place activation vectors in the unit square (or on the unit interval).
+
+UMAP (umap-learn) with the activation-atlas paper's settings is the default; t-SNE and PCA
+(scikit-learn) are options. Every layout is normalised per axis so that its 1st–99th
+percentile range maps to [0.1, 0.9] (outliers clipped to [0, 1]).
+
+PCA honours ``metric="cosine"`` by scaling every vector to unit length first; t-SNE and UMAP
+take the metric directly.
+
+Degenerate input: when all vectors are identical under the metric (for "cosine": all point in
+the same direction, or are all zero) no layout carries information, so every point is placed at
+the centre (0.5) and ``params_["degenerate"]`` says why. Partly repeated vectors are laid out
+as usual.
+
+Large N: with ``knn="exact"``, or ``knn="auto"`` and a CUDA `device` for 4,096 or more
+vectors, UMAP gets exact nearest neighbours computed in torch (``precomputed_knn``) instead of
+its approximate NN-descent search.
+"""
+from __future__ import annotations
+
+import warnings
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._utils import DebugAtlasError
+
+METHODS = ("umap", "tsne", "pca")
+KNN = ("auto", "exact", "nndescent")
+_TORCH_KNN_METRICS = ("cosine", "euclidean")
+_UMAP_SMALL_DATA = 4096  # below this umap-learn computes all pairwise distances itself
+
+
+class Layout:
+    """Seeded 1-D or 2-D layout of activation vectors, normalised to [0, 1].
+
+    Settings: `method` "umap" | "tsne" | "pca"; `n_components` 1 or 2; `n_neighbors`,
+    `min_dist` (UMAP); `metric`; `seed` (random_state of every method); `perplexity` (t-SNE);
+    `knn` (UMAP neighbours: "exact" in torch on `device`, "nndescent" umap-learn's own search,
+    "auto" exact only on a CUDA device for 4,096 or more vectors).
+
+    ``Layout(method="umap").fit(vectors)`` sets:
+      embedding_:     [N, n_components] float32 in [0, 1] (see `normalize_layout`).
+      raw_embedding_: [N, n_components] float32, the method's output before normalisation.
+      params_:        dict of plain values: every setting, the sample count, the method used for
+                      nearest neighbours, whether the input was degenerate, package versions.
+    """
+
+    def __init__(
+        self,
+        method: str = "umap",
+        n_components: int = 2,
+        n_neighbors: int = 50,
+        min_dist: float = 0.05,
+        metric: str = "cosine",
+        seed: int = 0,
+        perplexity: float = 30.0,
+        knn: str = "auto",
+        device: torch.device | str | None = None,
+        n_epochs: int | None = None,
+    ) -> None:
+        self.method = method
+        self.n_components = n_components
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.metric = metric
+        self.seed = seed
+        self.perplexity = perplexity
+        self.knn = knn
+        self.device = device
+        self.n_epochs = n_epochs
+
+    def fit(self, vectors: torch.Tensor | np.ndarray) -> "Layout":
+        """Lay out `vectors` [N, C] (any float dtype, torch or numpy); returns self."""
+        self._check_settings()
+        x = _as_float32(vectors)
+        self._check_samples(x)
+        params: dict[str, Any] = {
+            "method": self.method, "n_components": int(self.n_components), "metric": self.metric,
+            "seed": int(self.seed), "n_samples": int(x.shape[0]), "n_features": int(x.shape[1]),
+            "normalization": {"low": 1.0, "high": 99.0, "margin": 0.1}, "degenerate": None,
+        }
+        if self.method == "umap":
+            params.update(n_neighbors=int(self.n_neighbors), min_dist=float(self.min_dist),
+                          n_epochs=None if self.n_epochs is None else int(self.n_epochs))
+        elif self.method == "tsne":
+            params.update(perplexity=float(self.perplexity))
+        reason = _degenerate(x, self.metric)
+        if reason is not None:
+            params["degenerate"] = reason
+            raw = np.zeros((x.shape[0], self.n_components), dtype=np.float32)
+        elif self.method == "umap":
+            raw = self._umap(x, params)
+        elif self.method == "tsne":
+            raw = self._tsne(x)
+        else:
+            raw = self._pca(x, params)
+        params["versions"] = _versions()
+        self.raw_embedding_ = np.ascontiguousarray(raw, dtype=np.float32)
+        self.embedding_ = normalize_layout(self.raw_embedding_)
+        self.params_ = params
+        return self
+
+    def fit_transform(self, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
+        """`fit(vectors)` and return `embedding_`."""
+        return self.fit(vectors).embedding_
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _call(self) -> str:
+        return f"Layout(method={self.method!r})"
+
+    def _check_settings(self) -> None:
+        if self.method not in METHODS:
+            raise DebugAtlasError(f"`Layout(method={self.method!r})` is not one of {list(METHODS)}.")
+        if self.n_components not in (1, 2) or isinstance(self.n_components, bool):
+            raise DebugAtlasError(
+                f"`Layout(n_components={self.n_components!r})` must be 1 or 2 "
+                "(2 for an atlas, 1 for the axis of a two-class comparison)."
+            )
+        if self.knn not in KNN:
+            raise DebugAtlasError(f"`Layout(knn={self.knn!r})` is not one of {list(KNN)}.")
+        if self.method == "umap":
+            if not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 2:
+                raise DebugAtlasError(f"`Layout(n_neighbors={self.n_neighbors!r})` must be an integer >= 2.")
+            if not 0.0 <= float(self.min_dist) <= 1.0:
+                raise DebugAtlasError(f"`Layout(min_dist={self.min_dist!r})` must be in [0, 1].")
+            if self.knn == "exact" and self.metric not in _TORCH_KNN_METRICS:
+                raise DebugAtlasError(
+                    f"`Layout(knn='exact', metric={self.metric!r})`: exact neighbours support "
+                    f"{list(_TORCH_KNN_METRICS)}. HINT: use knn='nndescent' for other metrics."
+                )
+        if self.method == "tsne" and not float(self.perplexity) > 0:
+            raise DebugAtlasError(f"`Layout(perplexity={self.perplexity!r})` must be > 0.")
+
+    def _check_samples(self, x: np.ndarray) -> None:
+        n = x.shape[0]
+        if self.method == "umap":
+            need = int(self.n_neighbors) + 1
+            what = f"n_neighbors={self.n_neighbors} needs at least {need} vectors"
+            hint = f"capture more samples or pass `n_neighbors` <= {max(n - 1, 1)}"
+        elif self.method == "tsne":
+            need = int(np.floor(self.perplexity)) + 1
+            what = f"perplexity={self.perplexity} needs more than {self.perplexity} vectors"
+            hint = f"capture more samples or pass `perplexity` < {n}"
+        else:
+            need = self.n_components + 1
+            what = f"n_components={self.n_components} needs at least {need} vectors"
+            hint = "capture more samples"
+        if n < need:
+            raise DebugAtlasError(f"`{self._call()}.fit` got {n} vectors; {what}. HINT: {hint}.")
+        if self.method == "pca" and x.shape[1] < self.n_components:
+            raise DebugAtlasError(
+                f"`{self._call()}.fit` got {x.shape[1]}-dimensional vectors; PCA to "
+                f"{self.n_components} components needs at least that many. HINT: use n_components=1."
+            )
+
+    # -- methods --------------------------------------------------------------------------------
+    def _umap(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        with warnings.catch_warnings():  # "Tensorflow not installed; ParametricUMAP unavailable"
+            warnings.simplefilter("ignore", ImportWarning)
+            import umap
+
+        device = torch.device(self.device) if self.device is not None else None
+        exact = self.knn == "exact" or (
+            self.knn == "auto" and device is not None and device.type == "cuda"
+            and x.shape[0] >= _UMAP_SMALL_DATA and self.metric in _TORCH_KNN_METRICS
+        )
+        kwargs: dict[str, Any] = {}
+        if exact:
+            indices, dists = exact_knn(x, int(self.n_neighbors), self.metric, device or "cpu")
+            kwargs = {"precomputed_knn": (indices, dists), "force_approximation_algorithm": True}
+            params["knn"] = f"exact (torch, {device or torch.device('cpu')})"
+        else:
+            params["knn"] = "exact (umap)" if x.shape[0] < _UMAP_SMALL_DATA else "nndescent (umap)"
+        reducer = umap.UMAP(
+            n_components=self.n_components, n_neighbors=int(self.n_neighbors),
+            min_dist=float(self.min_dist), metric=self.metric, random_state=int(self.seed),
+            n_jobs=1, n_epochs=None if self.n_epochs is None else int(self.n_epochs), **kwargs,
+        )
+        with warnings.catch_warnings():  # no `transform` later, so no search index is needed
+            warnings.filterwarnings("ignore", message=r".*knn_search_index.*")
+            return reducer.fit_transform(x)
+
+    def _tsne(self, x: np.ndarray) -> np.ndarray:
+        from sklearn.manifold import TSNE
+
+        tsne = TSNE(n_components=self.n_components, perplexity=float(self.perplexity),
+                    metric=self.metric, init="pca", learning_rate="auto",
+                    random_state=int(self.seed))
+        return tsne.fit_transform(x)
+
+    def _pca(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        if self.metric == "cosine":
+            x = _unit_rows(x)
+        params["row_normalized"] = self.metric == "cosine"
+        pca = PCA(n_components=self.n_components, random_state=int(self.seed))
+        raw = pca.fit_transform(x)
+        params["explained_variance_ratio"] = [float(v) for v in pca.explained_variance_ratio_]
+        return raw
+
+
+def normalize_layout(xy: np.ndarray | torch.Tensor, low: float = 1, high: float = 99,
+                     margin: float = 0.1) -> np.ndarray:
+    """Map each axis so that its `low`–`high` percentile range becomes [margin, 1 - margin].
+
+    Points outside that range are clipped to [0, 1]. An axis with no spread maps to 0.5.
+    Returns float32 of the input's shape ([N] or [N, d]).
+    """
+    if not 0 <= low < high <= 100:
+        raise DebugAtlasError(f"`normalize_layout(low={low!r}, high={high!r})` needs 0 <= low < high <= 100.")
+    if not 0 <= margin < 0.5:
+        raise DebugAtlasError(f"`normalize_layout(margin={margin!r})` must be in [0, 0.5).")
+    arr = _as_float32(xy, name="xy", dims=(1, 2)).astype(np.float64)
+    flat = arr.reshape(arr.shape[0], -1)
+    lo = np.percentile(flat, low, axis=0)
+    hi = np.percentile(flat, high, axis=0)
+    span = hi - lo
+    flat_span = span <= 1e-12 * np.maximum(np.abs(lo), 1.0)
+    scaled = margin + (1 - 2 * margin) * (flat - lo) / np.where(flat_span, 1.0, span)
+    scaled[:, flat_span] = 0.5
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32).reshape(arr.shape)
+
+
+def exact_knn(vectors: np.ndarray | torch.Tensor, k: int, metric: str = "cosine",
+              device: torch.device | str = "cpu", chunk_bytes: int = 256 * 2**20
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours in torch, each point first in its own list.
+
+    Returns (indices [N, k] int64, distances [N, k] float32), nearest first, as umap-learn's
+    `precomputed_knn` expects. Cosine distance is 1 - cos (0 between two zero vectors, 1 between
+    a zero and a non-zero vector, as in umap-learn).
+    """
+    if metric not in _TORCH_KNN_METRICS:
+        raise DebugAtlasError(f"`exact_knn(metric={metric!r})` is not one of {list(_TORCH_KNN_METRICS)}.")
+    x = torch.as_tensor(_as_float32(vectors), device=device)
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise DebugAtlasError(f"`exact_knn(k={k!r})` must be between 1 and the {n} vectors.")
+    if metric == "cosine":
+        norm = x.norm(dim=1, keepdim=True)
+        zero = norm.squeeze(1) == 0
+        x = x / norm.clamp_min(1e-30)
+    else:
+        sq = (x * x).sum(1)
+    rows = max(1, chunk_bytes // (4 * n))
+    indices, dists = [], []
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        if metric == "cosine":
+            d = 1.0 - x[start:stop] @ x.T
+            both = zero[start:stop, None] & zero[None, :]
+            either = zero[start:stop, None] | zero[None, :]
+            d = torch.where(either, torch.where(both, 0.0, 1.0), d)
+        else:
+            d = (sq[start:stop, None] + sq[None, :] - 2.0 * x[start:stop] @ x.T).clamp_min(0).sqrt()
+        d = d.clamp_min(0)
+        own = torch.arange(start, stop, device=x.device)
+        d[own - start, own] = -1.0  # each point is its own nearest neighbour
+        val, idx = torch.topk(d, k, dim=1, largest=False)
+        indices.append(idx.cpu())
+        dists.append(val.clamp_min(0).cpu())
+    return torch.cat(indices).numpy().astype(np.int64), torch.cat(dists).numpy().astype(np.float32)
+
+
+# -- internals -------------------------------------------------------------------------------------
+def _as_float32(values, name: str = "vectors", dims: tuple[int, ...] = (2,)) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        arr = values.detach().to("cpu", torch.float32).numpy()
+    else:
+        arr = np.asarray(values, dtype=np.float32)
+    if arr.ndim not in dims or arr.shape[0] == 0:
+        expected = " or ".join({1: "[N]", 2: "[N, d]"}[d] for d in dims)
+        raise DebugAtlasError(f"`{name}` has shape {arr.shape}; expected a non-empty {expected} array.")
+    if not np.isfinite(arr).all():
+        rows = np.nonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(1))[0]
+        raise DebugAtlasError(
+            f"`{name}` has NaN or Inf in rows {rows[:10].tolist()}. "
+            "HINT: check the model; float16 vectors overflow above 65504."
+        )
+    return arr
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
+
+
+def _degenerate(x: np.ndarray, metric: str) -> str | None:
+    """Why the vectors cannot be laid out (all identical under the metric), or None."""
+    if np.ptp(x, axis=0).max() == 0:
+        return f"all {x.shape[0]} vectors are identical"
+    if metric == "cosine" and np.ptp(_unit_rows(x), axis=0).max() <= 1e-6:
+        return f"all {x.shape[0]} vectors point in the same direction (cosine distance 0)"
+    return None
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for package in ("umap-learn", "scikit-learn", "numpy", "torch"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out

@@ -1,0 +1,198 @@
+"""layout.py: normalisation properties, seeded UMAP / t-SNE / PCA layouts, recorded parameters,
+exact neighbours, degenerate input and clear errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from debugatlas import DebugAtlasError
+from debugatlas.layout import Layout, exact_knn, normalize_layout
+
+
+def _clusters(n_per: int = 70, k: int = 3, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """k well-separated clusters of non-negative (ReLU-like) vectors, as float16 torch."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((k, dim)) * 3
+    labels = np.repeat(np.arange(k), n_per)
+    x = np.maximum(centres[labels] + 0.15 * rng.normal(size=(k * n_per, dim)), 0)
+    return torch.tensor(x, dtype=torch.float16), labels
+
+
+def _neighbour_purity(xy: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    d = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1)[:, :k]
+    return float((labels[nn] == labels[:, None]).mean())
+
+
+# -- normalize_layout ------------------------------------------------------------------------------
+@pytest.mark.parametrize("dist", ["normal", "exponential", "uniform"])
+def test_percentiles_map_to_the_margins_and_outliers_are_clipped(dist):
+    rng = np.random.default_rng(1)
+    xy = getattr(rng, dist)(size=(2000, 2)) * np.array([1.0, 250.0]) + np.array([-3.0, 40.0])
+    xy[:5] = 1e6
+    xy[5:10] = -1e6
+    out = normalize_layout(xy)
+    assert out.shape == xy.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_allclose(np.percentile(out, 1, axis=0), [0.1, 0.1], atol=1e-5)
+    np.testing.assert_allclose(np.percentile(out, 99, axis=0), [0.9, 0.9], atol=1e-5)
+    assert (out[:5] == 1).all() and (out[5:10] == 0).all()
+    # each axis on its own: order kept, affine rescaling of the input changes nothing
+    assert (np.diff(out[np.argsort(xy[:, 1]), 1]) >= 0).all()
+    np.testing.assert_allclose(normalize_layout(xy * 7 - 3), out, atol=1e-6)
+
+
+def test_normalize_other_percentiles_1d_and_flat_axes():
+    x = np.arange(101, dtype=np.float64)
+    np.testing.assert_allclose(normalize_layout(x, low=0, high=100, margin=0.0), x / 100, atol=1e-6)
+    out = normalize_layout(torch.tensor(x), low=10, high=90, margin=0.25)
+    assert out.shape == (101,)
+    np.testing.assert_allclose(out[[10, 50, 90]], [0.25, 0.5, 0.75], atol=1e-6)
+    flat = normalize_layout(np.stack([x, np.full(101, 3.0)], 1))
+    assert (flat[:, 1] == 0.5).all()
+    for kwargs in ({"low": 50, "high": 50}, {"low": -1}, {"margin": 0.5}):
+        with pytest.raises(DebugAtlasError):
+            normalize_layout(x, **kwargs)
+    with pytest.raises(DebugAtlasError, match="NaN or Inf in rows \\[3\\]"):
+        normalize_layout(np.where(np.arange(5) == 3, np.nan, 1.0))
+
+
+# -- UMAP ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def umap_fit():
+    x, labels = _clusters()
+    return x, labels, Layout("umap", seed=0).fit(x)
+
+
+def test_umap_layout_shape_range_and_structure(umap_fit):
+    x, labels, layout = umap_fit
+    emb = layout.embedding_
+    assert emb.shape == (len(x), 2) and emb.dtype == np.float32
+    assert emb.min() >= 0 and emb.max() <= 1
+    assert layout.raw_embedding_.shape == (len(x), 2) and layout.raw_embedding_.dtype == np.float32
+    np.testing.assert_allclose(normalize_layout(layout.raw_embedding_), emb)
+    assert _neighbour_purity(emb, labels) > 0.95
+
+
+def test_umap_same_seed_same_layout(umap_fit):
+    x, _, first = umap_fit
+    again = Layout("umap", seed=0).fit(x)
+    np.testing.assert_array_equal(again.embedding_, first.embedding_)
+    other = Layout("umap", seed=1).fit(x)
+    assert not np.allclose(other.raw_embedding_, first.raw_embedding_)
+
+
+def test_umap_params_recorded_as_plain_values(umap_fit):
+    x, _, layout = umap_fit
+    p = layout.params_
+    assert json.loads(json.dumps(p)) == p
+    assert p["method"] == "umap" and p["n_neighbors"] == 50 and p["min_dist"] == 0.05
+    assert p["metric"] == "cosine" and p["seed"] == 0 and p["n_components"] == 2
+    assert p["n_samples"] == len(x) and p["n_features"] == 16 and p["degenerate"] is None
+    assert p["knn"] == "exact (umap)" and p["normalization"] == {"low": 1.0, "high": 99.0, "margin": 0.1}
+    assert set(p["versions"]) >= {"umap-learn", "scikit-learn"}
+
+
+def test_umap_with_exact_torch_neighbours_and_one_component(umap_fit):
+    x, labels, _ = umap_fit
+    layout = Layout("umap", n_neighbors=15, knn="exact").fit(x)
+    assert layout.params_["knn"] == "exact (torch, cpu)" and layout.params_["n_neighbors"] == 15
+    assert _neighbour_purity(layout.embedding_, labels) > 0.95
+    line = Layout("umap", n_components=1, n_neighbors=15).fit_transform(x)
+    assert line.shape == (len(x), 1) and 0 <= line.min() and line.max() <= 1
+
+
+def test_exact_knn_matches_sklearn():
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(2).normal(size=(120, 8)).astype(np.float32)
+    for metric in ("euclidean", "cosine"):
+        idx, dist = exact_knn(torch.tensor(x), 6, metric, chunk_bytes=4 * 120 * 7)
+        ref_d, ref_i = NearestNeighbors(n_neighbors=6, metric=metric).fit(x).kneighbors(x)
+        assert (idx[:, 0] == np.arange(120)).all() and (dist[:, 0] == 0).all()
+        np.testing.assert_array_equal(idx, ref_i)
+        np.testing.assert_allclose(dist, ref_d, atol=1e-5)
+    # zero vectors: distance 0 between two of them, 1 to any other vector (umap-learn's convention)
+    z = np.vstack([np.zeros((2, 3)), np.eye(3)])
+    idx, dist = exact_knn(z, 3, "cosine")
+    assert set(idx[0]) == {0, 1, idx[0, 2]} and dist[0].tolist() == [0.0, 0.0, 1.0]
+
+
+# -- t-SNE and PCA ---------------------------------------------------------------------------------
+def test_tsne_layout_seeded():
+    from threadpoolctl import threadpool_limits
+
+    x, labels = _clusters(n_per=40)
+    with threadpool_limits(1):  # OpenMP threads crawl on busy shared cores
+        a = Layout("tsne", perplexity=15, seed=3).fit(x)
+        b = Layout("tsne", perplexity=15, seed=3).fit(x)
+    assert a.embedding_.shape == (120, 2) and 0 <= a.embedding_.min() and a.embedding_.max() <= 1
+    np.testing.assert_array_equal(a.embedding_, b.embedding_)
+    assert a.params_["method"] == "tsne" and a.params_["perplexity"] == 15.0
+    assert _neighbour_purity(a.embedding_, labels) > 0.95
+
+
+def test_pca_layout_cosine_and_euclidean():
+    x, labels = _clusters(n_per=30)
+    cos = Layout("pca").fit(x)
+    assert cos.embedding_.shape == (90, 2) and cos.params_["row_normalized"] is True
+    assert len(cos.params_["explained_variance_ratio"]) == 2
+    assert json.loads(json.dumps(cos.params_)) == cos.params_
+    # scaling a vector does not move it under the cosine metric ...
+    scaled = x.float() * torch.linspace(0.5, 3, 90).unsqueeze(1)
+    np.testing.assert_allclose(Layout("pca").fit(scaled).raw_embedding_, cos.raw_embedding_, atol=1e-3)
+    # ... but does with the euclidean one
+    euc = Layout("pca", metric="euclidean", n_components=1).fit(x.numpy())
+    assert euc.embedding_.shape == (90, 1) and euc.params_["row_normalized"] is False
+
+
+# -- degenerate input and errors -------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["umap", "tsne", "pca"])
+def test_identical_vectors_go_to_the_centre(method):
+    same = Layout(method).fit(torch.ones(60, 4, dtype=torch.float16))
+    assert (same.embedding_ == 0.5).all() and same.embedding_.shape == (60, 2)
+    assert "identical" in same.params_["degenerate"]
+    ray = Layout(method).fit(np.outer(np.arange(1, 61), [1.0, 2.0, 0.0]))
+    assert (ray.embedding_ == 0.5).all() and "same direction" in ray.params_["degenerate"]
+
+
+def test_zero_variance_features_and_repeated_vectors_still_lay_out():
+    x, _ = _clusters(n_per=30)
+    x = torch.cat([x, torch.zeros(90, 3, dtype=x.dtype)], 1)  # dead channels
+    x[:20] = 0  # dead vectors
+    layout = Layout("pca").fit(x)
+    assert layout.params_["degenerate"] is None and np.isfinite(layout.embedding_).all()
+
+
+def test_too_few_samples_say_how_many_are_needed():
+    x = torch.rand(50, 8)
+    with pytest.raises(DebugAtlasError, match=r"got 50 vectors; n_neighbors=50 needs at least 51.*HINT.*<= 49"):
+        Layout("umap").fit(x)
+    with pytest.raises(DebugAtlasError, match=r"got 20 vectors; perplexity=30.0 needs more than 30.0"):
+        Layout("tsne").fit(x[:20])
+    with pytest.raises(DebugAtlasError, match=r"got 2 vectors; n_components=2 needs at least 3"):
+        Layout("pca").fit(x[:2])
+    with pytest.raises(DebugAtlasError, match="1-dimensional vectors"):
+        Layout("pca").fit(x[:, :1])
+
+
+def test_init_only_stores_and_fit_checks_settings():
+    layout = Layout(method="nope", n_components=3)
+    assert layout.method == "nope" and layout.n_components == 3 and not hasattr(layout, "embedding_")
+    x = torch.rand(60, 8)
+    bad = [({"method": "lle"}, "method='lle'"), ({"n_components": 3}, "must be 1 or 2"),
+           ({"n_neighbors": 1}, "n_neighbors=1"), ({"min_dist": 2.0}, "min_dist=2.0"),
+           ({"knn": "fast"}, "knn='fast'"), ({"knn": "exact", "metric": "manhattan"}, "exact neighbours"),
+           ({"method": "tsne", "perplexity": 0}, "perplexity=0")]
+    for kwargs, message in bad:
+        with pytest.raises(DebugAtlasError, match=message):
+            Layout(**kwargs).fit(x)
+    x[4, 2] = float("nan")
+    with pytest.raises(DebugAtlasError, match=r"NaN or Inf in rows \[4\]"):
+        Layout("pca").fit(x)
+    with pytest.raises(DebugAtlasError, match=r"shape \(2, 3, 4\)"):
+        Layout("pca").fit(torch.rand(2, 3, 4))
