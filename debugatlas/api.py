@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError, layer_name, model_device, preserved_model_state, resolve_layer
+from ._utils import DebugAtlasError, layer_name, model_device, preserved_model_state, progress_bar, resolve_layer
 from .capture import ActivationSet, capture, load_images
 from .config import AnalysisConfig
 from .data import class_names as _class_names
@@ -108,25 +108,6 @@ class _Timer:
         finally:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 3)
             log.info("debugatlas: %s took %.2f s", name, self.times[name])
-
-
-def _progress(enabled: bool, desc: str):
-    """A tqdm-backed `progress(done, total)` callback, or None."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    bar = {"bar": None}
-
-    def update(done: int, total: int) -> None:
-        if bar["bar"] is None:
-            bar["bar"] = tqdm(total=total, desc=desc, leave=False)
-        bar["bar"].n = done
-        bar["bar"].refresh()
-        if done >= total:
-            bar["bar"].close()
-
-    return update
 
 
 def resolve_pairs(pairs, names: list[str]) -> list[tuple[int, int]] | None:
@@ -225,7 +206,7 @@ def analyze(
         with timer.stage("capture"):
             acts = activations if activations is not None else capture(
                 net, dataset, module, config.sampling, config.samples_per_image, config.cap, seed,
-                config.batch_size, dev, progress=_progress(progress, "capture"),
+                config.batch_size, dev, progress=progress_bar(progress, "capture"),
             )
             acts.layer = layer_name(net, module)
             _fill_predictions(net, dataset, acts, dev, config.batch_size)

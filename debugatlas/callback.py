@@ -31,6 +31,7 @@ class AtlasCallback(pl.Callback):
         normalize: (mean, std) when the module expects normalised input; images stay in [0, 1].
         class_names: names of the classes when the validation dataset has no `.classes`.
         subdir: folder under `dirpath` per analysis, formatted with `epoch` ("" writes into dirpath).
+        run_analysis: False only captures; the ActivationSet is kept in `last_activations`.
         analysis_options: any `AnalysisConfig` option (render, patches, grid_size, ...).
     """
 
@@ -38,7 +39,7 @@ class AtlasCallback(pl.Callback):
                  sampling: str = "random", samples_per_image: int = 1, cap: int = 100_000, seed: int = 0,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                  class_names: Sequence[str] | None = None, subdir: str = "epoch_{epoch}",
-                 **analysis_options: Any) -> None:
+                 run_analysis: bool = True, **analysis_options: Any) -> None:
         if not isinstance(layer, str) or not layer:
             raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
@@ -49,7 +50,8 @@ class AtlasCallback(pl.Callback):
         self.layer, self.pairs, self.every_n_epochs = layer, pairs, every_n_epochs
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.normalize, self.class_names, self.seed = normalize, class_names, int(seed)
-        self.subdir = subdir
+        self.subdir, self.run_analysis = subdir, bool(run_analysis)
+        self.last_activations = None
         self.analysis_options = dict(analysis_options)
         self.recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed)
         self.last_epoch_analyzed = -1
@@ -120,7 +122,9 @@ class AtlasCallback(pl.Callback):
             dataset = self._val_dataset(trainer)
             acts = self.recorder.result()
             self.recorder.reset()
-            self._analyze(trainer, pl_module, dataset, acts, epoch)
+            self.last_activations = acts
+            if self.run_analysis:
+                self._analyze(trainer, pl_module, dataset, acts, epoch)
         trainer.strategy.barrier("debugatlas-analysis")
 
     def _val_dataset(self, trainer: pl.Trainer):

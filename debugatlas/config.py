@@ -12,8 +12,9 @@ class AnalysisConfig:
     """Every stage option of `analyze()`; pass any of them as a keyword argument.
 
     Capture: sampling, samples_per_image, cap, batch_size. Attribution: relaxed_maxpool.
-    Layout: layout, n_neighbors, min_dist, metric. Atlas: grid_size (the one confusions are ranked
-    on), grid_sizes (all drawn), min_count, n_exemplars, filter_top_n. Confusion: n_pairs, top_cells.
+    Layout: layout, n_neighbors, min_dist, metric, layout_epochs (UMAP's n_epochs; None: its
+    default). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
+    min_count, n_exemplars, filter_top_n. Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
     Patches: patches, patch_cells, patch_sizes, crop_sizes, n_random, max_patch_images.
     Report: n_examples (misclassified examples with pixel attributions per pair).
@@ -28,6 +29,7 @@ class AnalysisConfig:
     n_neighbors: int = 50
     min_dist: float = 0.05
     metric: str = "cosine"
+    layout_epochs: int | None = None
     grid_size: int = 20
     grid_sizes: tuple[int, ...] = (20, 40)
     min_count: int = 3

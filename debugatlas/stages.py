@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError, preserved_model_state
+from ._utils import DebugAtlasError, preserved_model_state, progress_bar
 from .atlas import Atlas, build_atlas, class_filtered_atlas, comparison_atlas
 from .capture import ActivationSet, load_images
 from .config import AnalysisConfig
@@ -36,13 +36,17 @@ def attributions(model, module, dataset, acts: ActivationSet, config: AnalysisCo
     from .attribution import attribute
 
     return attribute(model, module, dataset, acts, batch_size=config.batch_size,
-                     relaxed_maxpool=config.relaxed_maxpool, device=device)
+                     relaxed_maxpool=config.relaxed_maxpool, device=device,
+                     progress=progress_bar(progress, "attribution"))
 
 
 def layout_options(config: AnalysisConfig) -> dict[str, Any]:
     """Keyword arguments for `layout.Layout` from the run's options."""
-    return {"method": config.layout, "n_neighbors": config.n_neighbors, "min_dist": config.min_dist,
-            "metric": config.metric}
+    options = {"method": config.layout, "n_neighbors": config.n_neighbors, "min_dist": config.min_dist,
+               "metric": config.metric}
+    if config.layout == "umap" and config.layout_epochs is not None:
+        options["n_epochs"] = config.layout_epochs
+    return options
 
 
 def atlases(acts: ActivationSet, attr: torch.Tensor, config: AnalysisConfig,
