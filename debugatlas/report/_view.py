@@ -1,0 +1,369 @@
+"""Turn `summary` and `report_data` into the plain values the template shows.
+
+Everything the page needs is checked and coerced here, so the template never meets a missing key
+or a value of the wrong type: an absent or malformed part becomes `None` (or an empty list) and a
+line in `absent`, which the page shows in its header and in the section concerned.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+PLACEMENTS = ("static", "dynamic", "random")
+MATRIX_MAX_CLASSES = 40
+TOP_PAIRS = 10
+MAX_EXEMPLARS = 8
+MAX_MISCLASSIFIED = 32
+_CELL_TOP_CLASSES = 12
+
+
+def as_float(value: Any) -> float | None:
+    """`value` as a finite float, else None (bools, strings, NaN and inf are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def as_int(value: Any) -> int | None:
+    """`value` as an int when it is a whole finite number, else None."""
+    number = as_float(value)
+    return int(number) if number is not None and number == int(number) else None
+
+
+def as_text(value: Any) -> str:
+    """A user-provided value as display text (escaped later by the template)."""
+    return "" if value is None else str(value)
+
+
+def _mapping(value: Any) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sequence(value: Any) -> Sequence:
+    return value if isinstance(value, (list, tuple)) else []
+
+
+def _cell(value: Any) -> tuple[int, int] | None:
+    items = _sequence(value)
+    if len(items) != 2:
+        return None
+    i, j = as_int(items[0]), as_int(items[1])
+    return None if i is None or j is None else (i, j)
+
+
+class Images:
+    """Checks image paths given relative to the report folder and turns them into `src` values.
+
+    A path is accepted only when it is relative, stays inside the folder and (when the folder is
+    known) names an existing file; anything else is shown as a labelled gap on the page.
+    """
+
+    def __init__(self, base: Path | None) -> None:
+        self.base = base
+        self._seen: dict[str, dict] = {}
+
+    def __call__(self, path: Any) -> dict | None:
+        """{"src", "path", "missing", "reason"} for a path, or None when no path was given."""
+        if path is None or path == "":
+            return None
+        text = str(path)
+        if text not in self._seen:
+            reason = self._problem(text)
+            src = None if reason else quote(text.replace("\\", "/"), safe="/")
+            self._seen[text] = {"src": src, "path": text, "missing": reason is not None,
+                                "reason": reason or ""}
+        return dict(self._seen[text])
+
+    def _problem(self, text: str) -> str | None:
+        posix = text.replace("\\", "/")
+        if ":" in posix.split("/")[0] or posix.startswith("/"):
+            return "not a path relative to the report folder"
+        if ".." in posix.split("/"):
+            return "points outside the report folder"
+        if self.base is not None and not os.path.isfile(os.path.join(self.base, posix)):
+            return "file not found"
+        return None
+
+    def src(self, path: Any) -> str | None:
+        """Only the `src` of an accepted image, else None."""
+        image = self(path)
+        return image["src"] if image else None
+
+
+def _colour(rate: float, hue: str) -> tuple[str, str]:
+    """Background and text colour for a value in [0, 1] on a white-to-`hue` scale."""
+    rate = min(max(rate, 0.0), 1.0)
+    ends = {"blue": (33, 102, 172), "red": (178, 24, 43)}[hue]
+    rgb = [round(255 + (end - 255) * rate) for end in ends]
+    text = "#fff" if rate > 0.55 else "#1b1f24"
+    return f"rgb({rgb[0]},{rgb[1]},{rgb[2]})", text
+
+
+def confusion(summary: Mapping, classes: list[str]) -> dict | None:
+    """Rows of coloured cells, or None when the matrix is missing or not K×K."""
+    rows = _sequence(summary.get("confusion_matrix"))
+    k = len(rows)
+    matrix = [[as_int(v) for v in _sequence(row)] for row in rows]
+    if k == 0 or any(len(row) != k or None in row for row in matrix):
+        return None
+    names = classes if len(classes) == k else [str(i) for i in range(k)]
+    off = [matrix[r][c] for r in range(k) for c in range(k) if r != c]
+    max_off = max(off, default=0) or 1
+    table = []
+    for r, row in enumerate(matrix):
+        total = sum(row)
+        cells = []
+        for c, count in enumerate(row):
+            rate = count / total if total else 0.0
+            bg, fg = _colour(rate, "blue") if r == c else _colour(count / max_off, "red")
+            cells.append({"count": count, "rate": rate, "bg": bg, "fg": fg, "col": names[c]})
+        table.append({"label": names[r], "cells": cells, "total": total})
+    pairs = sorted(
+        ((matrix[r][c], matrix[r][c] / max(sum(matrix[r]), 1), names[r], names[c])
+         for r in range(k) for c in range(k) if r != c and matrix[r][c] > 0),
+        key=lambda t: (-t[0], -t[1]),
+    )[:TOP_PAIRS]
+    return {
+        "labels": names,
+        "rows": table,
+        "too_large": k > MATRIX_MAX_CLASSES,
+        "top_pairs": [{"count": n, "rate": rate, "a": a, "b": b} for n, rate, a, b in pairs],
+        "lookup": {(names[r], names[c]): matrix[r][c] for r in range(k) for c in range(k)},
+    }
+
+
+def _patch_entry(raw: Mapping, images: Images, fallback_name: str) -> dict:
+    return {
+        "candidate": as_text(raw.get("candidate", raw.get("id", fallback_name))),
+        "source": as_text(raw.get("source", "")),
+        "placement": as_text(raw.get("placement", "")) or "unspecified",
+        "flip_rate": as_float(raw.get("flip_rate")),
+        "noise_flip_rate": as_float(raw.get("noise_flip_rate")),
+        "natural_flip_rate": as_float(raw.get("natural_flip_rate")),
+        "p_b_before": as_float(raw.get("p_b_before")),
+        "p_b_after": as_float(raw.get("p_b_after")),
+        "n_images": as_int(raw.get("n_images")),
+        "size_frac": as_float(raw.get("size_frac")),
+        "file": images(raw.get("file")),
+    }
+
+
+def _patch_rows(entries: list[dict]) -> tuple[list[str], list[dict]]:
+    """Pivot entries into one row per (candidate, source) with a column group per placement."""
+    present = {e["placement"] for e in entries}
+    placements = [p for p in PLACEMENTS if p in present] + sorted(present - set(PLACEMENTS))
+    rows: dict[tuple[str, str], dict] = {}
+    for entry in entries:
+        row = rows.setdefault((entry["candidate"], entry["source"]), {
+            "candidate": entry["candidate"], "source": entry["source"], "file": entry["file"],
+            "by_placement": {},
+        })
+        row["by_placement"].setdefault(entry["placement"], entry)
+        row["file"] = row["file"] or entry["file"]
+    return placements, list(rows.values())
+
+
+def _ranked_cells(raw_cells: Sequence, images: Images, from_summary: bool) -> list[dict]:
+    cells = []
+    for rank, raw in enumerate(_sequence(raw_cells), start=1):
+        raw = _mapping(raw)
+        cell = _cell(raw.get("cell"))
+        exemplars = [images(p) for p in _sequence(raw.get("exemplars"))[:MAX_EXEMPLARS]]
+        ids = [as_int(i) for i in _sequence(raw.get("exemplar_ids"))]
+        cells.append({
+            "rank": rank,
+            "cell": f"({cell[0]}, {cell[1]})" if cell else "—",
+            "score": as_float(raw.get("score")),
+            "count": as_int(raw.get("count")),
+            "count_a": as_int(raw.get("count_a")),
+            "attribution_a": as_float(raw.get("attribution_a")),
+            "attribution_b": as_float(raw.get("attribution_b")),
+            "icon": images(raw.get("icon")),
+            "exemplars": [e for e in exemplars if e],
+            "exemplar_ids": [i for i in ids if i is not None][:MAX_EXEMPLARS] if from_summary else [],
+        })
+    scale = max((abs(v) for c in cells for v in (c["attribution_a"], c["attribution_b"])
+                 if v is not None), default=0.0) or 1.0
+    for c in cells:
+        for side in ("a", "b"):
+            value = c[f"attribution_{side}"]
+            c[f"bar_{side}"] = 0.0 if value is None else 50.0 * abs(value) / scale
+            c[f"neg_{side}"] = value is not None and value < 0
+    return cells
+
+
+def pair_view(index: int, names: tuple[str, str], rd: Mapping, sm: Mapping,
+              images: Images, matrix: dict | None) -> dict:
+    """Everything the page shows about one confused pair; `rd` from report_data, `sm` from summary."""
+    a, b = names
+    from_summary = not _sequence(rd.get("cells"))
+    cells = _ranked_cells(sm.get("confusing_cells") if from_summary else rd.get("cells"),
+                          images, from_summary)
+    raw_patches = rd.get("patch_table") if _sequence(rd.get("patch_table")) else sm.get("patches")
+    entries = [_patch_entry(_mapping(p), images, f"patch {n}")
+               for n, p in enumerate(_sequence(raw_patches), start=1)]
+    placements, rows = _patch_rows(entries)
+    confused = as_int(rd.get("confused"))
+    if confused is None and matrix is not None:
+        confused = matrix["lookup"].get((a, b))
+    notes = [as_text(n) for n in [*_sequence(rd.get("notes")), *_sequence(sm.get("notes"))] if n]
+    misclassified = []
+    all_mis = _sequence(rd.get("misclassified"))
+    for raw in all_mis[:MAX_MISCLASSIFIED]:
+        raw = _mapping(raw)
+        misclassified.append({"id": as_int(raw.get("id")), "p_b": as_float(raw.get("p_b")),
+                              "image": images(raw.get("image")), "heatmap": images(raw.get("heatmap"))})
+    return {
+        "anchor": f"pair-{index}", "a": a, "b": b, "confused": confused,
+        "notes": list(dict.fromkeys(notes)),
+        "filtered_a": images(rd.get("filtered_a")), "filtered_b": images(rd.get("filtered_b")),
+        "comparison": images(rd.get("comparison")),
+        "cells": cells, "cells_from_summary": from_summary and bool(cells),
+        "misclassified": misclassified, "misclassified_total": len(all_mis),
+        "placements": placements, "patch_rows": rows, "patch_entries": entries,
+    }
+
+
+def pairs(summary: Mapping, report_data: Mapping, images: Images, matrix: dict | None) -> list[dict]:
+    """Pairs from report_data in their order, then pairs only the summary names."""
+    def key(raw: Mapping) -> tuple[str, str]:
+        return as_text(raw.get("a")), as_text(raw.get("b"))
+
+    rd_pairs = [_mapping(p) for p in _sequence(report_data.get("pairs"))]
+    sm_pairs = {key(_mapping(p)): _mapping(p) for p in _sequence(summary.get("pairs"))}
+    order = [key(p) for p in rd_pairs] + [k for k in sm_pairs if k not in {key(p) for p in rd_pairs}]
+    by_rd = {key(p): p for p in rd_pairs}
+    seen, views = set(), []
+    for names in order:
+        if names in seen:
+            continue
+        seen.add(names)
+        views.append(pair_view(len(views) + 1, names, by_rd.get(names, {}),
+                               sm_pairs.get(names, {}), images, matrix))
+    return views
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def _atlas_entries(report_data: Mapping, main_grid: int | None) -> list[tuple[int, Mapping, Any]]:
+    """(grid size, entry, grid image path) per usable atlas entry, smallest grid first.
+
+    The grid image is the entry's `grid_image`, else the top-level `icon_atlas` for the entry whose
+    size is `main_grid` (the grid the icons were rendered for).
+    """
+    entries = []
+    for raw in _sequence(report_data.get("atlases")):
+        raw = _mapping(raw)
+        size = as_int(raw.get("grid_size"))
+        if size is None or size <= 0:
+            continue
+        grid_image = raw.get("grid_image")
+        if not grid_image and size == main_grid:
+            grid_image = report_data.get("icon_atlas")
+        entries.append((size, raw, grid_image))
+    return sorted(entries, key=lambda e: e[0])
+
+
+def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_grid: int | None) -> dict:
+    """The compact JSON the interactive atlas reads.
+
+    {"classes": [name], "grids": [{"grid_size", "grid_image" (src or null), "grid_image_problem",
+    "cells": [[i, j, count, [[class index, count]], [[class index, mean attribution]],
+    [exemplar src], icon src]]}], "initial": index of the grid shown first (`main_grid` when
+    present, else the size nearest 20)}; class index -1 stands for "other classes" in the class mix.
+    """
+    names = list(classes)
+    index = {name: k for k, name in enumerate(names)}
+
+    def class_index(name: Any) -> int:
+        name = as_text(name)
+        if name not in index:
+            index[name] = len(names)
+            names.append(name)
+        return index[name]
+
+    grids = []
+    for size, raw, grid_image in _atlas_entries(report_data, main_grid):
+        cells = []
+        for cell in _sequence(raw.get("cells")):
+            cell = _mapping(cell)
+            ij = _cell(cell.get("cell"))
+            if ij is None or not (0 <= ij[0] < size and 0 <= ij[1] < size):
+                continue
+            mix = sorted(((class_index(k), as_int(v) or 0) for k, v in _mapping(cell.get("classes")).items()),
+                         key=lambda kv: -kv[1])
+            mix = [list(kv) for kv in mix if kv[1] > 0]
+            if len(mix) > _CELL_TOP_CLASSES:
+                mix = mix[:_CELL_TOP_CLASSES] + [[-1, sum(n for _, n in mix[_CELL_TOP_CLASSES:])]]
+            attr = [(class_index(k), as_float(v)) for k, v in _mapping(cell.get("attribution")).items()]
+            attr = sorted((kv for kv in attr if kv[1] is not None), key=lambda kv: -abs(kv[1]))
+            attr = sorted(([k, _round(v)] for k, v in attr[:_CELL_TOP_CLASSES]), key=lambda kv: -kv[1])
+            exemplars = [images.src(p) for p in _sequence(cell.get("exemplars"))[:MAX_EXEMPLARS]]
+            cells.append([ij[0], ij[1], as_int(cell.get("count")) or 0, mix, attr,
+                          [e for e in exemplars if e], images.src(cell.get("icon"))])
+        image = images(grid_image)
+        grids.append({"grid_size": size, "grid_image": image["src"] if image else None,
+                      "grid_image_problem": image["reason"] if image else "no grid image was given",
+                      "cells": cells})
+    sizes = [g["grid_size"] for g in grids]
+    initial = (sizes.index(main_grid) if main_grid in sizes
+               else min(range(len(grids)), key=lambda k: abs(sizes[k] - 20), default=0))
+    return {"classes": names, "grids": grids, "initial": initial}
+
+
+def atlas_gallery(report_data: Mapping, images: Images, main_grid: int | None) -> list[dict]:
+    """One picture per grid size for the static gallery: the entry's `image`, else its grid image."""
+    gallery = []
+    for size, raw, grid_image in _atlas_entries(report_data, main_grid):
+        picture = images(raw.get("image")) or images(grid_image)
+        gallery.append({"size": size, "image": picture, "cells": len(_sequence(raw.get("cells")))})
+    return gallery
+
+
+def overview(summary: Mapping, report_data: Mapping) -> dict:
+    """Header rows (versions included), timings with bar widths and the config as pretty JSON."""
+    accuracy = as_float(summary.get("accuracy"))
+    samples = as_int(summary.get("num_samples"))
+    seed = as_int(report_data.get("seed", _mapping(summary.get("config")).get("seed")))
+    rows = [
+        ("Model", as_text(report_data.get("model")) or None),
+        ("Layer", as_text(summary.get("layer")) or None),
+        ("Data", as_text(report_data.get("data")) or None),
+        ("Samples", f"{samples:,}" if samples is not None else None),
+        ("Accuracy", f"{100 * accuracy:.2f} %" if accuracy is not None else None),
+        ("Seed", str(seed) if seed is not None else None),
+        ("Schema version", as_text(summary.get("schema_version")) or None),
+    ]
+    timings = [(as_text(k), as_float(v)) for k, v in _mapping(summary.get("timings_s")).items()]
+    timings = [(k, v) for k, v in timings if v is not None]
+    total = next((v for k, v in timings if k == "total"), None)
+    stages = [(k, v) for k, v in timings if k != "total"]
+    longest = max([v for _, v in stages] + [total or 0.0, 1e-9])
+    versions = sorted((as_text(k), as_text(v)) for k, v in _mapping(summary.get("versions")).items())
+    rows.append(("Versions", " · ".join(f"{k} {v}" for k, v in versions) or None))
+    config = _mapping(summary.get("config"))
+    return {
+        "rows": rows,
+        "timings": [{"stage": k, "seconds": v, "width": 100.0 * v / longest} for k, v in stages],
+        "total_time": total,
+        "config": json.dumps(config, indent=2, sort_keys=True, default=str) if config else "",
+    }
+
+
+def suite(report_data: Mapping) -> dict | None:
+    """{"dir", "check_command"} when a suite was saved, else None."""
+    raw = report_data.get("suite")
+    if not isinstance(raw, Mapping) or not (raw.get("dir") or raw.get("check_command")):
+        return None
+    return {"dir": as_text(raw.get("dir")), "check_command": as_text(raw.get("check_command"))}

@@ -1,0 +1,205 @@
+"""Write the HTML debugging report: one offline `index.html` beside the images it shows.
+
+Images are **relative files beside index.html**, not inlined: the caller writes them (icons/,
+patches/, exemplars/, examples/, atlas PNGs) into `out_dir` and passes their paths relative to it
+in `report_data`. The page references them by relative URL, so the folder can be moved, zipped or
+served as a whole, and opened straight from disk (a `file://` URL). A path that is absolute, has a
+URL scheme, leaves the folder or names no file is not linked; the page shows it as a labelled gap.
+The CSS and the script are inlined; nothing is fetched from the network.
+
+Safety: the template escapes every user-provided string (Jinja2 autoescape); the data for the
+interactive atlas travels as JSON inside `<script type="application/json">` with `<`, `>`, `&`
+written as `\\u003c`, `\\u003e`, `\\u0026`, so no value can close the element. A
+Content-Security-Policy meta tag allows images from the page's own origin and `file:` only, inline
+styles, and exactly one script (by its SHA-256 hash); everything else, network included, is denied.
+
+`report_data` (every key optional; a missing or empty one is named on the page as absent)::
+
+    {"title", "model", "data", "seed", "score_description",
+     "icon_atlas": path,          # grid image of the main grid (summary config["grid_size"])
+     "atlases": [{"grid_size", "image": path, "grid_image": path,
+                  "cells": [{"cell": [i, j], "count", "classes": {name: int},
+                             "attribution": {name: float}, "exemplars": [path], "icon": path}]}],
+     "pairs": [{"a", "b", "confused", "notes": [str], "filtered_a", "filtered_b", "comparison",
+                "cells": [{"cell", "score", "count", "count_a", "attribution_a", "attribution_b",
+                           "icon", "exemplars": [path]}],
+                "misclassified": [{"id", "image", "heatmap", "p_b"}],
+                "patch_table": [{"candidate", "source", "placement", "flip_rate", "noise_flip_rate",
+                                 "natural_flip_rate", "p_b_before", "p_b_after", "n_images",
+                                 "file"}]}],
+     "suite": {"dir", "check_command"} | None}
+
+Pairs come from report_data in its order, then any pair only the summary names; a pair without
+report_data `cells` / `patch_table` shows the summary's `confusing_cells` / `patches`.
+
+Atlas images: `grid_image` must cover exactly the G×G grid with cell `[i, j]` at column i (left
+to right) and row j (row 0 at the top), as `render.draw_icon_atlas` draws it; it is the
+background of the interactive grid, which is drawn in the same orientation. `image` is any
+picture of that atlas (a figure with title and legend is fine); it is shown in the gallery of
+grid sizes. A misclassified example's `heatmap` is drawn on top of its `image`: give it
+transparency, or make it a finished overlay.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from .._utils import DebugAtlasError
+from . import _view
+
+__all__ = ["render_report", "write_report", "script_json"]
+
+_STATIC = ("report.css", "report.js")
+
+
+def script_json(value: Any) -> Markup:
+    """`value` as JSON that is safe inside a `<script type="application/json">` element.
+
+    `<`, `>` and `&` become JSON unicode escapes (still valid JSON, parsed back unchanged), and all
+    non-ASCII is escaped, so neither `</script>` nor `<!--` nor U+2028 can appear in the text.
+    """
+    text = json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    text = text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    return Markup(text)
+
+
+def _static(name: str) -> str:
+    text = resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+    if "</" in text:
+        raise DebugAtlasError(
+            f"The report asset {name!r} contains '</', which would end its inline element early. "
+            "HINT: write '<\\/' in the asset instead."
+        )
+    return text
+
+
+def _csp(script: str) -> str:
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    return "; ".join([
+        "default-src 'none'",
+        "img-src 'self' file:",
+        "style-src 'unsafe-inline'",
+        f"script-src 'sha256-{digest}'",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ])
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader(__package__, "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = lambda v, digits=1: "—" if v is None else f"{100 * v:.{digits}f} %"
+    env.filters["num"] = lambda v: "—" if v is None else f"{v:.3g}"
+    env.filters["signed"] = lambda v: "—" if v is None else f"{v:+.3g}"
+    env.filters["seconds"] = lambda v: "—" if v is None else (f"{v:.2f} s" if v < 100 else f"{v:,.0f} s")
+    env.filters["count"] = lambda v: "—" if v is None else f"{v:,}"
+    return env
+
+
+def render_report(summary: Mapping, report_data: Mapping | None = None,
+                  out_dir: str | os.PathLike | None = None) -> str:
+    """The report as an HTML string; image paths are checked against `out_dir` when given."""
+    if not isinstance(summary, Mapping):
+        raise DebugAtlasError(
+            f"`write_report(summary={type(summary).__name__})` needs the summary.json dict. "
+            "HINT: pass the dict written to summary.json (a mapping with 'classes', 'pairs', ...)."
+        )
+    if report_data is None:
+        report_data = {}
+    if not isinstance(report_data, Mapping):
+        raise DebugAtlasError(
+            f"`write_report(report_data={type(report_data).__name__})` needs a dict. "
+            "HINT: pass {} when there is nothing beyond the summary to show."
+        )
+    images = _view.Images(Path(out_dir) if out_dir is not None else None)
+    raw_classes = summary.get("classes")
+    classes = [_view.as_text(c) for c in raw_classes] if isinstance(raw_classes, (list, tuple)) else []
+    matrix = _view.confusion(summary, classes)
+    if not classes and matrix is not None:
+        classes = list(matrix["labels"])
+    pairs = _view.pairs(summary, report_data, images, matrix)
+    config = summary.get("config")
+    main_grid = _view.as_int(config.get("grid_size")) if isinstance(config, Mapping) else None
+    blob = _view.atlas_blob(report_data, classes, images, main_grid)
+    suite = _view.suite(report_data)
+    anchors = {(p["a"], p["b"]): p["anchor"] for p in pairs}
+    if matrix is not None:
+        for top in matrix["top_pairs"]:
+            top["anchor"] = anchors.get((top["a"], top["b"]))
+
+    absent = []
+    if matrix is None:
+        absent.append("confusion matrix (missing from the summary or not square)")
+    if not pairs:
+        absent.append("confused pairs (none analysed)")
+    if not blob["grids"]:
+        absent.append("activation atlas (no atlas was rendered)")
+    if suite is None:
+        absent.append("saved patch suite and check command")
+
+    css, script = _static("report.css"), _static("report.js")
+    context = {
+        "title": _view.as_text(report_data.get("title")) or "debugatlas report",
+        "overview": _view.overview(summary, report_data),
+        "classes": classes,
+        "matrix": matrix,
+        "pairs": pairs,
+        "atlas_grids": [g["grid_size"] for g in blob["grids"]],
+        "atlas_gallery": _view.atlas_gallery(report_data, images, main_grid),
+        "atlas_initial": blob["initial"],
+        "atlas_json": script_json(blob),
+        "score_description": _view.as_text(report_data.get("score_description")),
+        "suite": suite,
+        "absent_parts": absent,
+        "css": Markup(css),
+        "script": Markup(script),
+        "csp": Markup(_csp(script)),
+    }
+    return _environment().get_template("index.html").render(**context)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        os.chmod(handle.name, mode)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def write_report(out_dir: str | os.PathLike, summary: Mapping,
+                 report_data: Mapping | None = None) -> Path:
+    """Render the report and write `out_dir/index.html` atomically; return its path.
+
+    The page is rendered in full before anything is written, then written to a temporary file in
+    `out_dir` and moved over `index.html`: a failure at any point leaves an earlier report intact.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html = render_report(summary, report_data, out)
+    target = out / "index.html"
+    _atomic_write_text(target, html)
+    return target
