@@ -2,7 +2,8 @@
 # Browser pieces for tests/test_report_browser.py: Debian's chromium and the Playwright client.
 # Playwright drives the system /usr/bin/chromium; `playwright install` is never run.
 # Run it (sh .ci/install-browser.sh) or source it; either way it changes no shell options.
-# PYTHON names the interpreter of the test environment (default: .venv/bin/python).
+# PYTHON names the interpreter of the test environment (default: .venv/bin/python); when it does
+# not exist yet, `make test` installs Playwright with the dev extra.
 
 _debugatlas_install_browser() (
     set -eu
@@ -13,7 +14,7 @@ _debugatlas_install_browser() (
         $sudo apt-get install -y chromium
     fi
     python="${PYTHON:-.venv/bin/python}"
-    if ! "$python" -c "import playwright.sync_api" >/dev/null 2>&1; then
+    if [ -x "$python" ] && ! "$python" -c "import playwright.sync_api" >/dev/null 2>&1; then
         "$python" -m pip install "playwright>=1.40"
     fi
 )

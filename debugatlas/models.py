@@ -31,6 +31,12 @@ class SmallCNN(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
+def small_digits_cnn() -> SmallCNN:
+    """The reference test model for 24 px digits, `SmallCNN(1, 10, width=8)`, as a no-argument factory
+    (`--model debugatlas.models:small_digits_cnn`)."""
+    return SmallCNN(in_channels=1, num_classes=10, width=8)
+
+
 class _Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
