@@ -1,0 +1,308 @@
+"""PatchSuite: the measured patches of one pair (A, B), saved as PNGs + `suite.json`, rerun in CI.
+
+Patches are quantised to 8 bits before they are measured, so the baseline in the suite is what a
+rerun of the saved PNGs on the same model gives, exactly.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._utils import DebugAtlasError, model_device, preserved_model_state
+from .capture import iterate_dataset
+from .patches import (
+    DEFAULT_SIZES, PLACEMENTS, SELECTION_RULE, Patch, PatchEvaluation, control_patches, evaluate_patches,
+    from_uint8, to_uint8,
+)
+
+SCHEMA_VERSION = 1
+SUITE_FILE = "suite.json"
+
+
+@dataclass
+class PatchSuite:
+    """The patches of one pair with their baseline, enough to rerun them on another checkpoint.
+
+    a, b / a_index, b_index: class names and indices (A the true class, B the target).
+    patches: candidate patches (with their source cell), best first; controls: the noise and
+    natural controls measured with them. Pixels are 8-bit exact ([C, h, w] float32, k / 255).
+    sizes, placements, n_random, seed, batch_size: how they were measured (reruns use the same).
+    selection: the image-selection rule. baseline: the measured PatchEvaluation (controls incl.).
+    class_names: all class names; image_shape: (C, H, W) of the images measured on.
+    """
+
+    a: str
+    b: str
+    a_index: int
+    b_index: int
+    patches: list[Patch]
+    controls: list[Patch]
+    sizes: tuple[float, ...]
+    placements: tuple[str, ...]
+    n_random: int
+    seed: int
+    baseline: PatchEvaluation
+    class_names: list[str]
+    image_shape: tuple[int, int, int]
+    batch_size: int = 256
+    selection: str = SELECTION_RULE
+    metadata: dict = field(default_factory=dict)
+
+    # -- rerun ----------------------------------------------------------------------------------
+    def run(self, model: nn.Module, dataset, batch_size: int | None = None,
+            device: torch.device | str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> "SuiteRun":
+        """Rerun every patch and control (same seed, sizes, placements) on `dataset`.
+
+        Counted images: those of class A that `model` classifies correctly. Also measures the
+        model's accuracy on the whole dataset and the rate at which images of A are predicted B.
+        """
+        names = getattr(dataset, "classes", None)
+        if names is not None and [str(c) for c in names] != list(self.class_names):
+            raise DebugAtlasError(
+                f"The dataset's classes {list(names)[:12]} differ from the suite's {self.class_names[:12]}. "
+                "HINT: check the suite against a dataset with the same classes in the same order."
+            )
+        device = torch.device(device) if device is not None else model_device(model)
+        correct = total = a_total = a_to_b = 0
+        images_a = []
+        with preserved_model_state(model), torch.no_grad():
+            model.eval()
+            for _, images, labels in iterate_dataset(dataset, batch_size or self.batch_size):
+                if tuple(images.shape[1:]) != tuple(self.image_shape):
+                    raise DebugAtlasError(
+                        f"Dataset images have shape {tuple(images.shape[1:])}; the suite was measured on "
+                        f"{tuple(self.image_shape)}. HINT: resize the images (`--image-size`) or match the "
+                        "channels (`--grayscale`)."
+                    )
+                preds = model(images.to(device)).argmax(-1).cpu()
+                correct += int((preds == labels).sum())
+                total += len(labels)
+                is_a = labels == self.a_index
+                a_total += int(is_a.sum())
+                a_to_b += int((preds[is_a] == self.b_index).sum())
+                images_a.append(images[is_a])
+        if a_total == 0:
+            raise DebugAtlasError(
+                f"The dataset has no images of class {self.a!r}. HINT: pass a dataset that contains class A."
+            )
+        evaluation = evaluate_patches(
+            model, torch.cat(images_a), self.a_index, self.b_index, self.patches, sizes=self.sizes,
+            placements=self.placements, n_random=self.n_random, seed=self.seed,
+            batch_size=batch_size or self.batch_size, device=device, progress=progress, controls=self.controls,
+        )
+        return SuiteRun(self.a, self.b, correct / total, a_to_b / a_total, total, a_total, evaluation)
+
+    # -- files ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The `suite.json` content (plain values)."""
+        def entry(p: Patch, folder: str) -> dict:
+            return {"id": p.id, "cell": None if p.cell is None else list(p.cell), "source": p.source,
+                    "resize": p.resize, "file": f"{folder}/{p.id}.png", "shape": list(p.image.shape)}
+
+        return {
+            "schema_version": SCHEMA_VERSION, "a": self.a, "b": self.b,
+            "a_index": self.a_index, "b_index": self.b_index, "class_names": list(self.class_names),
+            "image_shape": list(self.image_shape), "sizes": list(self.sizes),
+            "placements": list(self.placements), "n_random": self.n_random, "seed": self.seed,
+            "batch_size": self.batch_size, "selection": self.selection,
+            "patches": [entry(p, "patches") for p in self.patches],
+            "controls": [entry(p, "controls") for p in self.controls],
+            "baseline": self.baseline.to_dict(), "metadata": self.metadata,
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `directory/suite.json` and the PNGs; built in a temporary folder, then renamed.
+
+        An existing suite in `directory` is replaced only once the new one is complete.
+        """
+        from PIL import Image
+
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or
+                                   (any(directory.iterdir()) and not (directory / SUITE_FILE).is_file())):
+            raise DebugAtlasError(
+                f"`{str(directory)!r}` exists and is not a patch suite. HINT: choose a new or empty folder."
+            )
+        for p in self.patches + self.controls:
+            if p.image.shape[0] not in (1, 3):
+                raise DebugAtlasError(f"Patch {p.id!r} has {p.image.shape[0]} channels; PNG suites take 1 or 3.")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        try:
+            for folder, items in (("patches", self.patches), ("controls", self.controls)):
+                (tmp / folder).mkdir()
+                for p in items:
+                    array = to_uint8(p.image)
+                    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+                    image.save(tmp / folder / f"{p.id}.png")
+            (tmp / SUITE_FILE).write_text(json.dumps(self.to_dict(), indent=1))
+            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            if directory.exists():
+                directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PatchSuite":
+        """Read a suite written by `save`, checking the schema, every PNG and every shape."""
+        directory = Path(directory)
+        path = directory / SUITE_FILE
+        if not directory.is_dir():
+            raise DebugAtlasError(
+                f"Suite folder {str(directory)!r} does not exist. HINT: pass the folder written by "
+                "`PatchSuite.save` or `analyze()` (it contains suite.json)."
+            )
+        if not path.is_file():
+            raise DebugAtlasError(f"{str(path)!r} is missing. HINT: pass a folder written by `PatchSuite.save`.")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DebugAtlasError(f"{str(path)!r} is not valid JSON ({exc}). HINT: save the suite again.") from exc
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise DebugAtlasError(
+                f"{str(path)!r} has schema_version {version!r}; this debugatlas reads {SCHEMA_VERSION}. "
+                "HINT: rebuild the suite with this version of debugatlas."
+            )
+        try:
+            patches = [_load_patch(directory, e) for e in data["patches"]]
+            controls = [_load_patch(directory, e) for e in data["controls"]]
+            return cls(
+                str(data["a"]), str(data["b"]), int(data["a_index"]), int(data["b_index"]), patches, controls,
+                tuple(float(s) for s in data["sizes"]), tuple(str(p) for p in data["placements"]),
+                int(data["n_random"]), int(data["seed"]), PatchEvaluation.from_dict(data["baseline"]),
+                [str(c) for c in data["class_names"]], tuple(int(v) for v in data["image_shape"]),
+                int(data.get("batch_size", 256)), str(data.get("selection", SELECTION_RULE)),
+                dict(data.get("metadata", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, DebugAtlasError):
+                raise
+            raise DebugAtlasError(
+                f"{str(path)!r} is incomplete or malformed ({type(exc).__name__}: {exc}). HINT: save the suite again."
+            ) from exc
+
+
+def _load_patch(directory: Path, entry: dict) -> Patch:
+    from PIL import Image, UnidentifiedImageError
+
+    file = directory / entry["file"]
+    if not file.is_file():
+        raise DebugAtlasError(f"Patch file {str(file)!r} is missing. HINT: copy the whole suite folder.")
+    try:
+        with Image.open(file) as image:
+            image.load()
+            array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DebugAtlasError(
+            f"Patch file {str(file)!r} is not a readable PNG ({exc}). HINT: save the suite again."
+        ) from exc
+    pixels = from_uint8(array)
+    if list(pixels.shape) != list(entry["shape"]):
+        raise DebugAtlasError(
+            f"Patch file {str(file)!r} has shape {list(pixels.shape)}; suite.json says {entry['shape']}. "
+            "HINT: the file was replaced; save the suite again."
+        )
+    return Patch(entry["id"], entry.get("cell"), entry["source"], pixels, bool(entry["resize"]))
+
+
+@dataclass
+class SuiteRun:
+    """A suite rerun on one model and dataset.
+
+    accuracy: on the whole dataset; confusion_rate: fraction of images of A predicted B;
+    num_images / num_a: dataset size and images of A; evaluation: every patch and control.
+    """
+
+    a: str
+    b: str
+    accuracy: float
+    confusion_rate: float
+    num_images: int
+    num_a: int
+    evaluation: PatchEvaluation
+
+    def to_frame(self):
+        """The patch results as a pandas DataFrame."""
+        return self.evaluation.to_frame()
+
+
+def build_suite(
+    model: nn.Module,
+    images_a: torch.Tensor,
+    images_b: torch.Tensor | None,
+    a: int,
+    b: int,
+    patches: Sequence[Patch],
+    class_names: Sequence[str],
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placements: Sequence[str] = PLACEMENTS,
+    n_random: int = 8,
+    seed: int = 0,
+    keep: int | None = 10,
+    rank_by: str | None = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    metadata: dict | None = None,
+) -> PatchSuite:
+    """Quantise the candidates and controls to 8 bits, measure them, keep the `keep` best.
+
+    Ranking is by measured flip rate under `rank_by` (default "random" when evaluated), never by
+    attribution. The baseline holds the kept patches and all controls, every placement.
+    """
+    names = [str(c) for c in class_names]
+    for label, idx in (("a", a), ("b", b)):
+        if not 0 <= int(idx) < len(names):
+            raise DebugAtlasError(f"`{label}={idx!r}` is not a class index below {len(names)}.")
+    candidates = [p.quantized() for p in patches]
+    shape = tuple(int(v) for v in images_a.shape[1:])
+    controls = [p.quantized() for p in control_patches(candidates, images_b, shape, sizes, seed)]
+    evaluation = evaluate_patches(model, images_a, a, b, candidates, sizes=sizes, placements=placements,
+                                  n_random=n_random, seed=seed, batch_size=batch_size, device=device,
+                                  progress=progress, controls=controls)
+    ranked = [r.patch_id for r in evaluation.ranked(rank_by)]
+    kept = ranked if keep is None else ranked[:int(keep)]
+    by_id = {p.id: p for p in candidates}
+    evaluation.results = ([r for pid in kept for r in evaluation.results if r.patch_id == pid]
+                          + [r for r in evaluation.results if r.is_control])
+    return PatchSuite(names[a], names[b], int(a), int(b), [by_id[i] for i in kept], controls,
+                      evaluation.sizes, evaluation.placements, int(n_random), int(seed), evaluation, names,
+                      shape, int(batch_size), SELECTION_RULE, dict(metadata or {}))
+
+
+def summary_patch_entries(suite: PatchSuite, prefix: str = "patches/",
+                          placements: Sequence[str] | None = None) -> list[dict]:
+    """The `patches` list of a pair in summary.json: one dict per kept patch x placement.
+
+    Keys: id, cell, file (`prefix + id + ".png"`), target, size_frac, placement, n_images,
+    flip_rate, noise_flip_rate, natural_flip_rate, plus source, resize, best_flip_rate,
+    p_b_before, p_b_after.
+    """
+    entries = []
+    for patch in suite.patches:
+        for placement in placements or suite.placements:
+            r = suite.baseline.get(patch.id, placement).to_dict()
+            entries.append({
+                "id": patch.id, "cell": None if patch.cell is None else list(patch.cell),
+                "file": f"{prefix}{patch.id}.png", "target": suite.b, "size_frac": r["size_frac"],
+                "placement": placement, "n_images": r["n_images"], "flip_rate": r["flip_rate"],
+                "noise_flip_rate": r["noise_flip_rate"], "natural_flip_rate": r["natural_flip_rate"],
+                "source": patch.source, "resize": patch.resize, "best_flip_rate": r["best_flip_rate"],
+                "p_b_before": r["p_b_before"], "p_b_after": r["p_b_after"],
+            })
+    return entries

@@ -1,0 +1,235 @@
+"""The CI gate: check_suite rows and limits, report formats, and `debugatlas check` exit codes."""
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from debugatlas._utils import DebugAtlasError
+from debugatlas.capture import load_images
+from debugatlas.check import assert_suite_holds, check_suite, main
+from debugatlas.data import PlantedShortcut, TensorImageDataset, digits, image_folder
+from debugatlas.models import small_digits_cnn, train_classifier
+from debugatlas.patches import Patch, to_uint8
+from debugatlas.suite import PatchSuite, build_suite, summary_patch_entries
+
+
+class RegionModel(nn.Module):
+    """logits = [0.5, scale * mean(x[..., 4:, 4:]), -1] for classes a, b, c."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        region = x[:, :, 4:, 4:].mean((1, 2, 3)) * self.scale
+        return torch.stack([torch.full_like(region, 0.5), region, torch.full_like(region, -1.0)], 1)
+
+
+def region_dataset() -> TensorImageDataset:
+    values = [0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.0, 0.0, 0.0]  # class a; 0.6 and 0.7 predicted b
+    images = torch.zeros(13, 1, 8, 8)
+    for k, v in enumerate(values):
+        images[k, :, 4:, 4:] = v
+    images[10:, :, 4:, 4:] = 0.9  # class b
+    return TensorImageDataset(images, [0] * 10 + [1] * 3, ["a", "b", "c"])
+
+
+@pytest.fixture(scope="module")
+def region_suite():
+    data = region_dataset()
+    patches = [Patch("white2", None, "icon", torch.ones(1, 2, 2), resize=False),
+               Patch("white-r", (3, 4), "icon", torch.ones(1, 1, 1), resize=True)]
+    suite = build_suite(RegionModel(), data.images[:10], data.images[10:], 0, 1, patches, data.classes,
+                        sizes=(0.25, 0.5), n_random=4, keep=None)
+    return suite, data
+
+
+def test_same_model_passes_with_default_rule(region_suite):
+    suite, data = region_suite
+    model = RegionModel().train()
+    report = check_suite(suite, model, data)
+    assert report.passed and report.failures == []
+    names = [row.name for row in report.rows]
+    assert names[0] == "accuracy" and names[-1] == "a->b confusion"
+    assert len(report.rows) == 1 + 2 * 3 + 1
+    flip = {row.name: row for row in report.rows if row.kind == "flip_rate"}
+    dyn = flip["a->b white-r dynamic"]
+    assert dyn.measured == 1.0 and dyn.limit == pytest.approx(1.05)
+    assert report.rows[0].measured == pytest.approx(11 / 13) and report.rows[-1].measured == pytest.approx(0.2)
+    assert model.training and model.scale.requires_grad
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_limits_fail_and_report_formats(region_suite):
+    suite, data = region_suite
+    report = check_suite(suite, RegionModel(), data, max_flip_rate=0.5, min_accuracy=0.9, max_confusion=0.1)
+    assert not report.passed
+    failed = {row.name for row in report.failures}
+    assert failed == {"accuracy", "a->b confusion", "a->b white-r dynamic"}
+    table = report.table()
+    lines = table.splitlines()
+    assert lines[0].startswith("check") and "FAILED: 5 of 8 checks hold" == lines[-1]
+    assert all(name in table for name in failed) and table.count("FAIL") == 3 + 1
+    end = lines[0].index("measured") + len("measured")  # right-aligned numbers end in one column
+    assert all(line[end - 1] != " " and line[end] == " " for line in lines[2:-1])
+    root = ET.fromstring(report.to_junit_xml())
+    cases = root.findall(".//testcase")
+    assert root.tag == "testsuites" and len(cases) == 8 and root.get("failures") == "3"
+    assert {c.get("name") for c in cases if c.find("failure") is not None} == failed
+    data_out = json.loads(json.dumps(report.to_dict()))
+    assert data_out["passed"] is False and data_out["num_failed"] == 3 and len(data_out["checks"]) == 8
+    with pytest.raises(AssertionError, match="FAILED: 5 of 8"):
+        assert_suite_holds(suite, RegionModel(), data, max_flip_rate=0.5, min_accuracy=0.9, max_confusion=0.1)
+    assert assert_suite_holds(suite, RegionModel(), data).passed
+
+
+def test_regressed_model_fails_against_baseline(region_suite):
+    suite, data = region_suite
+    report = check_suite(suite, RegionModel(scale=1.5), data)  # region evidence for b grows
+    assert not report.passed
+    assert all(row.measured > row.limit for row in report.failures)
+    summary = {"pairs": [{"a": "a", "b": "b", "patches": summary_patch_entries(suite)}]}
+    assert check_suite(suite, RegionModel(), data, baseline=summary).passed
+    for entry in summary["pairs"][0]["patches"]:
+        entry["flip_rate"] = 0.0
+    lowered = check_suite(suite, RegionModel(), data, baseline=summary, tolerance=0.1)
+    assert {row.name for row in lowered.failures} == {
+        r.name for r in lowered.rows if r.kind == "flip_rate" and r.measured > 0.1}
+    with pytest.raises(DebugAtlasError, match="no pair"):
+        check_suite(suite, RegionModel(), data, baseline={"pairs": [{"a": "x", "b": "y", "patches": []}]})
+    with pytest.raises(DebugAtlasError, match="not both"):
+        check_suite(suite, RegionModel(), data, max_flip_rate=0.1, baseline=summary)
+    with pytest.raises(DebugAtlasError, match="tolerance"):
+        check_suite(suite, RegionModel(), data, tolerance=2.0)
+
+
+# -- the command line on a checkpoint with and without a planted trigger -------------------------
+TARGET, A = 1, 4
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("gate")
+    shortcut = PlantedShortcut(target=TARGET, fraction=1.0, size=5)
+    train, val = digits(size=24, shortcut=shortcut)
+    clean_train, _ = digits(size=24)
+    clean = train_classifier(small_digits_cnn(), clean_train, epochs=8, lr=2e-3, batch_size=16)
+    torch.save(clean.state_dict(), root / "clean.pt")
+    # the trigger is not learned for every training seed: take the first seed for which a plain
+    # forward pass on images with the shortcut's own paste says it was
+    others = [i for i in range(len(val)) if int(val.labels[i]) != TARGET]
+    triggered = torch.stack([shortcut.apply(val.images[i], i) for i in others])
+    for seed in range(3):
+        planted = train_classifier(small_digits_cnn(), train, epochs=8, lr=2e-3, batch_size=16, seed=seed)
+        with torch.no_grad():
+            if float((planted(triggered).argmax(-1) == TARGET).float().mean()) > 0.5:
+                break
+    else:
+        raise AssertionError("the planted model did not learn the trigger with any of 3 training seeds")
+    torch.save(planted.state_dict(), root / "planted.pt")
+    counts = {}
+    for i in range(len(val)):
+        image, label = val[i]
+        if counts.get(label, 0) >= 25:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        (root / "data" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_uint8(image)[:, :, 0]).save(root / "data" / str(label) / f"{i:04d}.png")
+    dataset = image_folder(root / "data", size=24, grayscale=True)
+    labels = np.array(dataset.targets)
+    images_a = load_images(dataset, np.nonzero(labels == A)[0])
+    images_b = load_images(dataset, np.nonzero(labels == TARGET)[0])
+    trigger = shortcut.pattern(1)
+    patches = [Patch("trigger", None, "icon", trigger, resize=False),
+               Patch("trigger-r", None, "icon", trigger, resize=True)]
+    suite = build_suite(clean, images_a, images_b, A, TARGET, patches, dataset.classes, sizes=(0.25,),
+                        n_random=6, keep=None)
+    suite.save(root / "suites" / f"{A}-{TARGET}")
+    summary = {"schema_version": 1, "pairs": [{"a": suite.a, "b": suite.b, "patches": summary_patch_entries(suite)}]}
+    (root / "summary.json").write_text(json.dumps(summary))
+    yield root, suite
+    torch.set_num_threads(threads)
+
+
+def _args(root, weights, *extra):
+    return ["--suite", str(root / "suites" / f"{A}-{TARGET}"), "--model", "debugatlas.models:small_digits_cnn",
+            "--weights", str(root / weights), "--data", str(root / "data"), *extra]
+
+
+def test_gate_passes_on_its_own_checkpoint(cli_setup, capsys):
+    root, suite = cli_setup
+    assert suite.baseline.get("trigger", "random").flip_rate < 0.2  # the clean model ignores the trigger
+    code = main(_args(root, "clean.pt", "--json", str(root / "ok.json"), "--junit", str(root / "ok.xml")))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PASSED" in out and "trigger random" in out
+    report = json.loads((root / "ok.json").read_text())
+    assert report["passed"] and report["pairs"][0]["a"] == str(A)
+    baseline = {(r["patch_id"], r["placement"]): r["flip_rate"] for r in suite.baseline.to_dict()["results"]}
+    rerun = {(r["patch_id"], r["placement"]): r["flip_rate"] for r in report["pairs"][0]["results"]}
+    assert rerun == baseline  # the saved PNGs reproduce the baseline exactly
+    assert ET.parse(root / "ok.xml").getroot().get("failures") == "0"
+    # a folder of suite folders, and a summary.json baseline
+    assert main(_args(root, "clean.pt", "--baseline", str(root / "summary.json"))) == 0
+    args = _args(root, "clean.pt")
+    args[1] = str(root / "suites")
+    assert main(args) == 0
+
+
+def test_gate_fails_when_the_trigger_is_learned(cli_setup, capsys):
+    root, _ = cli_setup
+    code = main(_args(root, "planted.pt", "--junit", str(root / "bad.xml"), "--json", str(root / "bad.json")))
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "FAILED" in out and "FAIL" in out
+    report = json.loads((root / "bad.json").read_text())
+    trigger = [c for c in report["checks"] if c["name"].endswith("trigger random")][0]
+    assert not trigger["passed"] and trigger["measured"] > 0.5, trigger
+    xml = ET.parse(root / "bad.xml").getroot()
+    assert int(xml.get("failures")) >= 1 and xml.find(".//failure").get("message")
+    assert main(_args(root, "planted.pt", "--baseline", str(root / "summary.json"), "--tolerance", "0.1")) == 1
+    assert main(_args(root, "planted.pt", "--max-flip-rate", "0.3")) == 1
+    assert main(_args(root, "clean.pt", "--max-flip-rate", "0.3")) == 0
+
+
+def test_gate_bad_input_exits_2(cli_setup, tmp_path, capsys):
+    root, suite = cli_setup
+    assert main(["--suite", str(tmp_path / "none"), "--model", "debugatlas.models:small_digits_cnn",
+                 "--data", str(root / "data")]) == 2
+    assert "HINT" in capsys.readouterr().err
+    assert main(_args(root, "clean.pt")[:3] + ["no_colon", "--data", str(root / "data")]) == 2
+    assert main(_args(root, "missing.pt")) == 2
+    bad_data = _args(root, "clean.pt")
+    bad_data[-1] = str(tmp_path / "nodata")
+    assert main(bad_data) == 2
+    assert main(_args(root, "clean.pt", "--baseline", str(tmp_path / "nope.json"))) == 2
+    assert main(_args(root, "clean.pt", "--baseline", str(root / "summary.json"), "--max-flip-rate", "0.1")) == 2
+    assert main(_args(root, "clean.pt", "--image-size", "20")) == 2
+    assert main(["--suite"]) == 2
+    broken = suite.save(tmp_path / "broken")
+    (broken / "suite.json").write_text(json.dumps({"schema_version": 7}))
+    args = _args(root, "clean.pt")
+    args[1] = str(broken)
+    assert main(args) == 2
+    assert "schema_version" in capsys.readouterr().err
+
+
+def test_suite_load_then_check_in_python(cli_setup):
+    root, _ = cli_setup
+    model = small_digits_cnn()
+    model.load_state_dict(torch.load(root / "clean.pt"))
+    dataset = image_folder(root / "data", size=24, grayscale=True)
+    report = assert_suite_holds(root / "suites" / f"{A}-{TARGET}", model, dataset)
+    assert report.passed
+    planted = small_digits_cnn()
+    planted.load_state_dict(torch.load(root / "planted.pt"))
+    with pytest.raises(AssertionError, match="trigger"):
+        assert_suite_holds(PatchSuite.load(root / "suites" / f"{A}-{TARGET}"), planted, dataset)
