@@ -195,7 +195,7 @@ class AtlasCallback(pl.Callback):
 class ClassifierModule(pl.LightningModule):
     """A LightningModule around a plain classifier: cross-entropy, Adam, accuracy logged."""
 
-    def __init__(self, model: torch.nn.Module, lr: float = 3e-3) -> None:
+    def __init__(self, model: torch.nn.Module, lr: float = 1e-2) -> None:
         super().__init__()
         self.model, self.lr = model, lr
 

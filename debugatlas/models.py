@@ -12,7 +12,7 @@ from ._utils import DebugAtlasError
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks and a linear head; layers named layer1..layer3 like torchvision ResNets.
+    """Three conv-BN-ReLU blocks and a linear head; layers named layer1..layer3 like torchvision ResNets.
 
     For 24 px inputs the spatial sizes are 12 (layer1), 6 (layer2) and 6 (layer3).
     """
@@ -20,9 +20,13 @@ class SmallCNN(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
         w = width
-        self.layer1 = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.layer2 = nn.Sequential(nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.layer3 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU())
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.layer1 = nn.Sequential(*block(in_channels, w), nn.MaxPool2d(2))
+        self.layer2 = nn.Sequential(*block(w, 2 * w), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(*block(2 * w, 4 * w))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
 
@@ -75,7 +79,7 @@ class CifarResNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def train_classifier(model: nn.Module, dataset, epochs: int = 5, lr: float = 3e-3, batch_size: int = 64,
+def train_classifier(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-2, batch_size: int = 64,
                      seed: int = 0, device: torch.device | str = "cpu") -> nn.Module:
     """Train with Adam and cross-entropy (a plain loop, for tests and scripts); returns the model in eval mode."""
     torch.manual_seed(seed)
