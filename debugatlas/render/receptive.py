@@ -1,0 +1,131 @@
+"""Receptive fields measured by autograd, and crops of real images around sampled positions."""
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._utils import DebugAtlasError, generator, gradient_context, model_device
+from ..capture import ActivationSet, load_images
+from ._hooks import layer_name_and_module, run_to_layer
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _select(output: torch.Tensor, position: tuple[int, int]) -> torch.Tensor:
+    """The layer vectors [B, C] at `position` (row, col); tokens are (0, t)."""
+    row, col = position
+    if output.dim() == 4:
+        limit = tuple(output.shape[2:])
+    elif output.dim() == 3:
+        limit = (1, output.shape[1])
+    else:
+        limit = None
+    if limit is None or not (0 <= row < limit[0] and 0 <= col < limit[1]):
+        raise DebugAtlasError(
+            f"`position={position!r}` is outside the layer output of shape {tuple(output.shape[1:])}. "
+            "HINT: positions are (row, col) of [B, C, H, W] outputs or (0, token) of [B, T, C] outputs."
+        )
+    return output[:, :, row, col] if output.dim() == 4 else output[:, col, :]
+
+
+def receptive_field(model: nn.Module, layer: str | nn.Module, input_shape: Sequence[int],
+                    position: Sequence[int], trials: int = 16, seed: int = 0) -> tuple[int, int, int, int]:
+    """The input region (row0, row1, col0, col1), half-open, that the layer output at `position` sees.
+
+    Measured, not derived from the architecture: the bounding box of the pixels where the gradient
+    of the position's output (a random mix of its channels) w.r.t. the input is non-zero, united
+    over a constant input and `trials - 1` random ones (so max-pool ties and inactive ReLUs do not
+    hide pixels). Clipped to the image. Pooled outputs ((-1, -1), or an empty support) see the whole
+    image. Cached per (model, layer, input shape, position).
+    """
+    name, module = layer_name_and_module(model, layer)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise DebugAtlasError(f"`input_shape={tuple(input_shape)!r}` must be (C, H, W) positive integers.")
+    pos = tuple(int(p) for p in position)
+    whole = (0, shape[1], 0, shape[2])
+    if pos == (-1, -1):
+        return whole
+    cache = _CACHE.setdefault(model, {}).setdefault((name, shape), {})
+    if pos in cache:
+        return cache[pos]
+    gen = generator(seed)
+    device = model_device(model)
+    with gradient_context(model):
+        images = torch.rand((max(1, int(trials)), *shape), generator=gen)
+        images[0] = 0.5
+        images = images.to(device).requires_grad_(True)
+        vectors = _select(run_to_layer(model, module, images, name), pos)
+        mix = torch.rand(vectors.shape[-1], generator=gen).add_(0.5).to(device)
+        (grad,) = torch.autograd.grad((vectors * mix).sum(), images)
+    support = (grad != 0).any(0).any(0)
+    rows = torch.nonzero(support.any(1)).flatten()
+    cols = torch.nonzero(support.any(0)).flatten()
+    region = whole if rows.numel() == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    cache[pos] = region
+    return region
+
+
+def _window(start: int, stop: int, length: int, size: int) -> tuple[int, int]:
+    """Extend a region clipped by the image border back to `size` on the side that was cut."""
+    if stop - start >= size:
+        return start, stop
+    if start == 0 and stop < length:
+        return stop - size, stop
+    return start, start + size
+
+
+def _crop(image: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], fill: float) -> torch.Tensor:
+    _, height, width = image.shape
+    pad = (max(0, -cols[0]), max(0, cols[1] - width), max(0, -rows[0]), max(0, rows[1] - height))
+    padded = F.pad(image, pad, value=fill)
+    r0, c0 = rows[0] + pad[2], cols[0] + pad[0]
+    return padded[:, r0:r0 + rows[1] - rows[0], c0:c0 + cols[1] - cols[0]]
+
+
+def _resize(crop: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(crop.shape[1:]) == size:
+        return crop
+    return F.interpolate(crop[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def exemplar_crops(model: nn.Module, layer: str | nn.Module, dataset, acts: ActivationSet,
+                   sample_indices: Sequence[int] | torch.Tensor, size: int | tuple[int, int] | None = None,
+                   fill: float = 0.0) -> torch.Tensor:
+    """Crops [n, C, h, w] float32 of the real images around sampled positions, in [0, 1].
+
+    Sample k is image `acts.image_ids[i]` cut to the receptive field of `acts.positions[i]`
+    (i = sample_indices[k]). Every crop has the size of an unclipped receptive field (that of the
+    layer's centre position); where the field runs past the image border the crop is filled with
+    `fill` (0 is what a zero-padded network sees). `size` resizes the crops (int or (h, w)).
+    """
+    index = torch.as_tensor(sample_indices, dtype=torch.long).reshape(-1)
+    if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= len(acts):
+        raise DebugAtlasError(
+            f"`sample_indices` must be a non-empty list of indices below {len(acts)} (got {index.tolist()[:8]}). "
+            "HINT: use indices into the ActivationSet, such as an Atlas's exemplars."
+        )
+    images = load_images(dataset, acts.image_ids[index])
+    shape = tuple(images.shape[1:])
+    positions = acts.positions[index].tolist()
+    if acts.spatial_shape is None:
+        window = shape[1:]
+    else:
+        centre = (acts.spatial_shape[0] // 2, acts.spatial_shape[1] // 2)
+        r0, r1, c0, c1 = receptive_field(model, layer, shape, centre)
+        window = (r1 - r0, c1 - c0)
+    crops = []
+    for image, pos in zip(images, positions):
+        r0, r1, c0, c1 = receptive_field(model, layer, shape, pos)
+        rows = _window(r0, r1, shape[1], window[0])
+        cols = _window(c0, c1, shape[2], window[1])
+        crops.append(_resize(_crop(image, rows, cols, fill), window))
+    out = torch.stack(crops)
+    if size is not None:
+        target = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+        out = torch.stack([_resize(crop, target) for crop in out])
+    return out.float().clamp(0, 1)
