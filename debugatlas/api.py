@@ -76,7 +76,7 @@ class AnalysisResult:
     class_names: list[str]
     config: AnalysisConfig
     icon_atlas: np.ndarray | None = None
-    suite: Any = None
+    suites: list = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -233,7 +233,7 @@ def analyze(
             icon_atlas, icons = stages.render(net, module, dataset, acts, atlases[config.grid_size],
                                               findings, config, seed, dev) if config.render else (None, {})
         with timer.stage("patches"):
-            suite = stages.patches(net, module, dataset, acts, attributions, atlases[config.grid_size],
+            suites = stages.patches(net, module, dataset, acts, attributions, atlases[config.grid_size],
                                    findings, icons, names, config, seed, dev,
                                    progress) if config.patches and config.render else None
         with timer.stage("attribution"):
@@ -242,7 +242,7 @@ def analyze(
     result = AnalysisResult(
         summary={}, out_dir=Path(out_dir) if out_dir is not None else None, activations=acts,
         attributions=attributions, xy=xy, atlases=atlases, pairs=findings, confusion=confusion,
-        class_names=names, config=config, icon_atlas=icon_atlas, suite=suite,
+        class_names=names, config=config, icon_atlas=icon_atlas, suites=suites or [],
     )
     result.summary = stages.summary(result, name, labels, preds, timer.times, layout_params, seed,
                                     normalize)

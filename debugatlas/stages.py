@@ -166,11 +166,12 @@ def examples(model, dataset, acts: ActivationSet, findings: list, config: Analys
                             for k, i in enumerate(chosen)]
 
 
-def patches(model, dataset, acts, findings, names, config, seed, device, progress):
-    """Patch tests for every finding (see `patches.py`); returns the saved-suite object."""
+def patches(model, module, dataset, acts, attr, atlas, findings, icons, names, config, seed, device, progress):
+    """Patch tests for every finding (see `patch_stage.py`); returns the pairs' suites."""
     from .patch_stage import run_patch_tests
 
-    return run_patch_tests(model, dataset, acts, findings, names, config, seed, device, progress)
+    return run_patch_tests(model, module, dataset, acts, atlas, findings, icons, names, config, seed, device,
+                           progress)
 
 
 def _versions() -> dict[str, str]:
@@ -200,7 +201,8 @@ def summary(result, layer: str, labels: np.ndarray, preds: np.ndarray, timings: 
                 "icon": icon_path(cell.cell) if cell.cell in finding.icons else None,
             })
         pairs.append({"a": finding.a_name, "b": finding.b_name, "confused": finding.confused,
-                      "confusing_cells": cells, "patches": patch_rows(finding), "notes": list(finding.notes)})
+                      "confusing_cells": cells, "patches": patch_rows(finding, len(pairs)),
+                      "notes": list(finding.notes)})
     timings = {k: timings.get(k, 0.0) for k in ("capture", "attribution", "layout", "render", "patches", "total")}
     config = result.config.to_dict()
     config.update({"seed": seed, "normalize": [list(map(float, v)) for v in normalize] if normalize else None,
@@ -218,8 +220,15 @@ def icon_path(cell: tuple[int, int]) -> str:
     return f"icons/cell_{cell[0]:02d}_{cell[1]:02d}.png"
 
 
-def patch_rows(finding) -> list[dict]:
-    """The `patches` list of a pair in summary.json."""
+def suite_dir(index: int) -> str:
+    """Where the suite of the `index`-th pair is written, relative to the run directory."""
+    return f"suite/pair{index}"
+
+
+def patch_rows(finding, index: int) -> list[dict]:
+    """The `patches` list of a pair in summary.json (kept patches x placements, best first)."""
+    from .suite import summary_patch_entries
+
     if finding.patches is None:
         return []
-    return finding.patches.summary_rows()
+    return summary_patch_entries(finding.patches, prefix=f"{suite_dir(index)}/patches/")
