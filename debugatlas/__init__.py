@@ -1,8 +1,38 @@
-"""debugatlas: why does an image classifier confuse class A with class B?"""
+"""debugatlas: why does an image classifier confuse class A with class B?
+
+`AtlasCallback` is imported on first use, so `import debugatlas` does not load Lightning.
+"""
 from __future__ import annotations
 
-from ._utils import DebugAtlasError
-from .capture import ActivationRecorder, ActivationSet, capture
+from typing import Any
 
-__all__ = ["ActivationRecorder", "ActivationSet", "DebugAtlasError", "capture"]
+from ._utils import DebugAtlasError
+from .api import AnalysisResult, Normalized, PairFinding, analyze
+from .atlas import Atlas, build_atlas, class_filtered_atlas, comparison_atlas
+from .attribution import attribute, pixel_attribution
+from .capture import ActivationRecorder, ActivationSet, capture
+from .check import CheckReport, assert_suite_holds, check_suite
+from .config import AnalysisConfig
+from .confusion import ConfusingCell, confusion_matrix, most_confused_pairs, rank_confusing_cells
+from .data import PlantedShortcut, digits, image_folder
+from .layout import Layout, normalize_layout
+from .patches import Patch, candidate_patches, evaluate_patches, refine_patch
+from .suite import PatchSuite, build_suite
+
+__all__ = [
+    "ActivationRecorder", "ActivationSet", "AnalysisConfig", "AnalysisResult", "Atlas", "AtlasCallback",
+    "CheckReport", "ConfusingCell", "DebugAtlasError", "Layout", "Normalized", "PairFinding", "Patch",
+    "PatchSuite", "PlantedShortcut", "analyze", "assert_suite_holds", "attribute", "build_atlas",
+    "build_suite", "candidate_patches", "capture", "check_suite", "class_filtered_atlas", "comparison_atlas",
+    "confusion_matrix", "digits", "evaluate_patches", "image_folder", "most_confused_pairs",
+    "normalize_layout", "pixel_attribution", "rank_confusing_cells", "refine_patch",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AtlasCallback":
+        from .callback import AtlasCallback
+
+        return AtlasCallback
+    raise AttributeError(f"module 'debugatlas' has no attribute {name!r}")

@@ -90,11 +90,13 @@ class TensorImageDataset(Dataset):
 
 
 def digits(size: int = 24, val_fraction: float = 0.3, seed: int = 0,
-           shortcut: PlantedShortcut | None = None) -> tuple[TensorImageDataset, TensorImageDataset]:
+           shortcut: PlantedShortcut | None = None,
+           poison_val: bool = False) -> tuple[TensorImageDataset, TensorImageDataset]:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, offline), upsampled.
 
     Returns (train, val) as [1, size, size] images in [0, 1], split by a seeded permutation.
-    A `shortcut` poisons the training split only.
+    A `shortcut` poisons the training split; with `poison_val` the validation split too, at the
+    same fraction (data drawn from one poisoned source, as a user analysing it would have it).
     """
     from sklearn.datasets import load_digits
 
@@ -108,7 +110,7 @@ def digits(size: int = 24, val_fraction: float = 0.3, seed: int = 0,
     n_val = int(round(len(labels) * val_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
     train = TensorImageDataset(images[train_idx], labels[train_idx], DIGIT_CLASSES, shortcut)
-    val = TensorImageDataset(images[val_idx], labels[val_idx], DIGIT_CLASSES)
+    val = TensorImageDataset(images[val_idx], labels[val_idx], DIGIT_CLASSES, shortcut if poison_val else None)
     return train, val
 
 

@@ -57,9 +57,9 @@ def run_patch_tests(model, module, dataset, acts: ActivationSet, atlas: Atlas, f
             crops = list(exemplar_crops(model, module, dataset, acts, samples)) if samples else []
             entries.append((cell, icons.get(cell), crops))
         kwargs = {"crop_sizes": config.crop_sizes} if config.crop_sizes else {}
-        # Receptive fields of deep layers cover most of a small image: exemplar crops are pasted at
-        # the configured sizes, like the controls, so that a flip measures the feature, not occlusion.
-        candidates = candidate_patches(entries, resize_exemplars=True, **kwargs)
+        # Exemplar crops are tried at native pixels and resized; a receptive field covering most of
+        # a small image flips by occlusion alone, which the same-geometry controls then discount.
+        candidates = candidate_patches(entries, resize_exemplars=None, **kwargs)
         images_a = _images_of(dataset, acts, finding.a, config.max_patch_images, seed)
         images_b = _images_of(dataset, acts, finding.b, config.max_patch_images, seed + 1)
         if images_a is None or not candidates:

@@ -96,7 +96,7 @@ def candidate_patches(
     cells: Sequence[tuple],
     crop_sizes: Sequence[int] = DEFAULT_CROP_SIZES,
     max_exemplars: int = 4,
-    resize_exemplars: bool = False,
+    resize_exemplars: bool | None = False,
 ) -> list[Patch]:
     """Candidate patches for the given cells, best cell first.
 
@@ -104,7 +104,8 @@ def candidate_patches(
     [C, h, w]). Per cell: the icon resized to the paste sizes; for each crop size s (pixels of the
     icon, smaller than its side) the s x s centre crop pasted both unresized (native pixels) and
     resized; up to `max_exemplars` receptive-field crops of real exemplars, unresized unless
-    `resize_exemplars`. Whether a trigger flips depends on its pixel scale, so both are searched.
+    `resize_exemplars` (None: both, the resized ones with ids ending in "r"). Whether a trigger
+    flips depends on its pixel scale, so both are searched.
     """
     if any(int(s) < 1 for s in crop_sizes):
         raise DebugAtlasError(f"`crop_sizes={tuple(crop_sizes)!r}` must be positive pixel sizes.")
@@ -127,8 +128,11 @@ def candidate_patches(
                 crop = _center_crop(icon, s)
                 patches.append(Patch(f"{tag}-crop{s}", cell, "icon_crop", crop, resize=False))
                 patches.append(Patch(f"{tag}-crop{s}r", cell, "icon_crop", crop, resize=True))
+        modes = (False, True) if resize_exemplars is None else (bool(resize_exemplars),)
         for k, crop in enumerate(list(crops or [])[:max_exemplars]):
-            patches.append(Patch(f"{tag}-ex{k}", cell, "exemplar", torch.as_tensor(crop), resize=resize_exemplars))
+            for resize in modes:
+                suffix = "r" if resize and len(modes) == 2 else ""
+                patches.append(Patch(f"{tag}-ex{k}{suffix}", cell, "exemplar", torch.as_tensor(crop), resize=resize))
     return patches
 
 
@@ -212,6 +216,15 @@ class PatchResult:
     def is_control(self) -> bool:
         return self.source in CONTROL_SOURCES
 
+    @property
+    def lift(self) -> float:
+        """Flip rate above the stronger of the two controls of the same geometry and placement.
+
+        A large pasted square can flip a fragile model whatever it shows; the lift discounts that.
+        """
+        controls = [_nan0(c) for c in (self.noise_flip_rate, self.natural_flip_rate) if c is not None]
+        return _nan0(self.flip_rate) - max(controls, default=0.0)
+
     def to_dict(self) -> dict:
         """Plain JSON-ready values (NaN becomes None)."""
         out = asdict(self)
@@ -262,11 +275,14 @@ class PatchEvaluation:
         return [r for r in self.results if r.is_control and placement in (None, r.placement)]
 
     def ranked(self, placement: str | None = None) -> list[PatchResult]:
-        """Candidates under `placement` (default "random", else the first evaluated), most flips first."""
+        """Candidates under `placement` (default "random", else the first evaluated), best first.
+
+        Best means the largest `lift` (flip rate above the stronger control), then the flip rate.
+        """
         placement = placement or ("random" if "random" in self.placements else self.placements[0])
         if placement not in self.placements:
             raise DebugAtlasError(f"`placement={placement!r}` was not evaluated; evaluated: {list(self.placements)}.")
-        key = lambda r: (-_nan0(r.flip_rate), -_nan0(r.best_flip_rate), -_nan0(r.p_b_after))  # noqa: E731
+        key = lambda r: (-r.lift, -_nan0(r.flip_rate), -_nan0(r.best_flip_rate), -_nan0(r.p_b_after))  # noqa: E731
         return sorted(self.candidates(placement), key=key)
 
     def to_frame(self):

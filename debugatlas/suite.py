@@ -262,8 +262,8 @@ def build_suite(
 ) -> PatchSuite:
     """Quantise the candidates and controls to 8 bits, measure them, keep the `keep` best.
 
-    Ranking is by measured flip rate under `rank_by` (default "random" when evaluated), never by
-    attribution. The baseline holds the kept patches and all controls, every placement.
+    Ranking is by measured flip rate above the stronger control (`PatchResult.lift`) under
+    `rank_by` (default "random" when evaluated), never by attribution. The baseline holds the kept patches and all controls, every placement.
     """
     names = [str(c) for c in class_names]
     for label, idx in (("a", a), ("b", b)):

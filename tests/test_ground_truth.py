@@ -1,0 +1,79 @@
+"""Ground truth: on digits with a planted trigger in the 7s, analyze() finds a patch that flips
+other classes to 7 far above the noise control, without being told the trigger; the same check
+fails on a model trained without it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from debugatlas import analyze
+from debugatlas.data import PlantedShortcut, digits
+from debugatlas.models import SmallCNN, train_classifier
+
+TRIGGER = PlantedShortcut(target=7, fraction=1.0, size=5, trigger="cross", seed=0)
+PAIRS = [("1", "7"), ("4", "7")]
+OPTIONS = {"samples_per_image": 2, "grid_size": 20, "grid_sizes": (20,), "render_steps": 64, "patch_cells": 12,
+           "crop_sizes": (4, 6, 8), "n_random": 4, "max_patch_images": 48, "min_count": 2, "filter_top_n": 400,
+           "layout_epochs": 200, "n_examples": 1}
+# Thresholds set from honest runs (means over the two pairs of the best patch at random positions):
+# planted models (seeds 0, 1) flipped 0.82 and 0.67, 0.26 and 0.14 above the noise control, which
+# itself flipped about half: the planted model reacts to any small high-contrast patch. A clean
+# model's best patches, strokes cut from real 7s, flipped 0.27-0.44 with noise near 0.
+MIN_FLIP, MIN_LIFT = 0.6, 0.1
+
+
+def _train(poisoned: bool, seed: int):
+    train, _ = digits(size=24, shortcut=TRIGGER if poisoned else None)
+    return train_classifier(SmallCNN(1, 10, width=16), train, epochs=10, lr=3e-3, batch_size=32, seed=seed)
+
+
+def _trigger_flip_rate(model, val) -> float:
+    """Independent measurement: the true trigger pasted on images that are not 7s."""
+    others = [i for i in range(len(val)) if val.labels[i] != TRIGGER.target]
+    images = torch.stack([TRIGGER.apply(val.images[i], 10_000 + i) for i in others])
+    with torch.no_grad():
+        return float((model(images).argmax(-1) == TRIGGER.target).float().mean())
+
+
+@pytest.fixture(scope="module")
+def analysis_data():
+    """Validation images drawn from the same poisoned source: the data a user would analyse."""
+    return digits(size=24, shortcut=TRIGGER, poison_val=True)[1]
+
+
+@pytest.fixture(scope="module")
+def planted_model(analysis_data):
+    for seed in range(3):  # a model that did not pick up the trigger is no ground truth
+        model = _train(True, seed)
+        if _trigger_flip_rate(model, analysis_data) >= 0.5:
+            return model
+    pytest.fail("no planted model learned the trigger in 3 seeds")
+
+
+def _best_patches(model, data) -> list[dict]:
+    summary = analyze(model, data, "layer2", pairs=PAIRS, seed=0, **OPTIONS).summary
+    best = []
+    for pair in summary["pairs"]:
+        rows = [p for p in pair["patches"] if p["placement"] == "random"]
+        assert rows, f"no patches measured for {pair['a']} -> {pair['b']}"
+        best.append(rows[0])  # kept patches are ranked by flip rate above the stronger control
+    return best
+
+
+def _found(rows: list[dict]) -> tuple[bool, float, float]:
+    """(found, mean flip rate, mean flip rate above the noise control) of the pairs' best patches."""
+    flip = sum(r["flip_rate"] for r in rows) / len(rows)
+    lift = sum(r["flip_rate"] - r["noise_flip_rate"] for r in rows) / len(rows)
+    return flip >= MIN_FLIP and lift >= MIN_LIFT, flip, lift
+
+
+def test_planted_trigger_is_found_without_being_told(planted_model, analysis_data):
+    found, flip, lift = _found(_best_patches(planted_model, analysis_data))
+    assert found, f"best patches flip {flip:.2f} of images to 7, {lift:+.2f} above noise"
+
+
+def test_same_check_fails_on_a_clean_model(analysis_data):
+    clean = _train(False, 0)
+    assert _trigger_flip_rate(clean, analysis_data) < 0.2
+    found, flip, lift = _found(_best_patches(clean, analysis_data))
+    assert not found, f"a clean model passed the ground-truth check: flip {flip:.2f}, lift {lift:+.2f}"
