@@ -32,6 +32,7 @@ class AtlasCallback(pl.Callback):
         class_names: names of the classes when the validation dataset has no `.classes`.
         subdir: folder under `dirpath` per analysis, formatted with `epoch` ("" writes into dirpath).
         run_analysis: False only captures; the ActivationSet is kept in `last_activations`.
+        model_spec: "pkg.module:factory" of the wrapped classifier, for the report's check command.
         analysis_options: any `AnalysisConfig` option (render, patches, grid_size, ...).
     """
 
@@ -39,7 +40,7 @@ class AtlasCallback(pl.Callback):
                  sampling: str = "random", samples_per_image: int = 1, cap: int = 100_000, seed: int = 0,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                  class_names: Sequence[str] | None = None, subdir: str = "epoch_{epoch}",
-                 run_analysis: bool = True, **analysis_options: Any) -> None:
+                 run_analysis: bool = True, model_spec: str | None = None, **analysis_options: Any) -> None:
         if not isinstance(layer, str) or not layer:
             raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
@@ -52,6 +53,7 @@ class AtlasCallback(pl.Callback):
         self.normalize, self.class_names, self.seed = normalize, class_names, int(seed)
         self.subdir, self.run_analysis = subdir, bool(run_analysis)
         self.last_activations = None
+        self.model_spec = model_spec
         self.analysis_options = dict(analysis_options)
         self.recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed)
         self.last_epoch_analyzed = -1
@@ -144,7 +146,8 @@ class AtlasCallback(pl.Callback):
         out = self.dirpath / self.subdir.format(epoch=epoch) if self.subdir else self.dirpath
         result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
                          out_dir=out, seed=self.seed, class_names=self.class_names, activations=acts,
-                         title=f"{type(pl_module).__name__}, epoch {epoch}", **self.analysis_options)
+                         title=f"{type(pl_module).__name__}, epoch {epoch}", model_spec=self.model_spec,
+                         **self.analysis_options)
         self.last_result = result
         self.last_epoch_analyzed = epoch
         self.runs.append({"epoch": epoch, "dir": str(out)})

@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", choices=["natural", "shortcut"], default="natural",
                       help="natural digits, or a planted trigger in one class's training images")
     demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    demo.add_argument("--epochs", type=int, default=6)
+    demo.add_argument("--epochs", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
 
     an = sub.add_parser("analyze", help="analyse a model on an ImageFolder")

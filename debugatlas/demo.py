@@ -12,7 +12,7 @@ from .data import PlantedShortcut, digits
 from .models import SmallCNN
 
 IMAGE_SIZE = 24
-SHORTCUT_CLASS = 7
+SHORTCUT = PlantedShortcut(target=7, fraction=1.0, size=5, trigger="cross", seed=0)
 
 
 def digits_cnn() -> SmallCNN:
@@ -24,11 +24,16 @@ def demo_options(scenario: str) -> dict:
     """Analysis options of the demo: sized to finish in about a minute on two CPU cores."""
     return {"samples_per_image": 2, "grid_size": 20, "grid_sizes": (10, 20, 40), "n_pairs": 2,
             "layout_epochs": 200, "filter_top_n": 400, "render_steps": 64, "patch_cells": 12,
-            "crop_sizes": (6, 10), "n_random": 4, "max_patch_images": 48, "min_count": 2}
+            "crop_sizes": (4, 6, 8), "n_random": 4, "max_patch_images": 48, "min_count": 2}
 
 
-def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: int = 6, seed: int = 0):
-    """Train with the callback on the digits (optionally poisoned) and write the report into `out`."""
+def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: int = 8, seed: int = 0):
+    """Train with the callback on the digits and write the report into `out`.
+
+    "shortcut" plants a cross in every training 7 (and in the validation 7s, as data from one
+    poisoned source would have it) and compares 1 and 4 with 7 at layer2, whose receptive field
+    (10 px) is near the trigger's size.
+    """
     import pytorch_lightning as pl
 
     from .callback import AtlasCallback, ClassifierModule
@@ -37,18 +42,19 @@ def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: 
         raise DebugAtlasError(f"`scenario={scenario!r}` must be 'natural' or 'shortcut'.")
     if device == "cuda" and not torch.cuda.is_available():
         raise DebugAtlasError("`--device cuda` but CUDA is not available. HINT: use --device cpu.")
-    shortcut = PlantedShortcut(target=SHORTCUT_CLASS, fraction=0.3, size=5, seed=seed) if scenario == "shortcut" else None
-    train, val = digits(size=IMAGE_SIZE, seed=seed, shortcut=shortcut)
+    shortcut = SHORTCUT if scenario == "shortcut" else None
+    train, val = digits(size=IMAGE_SIZE, seed=seed, shortcut=shortcut, poison_val=True)
     pl.seed_everything(seed, verbose=False)
-    module = ClassifierModule(digits_cnn())
-    pairs = [(str(d), str(SHORTCUT_CLASS)) for d in (1, 4)] if shortcut is not None else "auto"
-    callback = AtlasCallback("model.layer3", pairs=pairs, every_n_epochs=epochs, dirpath=out, subdir="",
-                             seed=seed, **demo_options(scenario))
+    module = ClassifierModule(digits_cnn(), lr=3e-3)
+    pairs = [(str(d), str(SHORTCUT.target)) for d in (1, 4)] if shortcut is not None else "auto"
+    layer = "model.layer2" if shortcut is not None else "model.layer3"
+    callback = AtlasCallback(layer, pairs=pairs, every_n_epochs=epochs, dirpath=out, subdir="",
+                             seed=seed, model_spec="debugatlas.demo:digits_cnn", **demo_options(scenario))
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(max_epochs=epochs, accelerator=device, devices=1, callbacks=[callback],
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, default_root_dir=logs, deterministic=True)
-        trainer.fit(module, DataLoader(train, batch_size=64, shuffle=True,
+        trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True,
                                        generator=torch.Generator().manual_seed(seed)),
                     DataLoader(val, batch_size=128))
     if callback.last_result is None:
