@@ -40,6 +40,7 @@ class PairFinding:
     cells: ranked candidate confusing cells of the main atlas (confusion.ConfusingCell).
     filtered_a / filtered_b: class-filtered atlases; comparison: the two-class comparison atlas.
     icons: cell -> [C, h, w] float32 icon in [0, 1]; exemplar_crops: cell -> [n, C, h, w] crops.
+    icon_atlases: "filtered_a" / "filtered_b" / "comparison" -> the atlas drawn as icons, uint8 [H, W, 3].
     examples: misclassified a→b images: dicts with id, p_b, image [C,H,W], heatmap [H,W].
     patches: the pair's patch evaluation (patches.PairPatchResult) or None.
     """
@@ -56,6 +57,7 @@ class PairFinding:
     icons: dict = field(default_factory=dict)
     icon_objective: dict = field(default_factory=dict)
     exemplar_crops: dict = field(default_factory=dict)
+    icon_atlases: dict = field(default_factory=dict)
     examples: list = field(default_factory=list)
     patches: Any = None
     notes: list = field(default_factory=list)

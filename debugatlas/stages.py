@@ -112,10 +112,10 @@ def _input_shape(dataset) -> tuple[int, int, int]:
 
 def render(model, module, dataset, acts: ActivationSet, atlas: Atlas, findings: list,
            config: AnalysisConfig, seed: int, device) -> tuple[np.ndarray, dict]:
-    """Icons for the main atlas's valid cells (confusing cells first) in one batched run.
+    """Icons for the valid cells of the main atlas and of the pairs' atlases, in one batched run.
 
-    Fills each finding's `icons`, `icon_objective` and `exemplar_crops`; returns the icon atlas image
-    and every cell's icon.
+    Fills each finding's `icons`, `icon_objective`, `exemplar_crops` and `icon_atlases`; returns
+    the main icon atlas image and every main cell's icon.
     """
     from .render import FeatureInversion, cell_directions, draw_icon_atlas, exemplar_crops, whitening_matrix
 
@@ -128,13 +128,22 @@ def render(model, module, dataset, acts: ActivationSet, atlas: Atlas, findings: 
             f"No atlas cell holds at least min_count={atlas.min_count} samples, so there is nothing to "
             "render. HINT: lower `min_count` or `grid_size`, or capture more samples."
         )
+    # The pairs' class-filtered and comparison atlases are rendered in the same batch.
+    others = [(finding, side, getattr(finding, side)) for finding in findings
+              for side in ("filtered_a", "filtered_b", "comparison") if getattr(finding, side) is not None]
+    groups = [(atlas, cells)] + [(other, other.valid_cells()) for _, _, other in others]
+    means = torch.from_numpy(np.stack([a.mean_activation[i, j] for a, cs in groups for i, j in cs]))
     whiten = whitening_matrix(acts.vectors.float())
-    means = torch.from_numpy(np.stack([atlas.mean_activation[i, j] for i, j in cells]))
     inverter = FeatureInversion(model, module, _input_shape(dataset), steps=config.render_steps,
                                 attempts=config.render_attempts, batch_size=config.render_batch_size,
                                 seed=seed)
     result = inverter.invert(cell_directions(means, whiten))
     icons = {cell: result.icons[k] for k, cell in enumerate(cells)}
+    start = len(cells)
+    for (finding, side, other), (_, other_cells) in zip(others, groups[1:]):
+        drawn = {cell: result.icons[start + k] for k, cell in enumerate(other_cells)}
+        finding.icon_atlases[side] = draw_icon_atlas(drawn, other.counts, other.grid_size)
+        start += len(other_cells)
     for finding in findings:
         for cell in finding.cells[:config.render_cells]:
             finding.icons[cell.cell] = icons[cell.cell]

@@ -182,6 +182,9 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
                    else f"{finding.b_name}  ←  attribution  →  {finding.a_name}")
             atlas_figure(stage / f"{tag}_{side}.png", atlas, names, ttl)
             entry[side] = f"{tag}_{side}.png"
+            if side in finding.icon_atlases:
+                save_png(stage / f"{tag}_{side}_icons.png", finding.icon_atlases[side])
+                entry[side] = f"{tag}_{side}_icons.png"
         cells = []
         for c in finding.cells:
             crops = []
