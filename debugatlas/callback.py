@@ -158,17 +158,21 @@ class AtlasCallback(pl.Callback):
                 metrics[f"atlas/pair{k}_best_flip_rate"] = max(p["flip_rate"] for p in pair["patches"])
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-            self._log_images(logger, out, trainer.global_step)
+            self._log_images(logger, out, result, trainer.global_step)
 
     @staticmethod
-    def _log_images(logger, out: Path, step: int) -> None:
+    def _log_images(logger, out: Path, result, step: int) -> None:
+        """The atlas, icon atlas and each pair's comparison atlas, to loggers that take images."""
         experiment = getattr(logger, "experiment", None)
         if not hasattr(experiment, "add_image"):
             return
         import numpy as np
         from PIL import Image
 
-        for name in ("icon_atlas.png", "atlas_20.png", "pair0_comparison.png"):
+        names = ["icon_atlas.png", f"atlas_{result.config.grid_size}.png"]
+        for k in range(len(result.pairs)):
+            names += [f"pair{k}_comparison_icons.png", f"pair{k}_comparison.png"]
+        for name in names:
             path = out / name
             if path.exists():
                 image = np.asarray(Image.open(path).convert("RGB"))

@@ -82,3 +82,21 @@ def test_shuffled_validation_loader_is_refused(digits_data, tmp_path):
     val = DataLoader(digits_data[1], batch_size=64, shuffle=True)
     with pytest.raises(DebugAtlasError, match="shuffle=False"):
         _trainer(tmp_path, callback, epochs=1).fit(_module(), _loaders(digits_data)[0], val)
+
+
+def test_images_and_metrics_reach_tensorboard(digits_data, tmp_path):
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = AtlasCallback("model.layer3", **FAST)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=logger, enable_progress_bar=False,
+                         enable_model_summary=False, limit_train_batches=5, enable_checkpointing=False)
+    trainer.fit(_module(), *_loaders(digits_data))
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert {"atlas/atlas_10", "atlas/pair0_comparison"} <= set(events.Tags()["images"])
+    assert {"atlas/accuracy", "atlas/pair0_confused"} <= set(events.Tags()["scalars"])
+    accuracy = events.Scalars("atlas/accuracy")[-1].value
+    assert accuracy == pytest.approx(callback.last_result.summary["accuracy"], abs=1e-6)
