@@ -24,6 +24,7 @@ MIN_FLIP, MIN_LIFT = 0.6, 0.1
 
 def _train(poisoned: bool, seed: int):
     train, _ = digits(size=24, shortcut=TRIGGER if poisoned else None)
+    torch.manual_seed(seed)  # the initial weights too
     return train_classifier(SmallCNN(1, 10, width=16), train, epochs=10, lr=3e-3, batch_size=32, seed=seed)
 
 

@@ -311,11 +311,14 @@ def planted_suite(digit_models):
     return suite, val, planted
 
 
-def test_build_suite_keeps_best_by_measured_flip_rate(planted_suite):
+def test_build_suite_keeps_best_by_measured_flip_rate_above_controls(planted_suite):
     suite, _, _ = planted_suite
     assert len(suite.patches) == 4 and suite.a == "4" and suite.b == str(TARGET)
-    rates = [suite.baseline.get(p.id, "random").flip_rate for p in suite.patches]
-    assert rates == sorted(rates, reverse=True)
+    results = [suite.baseline.get(p.id, "random") for p in suite.patches]
+    lifts = [r.lift for r in results]
+    assert lifts == sorted(lifts, reverse=True)
+    for r in results:
+        assert r.lift == pytest.approx(r.flip_rate - max(r.noise_flip_rate, r.natural_flip_rate))
     for p in suite.patches + suite.controls:  # 8-bit exact pixels
         assert torch.equal(p.image, torch.round(p.image * 255) / 255)
     assert {c.source for c in suite.controls} == {"noise", "natural"}
