@@ -2,11 +2,18 @@
 
 The hook picks positions on the model's device and copies only the chosen vectors to the CPU.
 A seeded reservoir keeps at most `cap` vectors, so memory stays bounded however long the
-validation set is.
+validation set is. Above `disk_threshold_bytes` the vectors go to a memory-mapped file on disk
+(`store.DiskVectors`) and only the small scalar columns stay in memory.
+
+Random positions come from one seeded stream by default. When the batch's dataset indices are
+announced before the forward pass (`ActivationRecorder.expect(image_ids)`), each image's
+positions depend only on (seed, image id), so any split of the data over batches or processes
+samples the same positions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -14,6 +21,7 @@ import torch
 from torch import nn
 
 from ._utils import DebugAtlasError, model_device, preserved_model_state, resolve_layer
+from .store import DiskVectors
 
 SAMPLING = ("random", "all", "center")
 
@@ -22,7 +30,8 @@ SAMPLING = ("random", "all", "center")
 class ActivationSet:
     """Sampled activation vectors of one layer, each pointing back to a dataset image.
 
-    vectors:   [N, C] float16 (or the dtype asked for), on the CPU.
+    vectors:   [N, C] float16 (or the dtype asked for), on the CPU; with the on-disk store a
+               tensor over a memory-mapped .npy file (indexing copies the rows into memory).
     image_ids: [N] int64, indices into the dataset that was passed.
     labels:    [N] int64 true class of the image.
     preds:     [N] int64 predicted class of the image (-1 where unknown).
@@ -59,9 +68,26 @@ def _interior(size: int) -> torch.Tensor:
     return torch.arange(1, size - 1) if size >= 3 else torch.arange(size)
 
 
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def image_picks(seed: int, image_ids: torch.Tensor, k: int, n: int) -> torch.Tensor:
+    """[B, k] int64 in [0, n): the sampled grid cells of each image, a function of (seed, id, j)."""
+    with np.errstate(over="ignore"):
+        base = _mix64(np.full(1, seed, dtype=np.int64).astype(np.uint64))
+        ids = _mix64(base ^ image_ids.cpu().numpy().astype(np.int64).astype(np.uint64))
+        z = _mix64(ids[:, None] ^ np.arange(k, dtype=np.uint64)[None, :])
+    return torch.from_numpy((z % np.uint64(n)).astype(np.int64))
+
+
 def _choose_positions(
     shape: tuple[int, int], sampling: str, k: int, batch: int, gen: torch.Generator, device,
-    interior: bool = True,
+    interior: bool = True, image_ids: torch.Tensor | None = None, seed: int = 0,
 ) -> torch.Tensor:
     """Positions [batch, m, 2] (row, col) to keep for each image; spatial maps skip both edges."""
     h, w = shape
@@ -73,7 +99,10 @@ def _choose_positions(
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
     if sampling == "all":
         return grid.unsqueeze(0).expand(batch, -1, -1)
-    pick = torch.randint(0, grid.shape[0], (batch, k), generator=gen, device=device)
+    if image_ids is not None:
+        pick = image_picks(seed, image_ids, k, grid.shape[0]).to(device)
+    else:
+        pick = torch.randint(0, grid.shape[0], (batch, k), generator=gen, device=device)
     return grid[pick]
 
 
@@ -81,7 +110,13 @@ class ActivationRecorder:
     """Forward hook that samples the layer output and keeps a bounded, seeded reservoir.
 
     Use `attach(model)` as a context manager around forward passes, and after each forward pass
-    call `commit(image_ids, labels, preds)` to attach the batch's dataset indices.
+    call `commit(image_ids, labels, preds)` to attach the batch's dataset indices. Calling
+    `expect(image_ids)` before the forward pass makes random positions a function of
+    (seed, image id) instead of the batch stream.
+
+    Large captures: when `disk_threshold_bytes` is set and `cap * C * itemsize` exceeds it, the
+    vectors are written to a memory-mapped .npy file in `store_dir` (a temporary directory when
+    None); `reset()` / `close()` delete it. The default (None) always keeps them in memory.
     """
 
     def __init__(
@@ -92,7 +127,11 @@ class ActivationRecorder:
         cap: int = 100_000,
         seed: int = 0,
         dtype: torch.dtype = torch.float16,
+        store_dir: str | Path | None = None,
+        disk_threshold_bytes: int | None = None,
     ) -> None:
+        if disk_threshold_bytes is not None and int(disk_threshold_bytes) < 0:
+            raise DebugAtlasError(f"`disk_threshold_bytes={disk_threshold_bytes!r}` must be >= 0 or None.")
         if sampling not in SAMPLING:
             raise DebugAtlasError(f"`sampling={sampling!r}` is not one of {list(SAMPLING)}.")
         if int(samples_per_image) < 1:
@@ -105,10 +144,15 @@ class ActivationRecorder:
         self.cap = int(cap)
         self.seed = int(seed)
         self.dtype = dtype
+        self.store_dir = Path(store_dir) if store_dir is not None else None
+        self.disk_threshold_bytes = None if disk_threshold_bytes is None else int(disk_threshold_bytes)
+        self._disk: DiskVectors | None = None
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything recorded so far."""
+        """Forget everything recorded so far (and delete the on-disk store's file, if any)."""
+        self.close()
+        self._expected: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._chunks: list[tuple[torch.Tensor, ...]] = []
         self._store: list[torch.Tensor] | None = None
@@ -116,6 +160,16 @@ class ActivationRecorder:
         self._rng = np.random.default_rng(self.seed)
         self._gen: torch.Generator | None = None
         self.spatial_shape: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        """Delete the on-disk store's file; tensors already returned by `result()` stay readable."""
+        if self._disk is not None:
+            self._disk.close()
+            self._disk = None
+
+    def expect(self, image_ids: Sequence[int] | torch.Tensor) -> None:
+        """Announce the next batch's dataset indices: its random positions then depend on (seed, id)."""
+        self._expected = torch.as_tensor(image_ids, dtype=torch.long).reshape(-1).cpu()
 
     # -- hook ---------------------------------------------------------------------------------
     def _hook(self, module: nn.Module, inputs, output) -> None:
@@ -131,15 +185,23 @@ class ActivationRecorder:
             self._gen = torch.Generator(device=out.device)
             self._gen.manual_seed(self.seed)
         batch = out.shape[0]
+        ids, self._expected = self._expected, None
+        if ids is not None and ids.numel() != batch:
+            raise DebugAtlasError(
+                f"`expect()` announced {ids.numel()} image ids but layer {self.layer!r} saw a batch of {batch}. "
+                "HINT: call `expect(ids)` right before the forward pass of that batch."
+            )
+        kw = {"image_ids": ids, "seed": self.seed}
         if out.dim() == 4:
             shape = (out.shape[2], out.shape[3])
-            pos = _choose_positions(shape, self.sampling, self.samples_per_image, batch, self._gen, out.device)
+            pos = _choose_positions(shape, self.sampling, self.samples_per_image, batch, self._gen, out.device,
+                                    **kw)
             b = torch.arange(batch, device=out.device).unsqueeze(1).expand_as(pos[..., 0])
             vec = out[b, :, pos[..., 0], pos[..., 1]]  # [B, m, C]
         elif out.dim() == 3:
             shape = (1, out.shape[1])
             pos = _choose_positions(shape, self.sampling, self.samples_per_image, batch, self._gen,
-                                    out.device, interior=False)
+                                    out.device, interior=False, **kw)
             b = torch.arange(batch, device=out.device).unsqueeze(1).expand_as(pos[..., 0])
             vec = out[b, pos[..., 1], :]
         elif out.dim() == 2:
@@ -186,14 +248,30 @@ class ActivationRecorder:
         rep = lambda t: t.repeat_interleave(m)  # noqa: E731
         self._offer(vec.reshape(-1, c), rep(ids), rep(labels), rep(preds), pos.reshape(-1, 2))
 
+    def _use_disk(self, vectors: torch.Tensor) -> bool:
+        if self.disk_threshold_bytes is None:
+            return False
+        size = self.cap * vectors.shape[1] * vectors.element_size()
+        return size > self.disk_threshold_bytes
+
     def _offer(self, *columns: torch.Tensor) -> None:
         n = columns[0].shape[0]
+        if self._count == 0 and self._disk is None and self._use_disk(columns[0]):
+            self._disk = DiskVectors(self.store_dir, self.cap, columns[0].shape[1], columns[0].dtype, self.layer)
+            # scalar columns preallocated: no small long-lived allocations between batches, whose
+            # interleaving with the freed batch buffers would fragment the heap
+            self._store = [None] + [torch.empty((self.cap, *col.shape[1:]), dtype=col.dtype) for col in columns[1:]]
         start = self._count
         self._count += n
         room = max(0, self.cap - start)
         if room:
             take = min(room, n)
-            self._chunks.append(tuple(col[:take] for col in columns))
+            if self._disk is not None:
+                self._disk.append(columns[0][:take])
+                for store, col in zip(self._store[1:], columns[1:]):
+                    store[start:start + take] = col[:take]
+            else:
+                self._chunks.append(tuple(col[:take] for col in columns))
             columns = tuple(col[take:] for col in columns)
             start += take
             n -= take
@@ -202,6 +280,16 @@ class ActivationRecorder:
         if self._store is None:
             self._store = [torch.cat(parts) for parts in zip(*self._chunks)]
             self._chunks = []
+        dst_t, src_t = self._reservoir_slots(start, n)
+        if len(dst_t):
+            for store, col in zip(self._store, columns):
+                if store is None:
+                    self._disk.replace(dst_t, col[src_t])
+                else:
+                    store[dst_t] = col[src_t]
+
+    def _reservoir_slots(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slots, items) of the batch's items 0..n-1 (overall items start..) that enter the reservoir."""
         # Algorithm R, vectorised: item t (0-based overall) replaces slot j ~ U{0..t} if j < cap;
         # for slots drawn twice in one batch the later item wins, as in the sequential algorithm.
         seen = np.arange(start, start + n)
@@ -211,11 +299,7 @@ class ActivationRecorder:
         last = {}
         for s, d in zip(src.tolist(), dst.tolist()):
             last[d] = s
-        if last:
-            dst_t = torch.tensor(list(last.keys()))
-            src_t = torch.tensor(list(last.values()))
-            for store, col in zip(self._store, columns):
-                store[dst_t] = col[src_t]
+        return torch.tensor(list(last.keys()), dtype=torch.long), torch.tensor(list(last.values()), dtype=torch.long)
 
     def result(self) -> ActivationSet:
         """The recorded samples as an `ActivationSet` (empty set raises)."""
@@ -224,8 +308,13 @@ class ActivationRecorder:
                 f"No activations were captured from layer {self.layer!r}. "
                 "HINT: the dataset may be empty, or the layer never ran."
             )
-        cols = self._store if self._store is not None else [torch.cat(p) for p in zip(*self._chunks)]
-        vec, ids, labels, preds, pos = cols
+        if self._disk is not None:
+            kept = min(self._count, self.cap)
+            vec = self._disk.finish()
+            ids, labels, preds, pos = (col[:kept] for col in self._store[1:])
+        else:
+            cols = self._store if self._store is not None else [torch.cat(p) for p in zip(*self._chunks)]
+            vec, ids, labels, preds, pos = cols
         return ActivationSet(vec, ids, labels, preds, pos, self.layer, self.spatial_shape, self._count)
 
 
@@ -294,13 +383,18 @@ def capture(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float16,
     progress: Callable[[int, int], None] | None = None,
+    store_dir: str | Path | None = None,
+    disk_threshold_bytes: int | None = None,
 ) -> ActivationSet:
     """Run `model` over `dataset` in index order and sample activations of `layer`.
 
     Predictions are the argmax of the model's output. The model is left as found.
+    `store_dir`, `disk_threshold_bytes`: the on-disk store (see `ActivationRecorder`); the
+    returned vectors then map a file that stays until the process ends or the directory is removed.
     """
     resolve_layer(model, layer)
-    recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed, dtype)
+    recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed, dtype,
+                                  store_dir=store_dir, disk_threshold_bytes=disk_threshold_bytes)
     device = torch.device(device) if device is not None else model_device(model)
     n = len(dataset)
     with preserved_model_state(model), recorder.attach(model), torch.no_grad():
