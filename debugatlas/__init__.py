@@ -17,6 +17,7 @@ from .confusion import ConfusingCell, confusion_matrix, most_confused_pairs, ran
 from .data import PlantedShortcut, digits, image_folder
 from .layout import Layout, normalize_layout
 from .patches import Patch, candidate_patches, evaluate_patches, refine_patch
+from .shards import merge_shards
 from .suite import PatchSuite, build_suite
 
 __all__ = [
@@ -24,8 +25,8 @@ __all__ = [
     "CheckReport", "ConfusingCell", "DebugAtlasError", "Layout", "Normalized", "PairFinding", "Patch",
     "PatchSuite", "PlantedShortcut", "analyze", "assert_suite_holds", "attribute", "build_atlas",
     "build_suite", "candidate_patches", "capture", "check_suite", "class_filtered_atlas", "comparison_atlas",
-    "confusion_matrix", "digits", "evaluate_patches", "image_folder", "most_confused_pairs",
-    "normalize_layout", "pixel_attribution", "rank_confusing_cells", "refine_patch",
+    "confusion_matrix", "digits", "evaluate_patches", "image_folder", "merge_shards",
+    "most_confused_pairs", "normalize_layout", "pixel_attribution", "rank_confusing_cells", "refine_patch",
 ]
 __version__ = "0.1.0"
 
