@@ -196,3 +196,20 @@ def test_init_only_stores_and_fit_checks_settings():
         Layout("pca").fit(x)
     with pytest.raises(DebugAtlasError, match=r"shape \(2, 3, 4\)"):
         Layout("pca").fit(torch.rand(2, 3, 4))
+
+
+def test_pca_dims_projects_before_umap_and_matches_sklearn_pca():
+    from sklearn.decomposition import PCA
+
+    from debugatlas.layout import Layout, pca_project
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 3)) @ rng.normal(size=(3, 20)) + 0.01 * rng.normal(size=(300, 20))).astype(np.float32)
+    ours = pca_project(x, 3)
+    ref = PCA(n_components=3).fit_transform(x)
+    for k in range(3):  # same axes up to sign
+        assert abs(abs(np.corrcoef(ours[:, k], ref[:, k])[0, 1]) - 1) < 1e-4
+    layout = Layout(method="umap", n_neighbors=10, pca_dims=3, knn="exact", n_epochs=20).fit(x)
+    assert layout.params_["pca_dims"] == 3 and layout.embedding_.shape == (300, 2)
+    with pytest.raises(DebugAtlasError, match="pca_dims"):
+        Layout(pca_dims=1).fit(x)
