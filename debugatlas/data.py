@@ -145,3 +145,87 @@ def class_names(dataset, class_names: Sequence[str] | None = None, num_classes: 
     if num_classes is None:
         raise DebugAtlasError("No class names: pass `class_names=` or a dataset with `.classes`.")
     return [str(i) for i in range(num_classes)]
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def unpack_cifar10(archive: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Unpack the CIFAR-10 ImageFolder archive (`train/<class>/<n>.jpg`) once; returns the `train` folder.
+
+    `cache_dir` defaults to `~/.cache/debugatlas/cifar10`; a finished unpack is marked by a
+    `.complete` file, so later calls return at once.
+    """
+    import tarfile
+
+    archive = Path(archive)
+    cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "debugatlas" / "cifar10"
+    done = cache / ".complete"
+    if not done.exists():
+        if not archive.is_file():
+            raise DebugAtlasError(f"`archive={str(archive)!r}` does not exist. "
+                                  "HINT: pass the path of cifar10-train.tgz, or use torchvision's CIFAR10.")
+        cache.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(cache, filter="data")
+        done.write_text(str(archive))
+    root = cache / "train"
+    if not root.is_dir():
+        raise DebugAtlasError(f"{str(archive)!r} holds no `train/<class>/` folders (unpacked to {str(cache)!r}).")
+    return root
+
+
+def folder_split(root: str | Path, n_train: int | None = None, n_val: int = 1000, seed: int = 0,
+                 shortcut: PlantedShortcut | None = None, poison_val: bool = False
+                 ) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """A seeded (train, val) split of an ImageFolder of small RGB images, loaded into memory.
+
+    `n_val` images go to validation, then `n_train` (None: all the rest) to training, drawn by one
+    seeded permutation. Images are [3, H, W] float32 in [0, 1]. A `shortcut` poisons the training
+    split, and with `poison_val` the validation split too (as in `digits()`).
+    """
+    from PIL import Image
+
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DebugAtlasError(f"{str(root)!r} has no class folders. HINT: lay it out as <class>/<image files>.")
+    files, labels = [], []
+    for k, name in enumerate(classes):
+        for f in sorted((root / name).iterdir()):
+            if f.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                files.append(f)
+                labels.append(k)
+    order = np.random.default_rng(seed).permutation(len(files))
+    val_idx = order[:n_val]
+    train_idx = order[n_val:] if n_train is None else order[n_val:n_val + n_train]
+
+    def load(idx: np.ndarray) -> tuple[torch.Tensor, list[int]]:
+        arrays = [np.asarray(Image.open(files[i]).convert("RGB"), dtype=np.uint8) for i in idx]
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+        return images, [labels[i] for i in idx]
+
+    train = TensorImageDataset(*load(train_idx), classes, shortcut)
+    val = TensorImageDataset(*load(val_idx), classes, shortcut if poison_val else None)
+    return train, val
+
+
+def torchvision_cifar10(root: str | Path, n_train: int | None = None, n_val: int = 1000, seed: int = 0,
+                        shortcut: PlantedShortcut | None = None, poison_val: bool = False
+                        ) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """The same split from `torchvision.datasets.CIFAR10(root, train=True, download=True)`."""
+    from torchvision.datasets import CIFAR10
+
+    data = CIFAR10(str(root), train=True, download=True)
+    order = np.random.default_rng(seed).permutation(len(data.targets))
+    val_idx = order[:n_val]
+    train_idx = order[n_val:] if n_train is None else order[n_val:n_val + n_train]
+    images = torch.from_numpy(data.data).permute(0, 3, 1, 2)
+    labels = np.asarray(data.targets)
+
+    def pick(idx):
+        return images[idx].float() / 255.0, labels[idx].tolist()
+
+    train = TensorImageDataset(*pick(train_idx), list(data.classes), shortcut)
+    val = TensorImageDataset(*pick(val_idx), list(data.classes), shortcut if poison_val else None)
+    return train, val

@@ -1,0 +1,101 @@
+"""Helpers shared by the experiment scripts: data loading, logging to a file, result tables."""
+from __future__ import annotations
+
+import logging
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-train.tgz"
+CACHE = Path.home() / ".cache" / "debugatlas" / "cifar10"
+
+
+def command_line() -> str:
+    """The exact command that ran this script."""
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def setup_logging(path: Path) -> logging.Logger:
+    """Log to stdout and to `path` (the run log kept next to RESULTS.md)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger("experiment")
+    log.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(path, mode="w")):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+        logging.getLogger("debugatlas").addHandler(handler)
+    logging.getLogger("debugatlas").setLevel(logging.INFO)
+    return log
+
+
+def cifar10_split(args, shortcut=None, poison_val: bool = False):
+    """(train, val) from torchvision (`--torchvision-root`) or the ImageFolder archive."""
+    from debugatlas.data import folder_split, torchvision_cifar10, unpack_cifar10
+
+    if args.torchvision_root:
+        return torchvision_cifar10(args.torchvision_root, args.n_train, args.n_val, args.seed, shortcut, poison_val)
+    root = unpack_cifar10(args.archive, args.cache_dir)
+    return folder_split(root, args.n_train, args.n_val, args.seed, shortcut, poison_val)
+
+
+def add_data_args(parser) -> None:
+    parser.add_argument("--archive", default=str(ARCHIVE.resolve()), help="cifar10-train.tgz (ImageFolder)")
+    parser.add_argument("--cache-dir", default=str(CACHE), help="where the archive is unpacked once")
+    parser.add_argument("--torchvision-root", default=None,
+                        help="use torchvision.datasets.CIFAR10(root, download=True) instead of the archive")
+    parser.add_argument("--n-train", type=int, default=None, help="training images (default: all, or a CPU subset)")
+    parser.add_argument("--n-val", type=int, default=None, help="validation images analysed")
+
+
+def pct(x) -> str:
+    if x is None or x != x:
+        return "–"
+    return f"{100 * float(x):.1f} %"
+
+
+def best_row(rows: list[dict], placement: str, sources=None) -> dict | None:
+    """The kept patch with the highest flip rate under `placement` (optionally of given sources)."""
+    rows = [r for r in rows if r["placement"] == placement and (sources is None or r["source"] in sources)]
+    return max(rows, key=lambda r: r["flip_rate"], default=None)
+
+
+def pair_table(summary: dict, result) -> str:
+    """One markdown table per pair: candidates, kept patches, flip rates and controls per placement."""
+    out = []
+    for k, (pair, finding) in enumerate(zip(summary["pairs"], result.pairs)):
+        tried = len(finding.patches.metadata.get("candidate_cells", [])) if finding.patches is not None else 0
+        kept = len({r["id"] for r in pair["patches"]})
+        out.append(f"### {pair['a']} → {pair['b']} ({pair['confused']} of the analysed {pair['a']} images "
+                   f"predicted {pair['b']})\n")
+        out.append(f"Candidate cells tried: {tried}; kept patches: {kept}; confusing cells ranked: "
+                   f"{len(pair['confusing_cells'])}.\n")
+        out.append("| placement | best patch | source | images | flip rate | mean of kept | noise control | natural control |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for placement in ("static", "dynamic", "random"):
+            rows = [r for r in pair["patches"] if r["placement"] == placement]
+            best = best_row(rows, placement)
+            if best is None:
+                out.append(f"| {placement} | – | – | 0 | – | – | – | – |")
+                continue
+            mean = sum(r["flip_rate"] for r in rows) / len(rows)
+            out.append(f"| {placement} | `{best['id']}` | {best['source']} | {best['n_images']} | "
+                       f"{pct(best['flip_rate'])} | {pct(mean)} | {pct(best['noise_flip_rate'])} | "
+                       f"{pct(best['natural_flip_rate'])} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def timings_table(times: dict) -> str:
+    keys = [k for k in times]
+    return ("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n| "
+            + " | ".join(f"{times[k]:.1f} s" for k in keys) + " |\n")
