@@ -220,12 +220,13 @@ def analyze(
                 "HINT: pass `class_names=` with one name per model output."
             )
         wanted = resolve_pairs(pairs, names)
-        with timer.stage("attribution"):
-            attributions = stages.attributions(net, module, dataset, acts, config, dev, progress)
-        with timer.stage("layout"):
-            xy, atlases, layout_params = stages.atlases(acts, attributions, config, seed)
         labels, preds = _image_predictions(acts, num_classes)
         confusion, chosen = stages.confusion(labels, preds, num_classes, wanted, config)
+        with timer.stage("attribution"):
+            attributions = stages.attributions(net, module, dataset, acts, config, dev, progress,
+                                               num_classes, chosen)
+        with timer.stage("layout"):
+            xy, atlases, layout_params = stages.atlases(acts, attributions, config, seed)
         findings = []
         with timer.stage("layout"):
             for a, b in chosen:

@@ -31,13 +31,29 @@ def num_classes(model: nn.Module, dataset, device: torch.device) -> int:
 
 
 def attributions(model, module, dataset, acts: ActivationSet, config: AnalysisConfig, device,
-                 progress: bool) -> torch.Tensor:
-    """Attribution of every sample to every class [N, K] (see `attribution.attribute`)."""
-    from .attribution import attribute
+                 progress: bool, num_classes: int, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """Attribution of every sample to every class [N, K] (see `attribution.attribute`).
 
-    return attribute(model, module, dataset, acts, batch_size=config.batch_size,
+    Models with more than `attribution.MAX_ALL_CLASSES` outputs are attributed to the classes of
+    the studied pairs only; the other columns are zero.
+    """
+    from .attribution import MAX_ALL_CLASSES, attribute
+
+    classes = None
+    if num_classes > MAX_ALL_CLASSES:
+        classes = sorted({c for pair in pairs for c in pair})
+        if not classes:
+            raise DebugAtlasError(
+                f"The model has {num_classes} classes and no pair to study. HINT: pass `pairs=[(A, B)]`."
+            )
+    attr = attribute(model, module, dataset, acts, classes=classes, batch_size=config.batch_size,
                      relaxed_maxpool=config.relaxed_maxpool, device=device,
                      progress=progress_bar(progress, "attribution"))
+    if classes is None:
+        return attr
+    full = torch.zeros(attr.shape[0], num_classes)
+    full[:, classes] = attr
+    return full
 
 
 def layout_options(config: AnalysisConfig) -> dict[str, Any]:

@@ -108,3 +108,26 @@ def test_bad_inputs(trained_cnn, digits_data):
     missing = TensorImageDataset(val.images[val.labels != 3][:100], val.labels[val.labels != 3][:100], val.classes)
     with pytest.raises(DebugAtlasError, match="no images"):
         analyze(trained_cnn, missing, "layer3", pairs=[("3", "8")], **FAST)
+
+
+def test_models_with_more_than_100_classes_attribute_the_studied_pairs(trained_cnn, digits_data):
+    class Wide(nn.Module):
+        """The digits CNN with 140 outputs: the 10 digits, then 130 never-winning logits."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            logits = self.inner(x)
+            return torch.cat([logits, logits.new_full((x.shape[0], 130), -1e4)], 1)
+
+    _, val = digits_data
+    names = [str(d) for d in range(10)] + [f"extra{k}" for k in range(130)]
+    result = analyze(Wide(trained_cnn), val, "inner.layer3", pairs=[("3", "8")], class_names=names, **FAST)
+    attr = result.attributions
+    assert attr.shape == (len(result.activations), 140)
+    assert attr[:, [3, 8]].abs().sum() > 0
+    others = [k for k in range(140) if k not in (3, 8)]
+    assert attr[:, others].abs().sum() == 0
+    assert result.summary["pairs"][0]["confusing_cells"]
