@@ -37,6 +37,18 @@ def resolve_layer(model: nn.Module, name: "str | nn.Module", caller: str = "laye
     )
 
 
+def output_tensor(output, what: str) -> torch.Tensor:
+    """The tensor of a layer's output (the first element of a tuple or list), or a clear error."""
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise DebugAtlasError(
+            f"{what} returned {type(output).__name__}, not a tensor. "
+            "HINT: pick a layer whose output is a tensor of shape [B, C, H, W], [B, T, C] or [B, C]."
+        )
+    return output
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model without either)."""
     for tensor in list(model.parameters()) + list(model.buffers()):

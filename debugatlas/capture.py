@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError, model_device, preserved_model_state, resolve_layer
+from ._utils import DebugAtlasError, model_device, output_tensor, preserved_model_state, resolve_layer
 from .store import DiskVectors
 
 SAMPLING = ("random", "all", "center")
@@ -173,14 +173,7 @@ class ActivationRecorder:
 
     # -- hook ---------------------------------------------------------------------------------
     def _hook(self, module: nn.Module, inputs, output) -> None:
-        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            output = output[0]
-        if not isinstance(output, torch.Tensor):
-            raise DebugAtlasError(
-                f"Layer {self.layer!r} returned {type(output).__name__}, not a tensor. "
-                "HINT: pick a layer whose output is a tensor of shape [B, C, H, W], [B, T, C] or [B, C]."
-            )
-        out = output.detach()
+        out = output_tensor(output, f"Layer {self.layer!r}").detach()
         if self._gen is None or self._gen.device != out.device:
             self._gen = torch.Generator(device=out.device)
             self._gen.manual_seed(self.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._utils import DebugAtlasError
+from .._utils import DebugAtlasError, output_tensor
 
 
 def _as_matrix(values, name: str) -> torch.Tensor:
@@ -74,13 +74,7 @@ def layer_vector(output: torch.Tensor) -> tuple[torch.Tensor, str]:
     [B, C, H, W]: the centre position (H // 2, W // 2); [B, T, C]: the middle token T // 2;
     [B, C]: the (pooled) vector itself.
     """
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        output = output[0]
-    if not isinstance(output, torch.Tensor):
-        raise DebugAtlasError(
-            f"The layer returned {type(output).__name__}, not a tensor. "
-            "HINT: pick a layer whose output is [B, C, H, W], [B, T, C] or [B, C]."
-        )
+    output = output_tensor(output, "The layer")
     if output.dim() == 4:
         rows, cols = output.shape[2], output.shape[3]
         return output[:, :, rows // 2, cols // 2], f"centre position ({rows // 2}, {cols // 2}) of {rows}x{cols}"
