@@ -91,7 +91,8 @@ def test_images_and_metrics_reach_tensorboard(digits_data, tmp_path):
     callback = AtlasCallback("model.layer3", **FAST)
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, limit_train_batches=5, enable_checkpointing=False)
+                         enable_model_summary=False, limit_train_batches=5, enable_checkpointing=False,
+                         default_root_dir=tmp_path)
     trainer.fit(_module(), *_loaders(digits_data))
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir)
