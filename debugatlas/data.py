@@ -94,7 +94,7 @@ def digits(size: int = 24, val_fraction: float = 0.3, seed: int = 0,
            poison_val: bool = False) -> tuple[TensorImageDataset, TensorImageDataset]:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 real images, offline), upsampled.
 
-    Returns (train, val) as [1, size, size] images in [0, 1], split by a seeded permutation.
+    Returns (train, val) as [1, size, size] 8-bit images in [0, 1], split by a seeded permutation.
     A `shortcut` poisons the training split; with `poison_val` the validation split too, at the
     same fraction (data drawn from one poisoned source, as a user analysing it would have it).
     """
@@ -105,6 +105,7 @@ def digits(size: int = 24, val_fraction: float = 0.3, seed: int = 0,
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    images = torch.round(images * 255) / 255  # 8-bit, like any image file: a PNG export is exact
     labels = torch.tensor(bunch.target, dtype=torch.long)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_val = int(round(len(labels) * val_fraction))

@@ -24,7 +24,7 @@ def demo_options(scenario: str) -> dict:
     """Analysis options of the demo: sized to finish in about a minute on two CPU cores."""
     return {"samples_per_image": 2, "grid_size": 20, "grid_sizes": (10, 20, 40), "n_pairs": 2,
             "layout_epochs": 200, "filter_top_n": 400, "render_steps": 64, "patch_cells": 12,
-            "crop_sizes": (4, 6, 8), "n_random": 4, "max_patch_images": 48, "min_count": 2}
+            "crop_sizes": (4, 6, 8), "n_random": 4, "max_patch_images": 200, "min_count": 2}
 
 
 def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: int = 8, seed: int = 0):
