@@ -16,9 +16,9 @@ OPTIONS = {"samples_per_image": 2, "grid_size": 20, "grid_sizes": (20,), "render
            "crop_sizes": (4, 6, 8), "n_random": 4, "max_patch_images": 48, "min_count": 2, "filter_top_n": 400,
            "layout_epochs": 200, "n_examples": 1}
 # Thresholds set from honest runs (means over the two pairs of the best patch at random positions):
-# planted models (seeds 0, 1) flipped 0.82 and 0.67, 0.26 and 0.14 above the noise control, which
-# itself flipped about half: the planted model reacts to any small high-contrast patch. A clean
-# model's best patches, strokes cut from real 7s, flipped 0.27-0.44 with noise near 0.
+# the planted model (seed 0) flipped 0.89, 0.28 above the noise control, which itself flipped about
+# 0.6: the planted model reacts to any small high-contrast patch. The clean model flipped 0.04.
+# On earlier, non-8-bit digits, planted models gave 0.82 and 0.67 and a clean one 0.27-0.44.
 MIN_FLIP, MIN_LIFT = 0.6, 0.1
 
 
