@@ -141,7 +141,7 @@ def resolve_pairs(pairs, names: list[str]) -> list[tuple[int, int]] | None:
     return out
 
 
-def _image_predictions(acts: ActivationSet, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _image_predictions(acts: ActivationSet) -> tuple[np.ndarray, np.ndarray]:
     """(labels, preds) per unique captured image."""
     ids = acts.image_ids.numpy()
     _, first = np.unique(ids, return_index=True)
@@ -220,7 +220,7 @@ def analyze(
                 "HINT: pass `class_names=` with one name per model output."
             )
         wanted = resolve_pairs(pairs, names)
-        labels, preds = _image_predictions(acts, num_classes)
+        labels, preds = _image_predictions(acts)
         confusion, chosen = stages.confusion(labels, preds, num_classes, wanted, config)
         with timer.stage("attribution"):
             attributions = stages.attributions(net, module, dataset, acts, config, dev, progress,

@@ -202,10 +202,8 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
             save_png(stage / img_rel, ex["image"], scale=4)
             save_png(stage / heat_rel, _heat_overlay(ex["image"], ex["heatmap"]), scale=4)
             entry["misclassified"].append({"id": ex["id"], "image": img_rel, "heatmap": heat_rel, "p_b": ex["p_b"]})
-        entry["patch_table"] = []
-        if finding.patches is not None:
+        if finding.patches is not None:  # the page reads the pair's `patches` rows from the summary
             finding.patches.save(stage / suite_dir(k))
-            entry["patch_table"] = _patch_table(result.summary["pairs"][k]["patches"], finding.patches)
         pairs.append(entry)
     suite = None
     if any(f.patches is not None for f in result.pairs):
@@ -216,15 +214,6 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
             "data": data_description or type(dataset).__name__, "seed": result.summary["config"]["seed"],
             "score_description": SCORE_DESCRIPTION, "atlases": atlases, "pairs": pairs, "suite": suite,
             "icon_atlas": "icon_atlas.png" if result.icon_atlas is not None else None}
-
-
-def _patch_table(rows: list[dict], suite) -> list[dict]:
-    """Rows of the paper-style table: each kept patch and each control, per placement."""
-    table = [{"candidate": r["id"], "source": r["source"], "placement": r["placement"],
-              "flip_rate": r["flip_rate"], "noise_flip_rate": r["noise_flip_rate"],
-              "natural_flip_rate": r["natural_flip_rate"], "p_b_before": r["p_b_before"],
-              "p_b_after": r["p_b_after"], "n_images": r["n_images"], "file": r["file"]} for r in rows]
-    return table
 
 
 def check_command(result) -> str:
