@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 
 import torch
@@ -80,19 +81,34 @@ class CifarResNet(nn.Module):
 
 
 def train_classifier(model: nn.Module, dataset, epochs: int = 5, lr: float = 1e-2, batch_size: int = 64,
-                     seed: int = 0, device: torch.device | str = "cpu") -> nn.Module:
-    """Train with Adam and cross-entropy (a plain loop, for tests and scripts); returns the model in eval mode."""
+                     seed: int = 0, device: torch.device | str = "cpu", max_seconds: float | None = None,
+                     history: list | None = None) -> nn.Module:
+    """Train with Adam and cross-entropy (a plain loop, for tests and scripts); returns the model in eval mode.
+
+    `max_seconds` stops at the end of the first epoch that ends past that many seconds of
+    training; `history`, when given a list, gets one dict per epoch finished (epoch, mean loss,
+    seconds since the start).
+    """
     torch.manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        total, batches = torch.zeros((), device=device), 0
         for images, labels in loader:
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(images.to(device)), labels.to(device))
             loss.backward()
             opt.step()
+            total += loss.detach()
+            batches += 1
+        seconds = time.perf_counter() - start
+        if history is not None:
+            history.append({"epoch": epoch + 1, "loss": float(total) / max(batches, 1), "seconds": seconds})
+        if max_seconds is not None and seconds > max_seconds:
+            break
     return model.eval()
 
 

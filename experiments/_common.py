@@ -65,15 +65,27 @@ def pct(x) -> str:
 
 def best_row(rows: list[dict], placement: str, sources=None) -> dict | None:
     """The kept patch with the highest flip rate under `placement` (optionally of given sources)."""
-    rows = [r for r in rows if r["placement"] == placement and (sources is None or r["source"] in sources)]
+    rows = [r for r in rows if r["placement"] == placement and (sources is None or r["source"] in sources)
+            and r["flip_rate"] is not None]
     return max(rows, key=lambda r: r["flip_rate"], default=None)
 
 
-def pair_table(summary: dict, result) -> str:
+def candidate_counts(run_dir: Path, summary: dict) -> list[int]:
+    """Candidate cells tried per pair, read from the run directory's saved suites."""
+    import json
+
+    counts = []
+    for k in range(len(summary["pairs"])):
+        path = Path(run_dir) / "suite" / f"pair{k}" / "suite.json"
+        meta = json.loads(path.read_text()).get("metadata", {}) if path.is_file() else {}
+        counts.append(len(meta.get("candidate_cells", [])))
+    return counts
+
+
+def pair_table(summary: dict, tried_per_pair: list[int]) -> str:
     """One markdown table per pair: candidates, kept patches, flip rates and controls per placement."""
     out = []
-    for k, (pair, finding) in enumerate(zip(summary["pairs"], result.pairs)):
-        tried = len(finding.patches.metadata.get("candidate_cells", [])) if finding.patches is not None else 0
+    for pair, tried in zip(summary["pairs"], tried_per_pair):
         kept = len({r["id"] for r in pair["patches"]})
         out.append(f"### {pair['a']} → {pair['b']} ({pair['confused']} of the analysed {pair['a']} images "
                    f"predicted {pair['b']})\n")
@@ -82,7 +94,7 @@ def pair_table(summary: dict, result) -> str:
         out.append("| placement | best patch | source | images | flip rate | mean of kept | noise control | natural control |")
         out.append("|---|---|---|---|---|---|---|---|")
         for placement in ("static", "dynamic", "random"):
-            rows = [r for r in pair["patches"] if r["placement"] == placement]
+            rows = [r for r in pair["patches"] if r["placement"] == placement and r["flip_rate"] is not None]
             best = best_row(rows, placement)
             if best is None:
                 out.append(f"| {placement} | – | – | 0 | – | – | – | – |")

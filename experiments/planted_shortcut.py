@@ -12,6 +12,10 @@ analyse validation data drawn from the same poisoned source (`poison_val`), and 
 
     python experiments/planted_shortcut.py                       # checker + cross, fractions 0.5 0.2
     python experiments/planted_shortcut.py --triggers checker --fractions 0.3 --device cuda
+
+Each configuration's rows are saved as `<out>/<trigger>_<fraction>.json` and RESULTS.md is
+rebuilt from every such file in `<out>`, so configurations can run as separate processes (in
+parallel on one GPU) and still land in one table; each process logs to its own `run_*.log`.
 """
 from __future__ import annotations
 
@@ -78,9 +82,13 @@ def run_config(args, trigger: str, fraction: float, log) -> dict:
     names = train.classes
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
+    history: list[dict] = []
     model = train_classifier(CifarResNet(10, width=args.width, blocks=args.blocks), train, epochs=args.epochs,
-                             lr=args.lr, batch_size=128, seed=args.seed, device=args.device)
+                             lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                             max_seconds=args.train_seconds, history=history)
     train_s = time.perf_counter() - t0
+    log.info("%s %.2f: %d epochs, last mean training loss %.3f", trigger, fraction, len(history),
+             history[-1]["loss"] if history else float("nan"))
     # Independent check that the model learned the trigger: pasted on validation images of other classes.
     others = [i for i in range(len(val)) if int(val.labels[i]) != args.target][:500]
     with torch.no_grad():
@@ -112,7 +120,7 @@ def run_config(args, trigger: str, fraction: float, log) -> dict:
         candidates = [tuple(c) for c in finding.patches.metadata.get("candidate_cells", [])] if finding.patches else []
         by_score = [c.cell for c in finding.cells]
         random_rows = sorted((r for r in pair["patches"] if r["placement"] == "random"),
-                             key=lambda r: -r["flip_rate"])
+                             key=lambda r: -(r["flip_rate"] or 0.0))
         by_flip = [tuple(r["cell"]) if r["cell"] else None for r in random_rows]
         best_syn = best_row(pair["patches"], "random", SYNTHESIZED)
         best_any = best_row(pair["patches"], "random")
@@ -149,27 +157,32 @@ def run_config(args, trigger: str, fraction: float, log) -> dict:
                                and (best_syn["noise_flip_rate"] or 0.0) < GOAL_NOISE)
         log.info("%s", json.dumps(row, default=str))
         rows.append(row)
-    return {"rows": rows, "accuracy": result.summary["accuracy"], "poisoned_train": int(train.poisoned.sum()),
-            "poisoned_val": int(val.poisoned.sum()), "n_train": len(train), "n_val": len(val)}
+    return {"trigger": trigger, "fraction": fraction, "rows": rows, "accuracy": result.summary["accuracy"],
+            "poisoned_train": int(train.poisoned.sum()), "poisoned_val": int(val.poisoned.sum()),
+            "n_train": len(train), "n_val": len(val), "epochs": len(history), "history": history,
+            "command": command_line(), "device": device_name(args.device), "cpu": args.device == "cpu",
+            "width": args.width, "blocks": args.blocks, "layer": args.layer, "size": args.size,
+            "options": args.options}
 
 
 def _rank(r, key):
     return "–" if r[key] is None else str(r[key])
 
 
-def write_results(args, runs: list[dict], total_s: float, path: Path) -> None:
-    cpu = args.device == "cpu"
+def write_results(runs: list[dict], path: Path) -> None:
     first = runs[0]
+    target = first["rows"][0]["pair"].split("→ ")[1]
+    commands = list(dict.fromkeys(run["command"] for run in runs))
     lines = [
         "# Planted shortcut on CIFAR-10: does the toolkit find a trigger it is not told?", "",
-        ("**Reduced CPU run** (no GPU on this machine): " if cpu else "")
+        ("**Reduced CPU run** (no GPU on this machine): " if first["cpu"] else "")
         + f"{first['n_train']} training images, {first['n_val']} validation images analysed (drawn from the same "
-        f"poisoned source), CifarResNet(width={args.width}, blocks={args.blocks}), {args.epochs} epochs, "
-        f"layer `{args.layer}`. Trigger: {args.size}×{args.size} px at random positions in a fraction of the "
-        f"`{runs[0]['rows'][0]['pair'].split('→ ')[1]}` training images.", "",
-        f"- Command: `{command_line()}`",
-        f"- Device: {device_name(args.device)}; script total {total_s:.0f} s",
-        f"- Analysis options: `{json.dumps(args.options)}`",
+        f"poisoned source), CifarResNet(width={first['width']}, blocks={first['blocks']}), epochs per "
+        f"configuration in the timings table, layer `{first['layer']}`. Trigger: {first['size']}×{first['size']} px "
+        f"at random positions in a fraction of the `{target}` training images.", "",
+        *[f"- Command: `{c}`" for c in commands],
+        f"- Device: {first['device']}" + ("; configurations ran as parallel processes on it" if len(commands) > 1 else ""),
+        f"- Analysis options: `{json.dumps(first['options'])}`",
         f"- Goal (issue): best synthesized patch ≥ {GOAL_FLIP:.0%} flip rate with the noise control < {GOAL_NOISE:.0%} "
         "(random placement).", "",
         "Trigger cell: the valid atlas cell whose samples most often come from poisoned images with the whole "
@@ -195,18 +208,20 @@ def write_results(args, runs: list[dict], total_s: float, path: Path) -> None:
                 f"| {_rank(r, 'rank_candidates')} of {r['candidates']} | {_rank(r, 'rank_flip')} of {r['kept']} "
                 f"| {syn_s} | {pct(r['true_flip'])} ({pct(r['true_noise'])}) "
                 f"| {r['best_cell_exemplars_with_trigger']} | {'yes' if r['goal_met'] else 'no'} |")
-    lines += ["", "## Timings", "", "| trigger | fraction | train | analyze() | capture | attribution | layout | render | patches |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Timings", "", "| trigger | fraction | epochs | train | analyze() | capture | attribution | layout "
+              "| render | patches |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         r = run["rows"][0]
         t = r["timings"]
-        lines.append(f"| {r['trigger']} | {r['fraction']:g} | {r['train_s']:.0f} s | {r['analyze_s']:.0f} s | "
+        lines.append(f"| {r['trigger']} | {r['fraction']:g} | {run['epochs']} | {r['train_s']:.0f} s | {r['analyze_s']:.0f} s | "
                      + " | ".join(f"{t[k]:.1f} s" for k in ("capture", "attribution", "layout", "render", "patches"))
                      + " |")
     met = sum(r["goal_met"] for run in runs for r in run["rows"])
     total = sum(len(run["rows"]) for run in runs)
     lines += ["", f"Goal met in {met} of {total} (configuration, pair) rows.", ""]
-    path.write_text("\n".join(lines))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
 
 
 def main(argv=None) -> int:
@@ -224,6 +239,10 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--blocks", type=int, default=None)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--train-seconds", type=float, default=None,
+                        help="stop training after the epoch that ends past this many seconds")
+    parser.add_argument("--samples-per-image", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", default=None, help="layout method (default: umap); pca for a fast CPU run")
     parser.add_argument("--grid-size", type=int, default=None)
@@ -237,20 +256,24 @@ def main(argv=None) -> int:
     args.options = ({"samples_per_image": 2, "grid_size": 20, "grid_sizes": (20,), "layout_epochs": 200,
                      "filter_top_n": 400, "render_steps": 32, "patch_cells": 10, "crop_sizes": (4, 6, 8),
                      "n_random": 4, "max_patch_images": 48, "min_count": 2, "n_examples": 1}
-                    if cpu else {"samples_per_image": 4, "crop_sizes": (4, 6, 8), "render_steps": 256})
+                    if cpu else {"samples_per_image": 8, "crop_sizes": (4, 6, 8), "render_steps": 256,
+                                 "render_batch_size": 256, "patch_cells": 16})
     if args.layout is not None:
         args.options["layout"] = args.layout
+    if args.samples_per_image is not None:
+        args.options["samples_per_image"] = args.samples_per_image
     if args.grid_size is not None:
         args.options.update(grid_size=args.grid_size, grid_sizes=(args.grid_size,))
     out = Path(args.out)
-    log = setup_logging(out / "run.log")
+    tag = "_".join([*args.triggers, *(f"{f:g}" for f in args.fractions)])
+    log = setup_logging(out / f"run_{tag}.log")
     log.info("command: %s", command_line())
-    started = time.perf_counter()
-    runs = []
     for trigger in args.triggers:
         for fraction in args.fractions:
-            runs.append(run_config(args, trigger, fraction, log))
-            write_results(args, runs, time.perf_counter() - started, out / "RESULTS.md")
+            run = run_config(args, trigger, fraction, log)
+            (out / f"{trigger}_{fraction:g}.json").write_text(json.dumps(run, indent=1, default=str))
+            runs = [json.loads(p.read_text()) for p in sorted(out.glob("*_*.json"))]
+            write_results(runs, out / "RESULTS.md")
     log.info("wrote %s", out / "RESULTS.md")
     return 0
 

@@ -241,3 +241,20 @@ def test_draw_icon_atlas_places_and_fades_icons():
     assert np.array_equal(draw_icon_atlas({(1, 0): black}, counts, 3, 4)[0:4, 4:8], image[0:4, 4:8])
     with pytest.raises(DebugAtlasError):
         draw_icon_atlas({(3, 0): black}, counts, 3, 4)
+
+
+def test_inversion_relaxes_strict_determinism_only_on_cuda_and_restores_it():
+    from debugatlas.render.invert import _nondeterministic_ok
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        with _nondeterministic_ok(torch.device("cuda")):
+            # grid_sample's backward has no deterministic CUDA kernel: warn instead of raising
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        with _nondeterministic_ok(torch.device("cpu")):
+            assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

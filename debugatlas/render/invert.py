@@ -1,7 +1,9 @@
 """Feature inversion of many directions in one batched optimisation (one batch row per direction)."""
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from numbers import Integral
 
@@ -37,6 +39,22 @@ def _check_int(value, name: str, low: int, hint: str) -> int:
     return int(value)
 
 
+@contextlib.contextmanager
+def _nondeterministic_ok(device: torch.device):
+    """Let CUDA's grid_sample backward run under `torch.use_deterministic_algorithms(True)`."""
+    strict = torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    if not (strict and torch.device(device).type == "cuda"):
+        yield
+        return
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(True)
+
+
 class FeatureInversion:
     """Render icons that make a layer's activation point along given directions.
 
@@ -48,7 +66,9 @@ class FeatureInversion:
     in chunks of `batch_size` rows on the model's device.
 
     Same seed and settings give the same icons (bit for bit on the CPU; on CUDA up to the atomic
-    adds of `grid_sample`'s backward unless `torch.use_deterministic_algorithms(True)`).
+    adds of `grid_sample`'s backward, which has no deterministic CUDA kernel: under
+    `torch.use_deterministic_algorithms(True)` the inversion runs with `warn_only=True` and the
+    setting is restored afterwards).
     All-zero directions are skipped: grey icon, NaN objective, `skipped` True. NaN/Inf directions,
     an empty batch, a channel count that does not match the layer, or an `image_size` the model
     cannot run (the error names the smallest square size that reaches the layer) raise
@@ -103,9 +123,10 @@ class FeatureInversion:
             icons = torch.full((dirs.shape[0], c, h, w), 0.5)
             objective = torch.full((dirs.shape[0],), float("nan"))
             where = self._probe(device, dirs.shape[1])
-            for start in range(0, len(todo), self.batch_size):
-                rows = todo[start:start + self.batch_size]
-                icons[rows], objective[rows] = self._optimise(dirs[rows].to(device), gen, device)
+            with _nondeterministic_ok(device):
+                for start in range(0, len(todo), self.batch_size):
+                    rows = todo[start:start + self.batch_size]
+                    icons[rows], objective[rows] = self._optimise(dirs[rows].to(device), gen, device)
         return InversionResult(icons, objective, skipped, self._params(where, skipped, device))
 
     def score(self, images: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every real-data experiment and GPU benchmark in one go on a CUDA machine, within a time budget.
+#
+#   experiments/run_gpu.sh [cifar10-train.tgz]        # BUDGET_S=480 PYTHON=python3 by default
+#
+# 1. the GPU benchmarks (render, attribution) while the GPU is otherwise idle;
+# 2. the CIFAR-10 run and the four planted-shortcut configurations (checker / cross trigger x
+#    fractions 0.5 / 0.2) as parallel processes on the one GPU, each with a share of the CPU cores;
+# 3. the layout benchmark, if enough of the budget is left.
+# Writes reports/cifar10/, reports/planted/ and reports/bench/*.txt.
+set -u
+archive=${1:-../shared/data/cifar10-train.tgz}
+budget=${BUDGET_S:-480}
+py=${PYTHON:-python3}
+start=$SECONDS
+left() { echo $((budget - (SECONDS - start))); }
+mkdir -p reports/bench reports/planted
+"$py" -c "import sys; from debugatlas.data import unpack_cifar10; unpack_cifar10(sys.argv[1])" "$archive" || exit 1
+
+"$py" experiments/bench_render.py --model resnet --cells 100 --steps 64 --device cuda \
+    > reports/bench/render_gpu.txt 2>&1
+"$py" experiments/bench_attribution.py --images 512 --repeats 3 --device cuda \
+    > reports/bench/attribution_gpu.txt 2>&1
+
+export OMP_NUM_THREADS=3 NUMBA_NUM_THREADS=3
+limit=$(( $(left) - ${LAYOUT_RESERVE_S:-0} ))
+timeout "$limit" "$py" experiments/cifar10.py --archive "$archive" --epochs "${CIFAR_EPOCHS:-15}" --n-val 2000 \
+    > reports/bench/cifar10_stdout.txt 2>&1 &
+for trigger in checker cross; do
+    for fraction in 0.5 0.2; do
+        timeout "$limit" "$py" experiments/planted_shortcut.py --archive "$archive" --triggers "$trigger" \
+            --fractions "$fraction" --epochs 30 --train-seconds "${TRAIN_S:-120}" \
+            > "reports/bench/planted_${trigger}_${fraction}_stdout.txt" 2>&1 &
+    done
+done
+wait
+unset OMP_NUM_THREADS NUMBA_NUM_THREADS
+
+if [ "$(left)" -gt "${LAYOUT_NEEDS_S:-120}" ]; then
+    timeout "$(left)" "$py" experiments/bench_layout.py ${LAYOUT_ARGS:---n 200000 --device cuda} \
+        > reports/bench/layout_gpu.txt 2>&1
+fi
+echo "run_gpu.sh: $((SECONDS - start)) s"
