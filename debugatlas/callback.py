@@ -70,6 +70,8 @@ class AtlasCallback(pl.Callback):
         self.recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed, store_dir=store_dir,
                                            disk_threshold_bytes=disk_threshold_bytes)
         self.cap = int(cap)
+        # recorded in summary.json's config (capture itself happens in the validation hooks)
+        self.capture_options = {"sampling": sampling, "samples_per_image": int(samples_per_image), "cap": int(cap)}
         self.last_epoch_analyzed = -1
         self.runs: list[dict] = []
         self.last_result = None
@@ -230,7 +232,7 @@ class AtlasCallback(pl.Callback):
         result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
                          out_dir=out, seed=self.seed, class_names=self.class_names, activations=acts,
                          title=f"{type(pl_module).__name__}, epoch {epoch}", model_spec=self.model_spec,
-                         **self.analysis_options)
+                         **self.capture_options, **self.analysis_options)
         self.last_result = result
         self.last_epoch_analyzed = epoch
         self.runs.append({"epoch": epoch, "dir": str(out)})

@@ -40,6 +40,7 @@ def test_fit_writes_a_report_per_due_epoch_and_leaves_no_hooks(digits_data, tmp_
     # The sanity check did not leak samples: exactly the validation set, twice per image.
     assert summary["num_samples"] == 2 * len(digits_data[1]) and summary["num_images"] == len(digits_data[1])
     assert summary["layer"] == "model.layer3"
+    assert summary["config"]["samples_per_image"] == 2  # the capture settings the callback used
     assert all(not m._forward_hooks for m in module.modules())
     assert callback.state_dict() == {"last_epoch_analyzed": 3, "runs": callback.runs}
 
