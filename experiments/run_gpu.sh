@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every real-data experiment and GPU benchmark in one go on a CUDA machine, within a time budget.
 #
-#   experiments/run_gpu.sh [cifar10-train.tgz]        # BUDGET_S=480 PYTHON=python3 by default
+#   experiments/run_gpu.sh [cifar10-train.tgz]   # BUDGET_S=3600 CIFAR_EPOCHS=10 TRAIN_S=110 by default
 #
 # 1. the GPU benchmarks (render, attribution) while the GPU is otherwise idle;
 # 2. the CIFAR-10 run and the four planted-shortcut configurations (checker / cross trigger x
@@ -10,7 +10,7 @@
 # Writes reports/cifar10/, reports/planted/ and reports/bench/*.txt.
 set -u
 archive=${1:-../shared/data/cifar10-train.tgz}
-budget=${BUDGET_S:-480}
+budget=${BUDGET_S:-3600}
 py=${PYTHON:-python3}
 start=$SECONDS
 left() { echo $((budget - (SECONDS - start))); }
@@ -24,12 +24,12 @@ mkdir -p reports/bench reports/planted
 
 export OMP_NUM_THREADS=3 NUMBA_NUM_THREADS=3
 limit=$(( $(left) - ${LAYOUT_RESERVE_S:-0} ))
-timeout "$limit" "$py" experiments/cifar10.py --archive "$archive" --epochs "${CIFAR_EPOCHS:-15}" --n-val 2000 \
+timeout "$limit" "$py" experiments/cifar10.py --archive "$archive" --epochs "${CIFAR_EPOCHS:-10}" --n-val 2000 \
     > reports/bench/cifar10_stdout.txt 2>&1 &
 for trigger in checker cross; do
     for fraction in 0.5 0.2; do
         timeout "$limit" "$py" experiments/planted_shortcut.py --archive "$archive" --triggers "$trigger" \
-            --fractions "$fraction" --epochs 30 --train-seconds "${TRAIN_S:-120}" \
+            --fractions "$fraction" --epochs 30 --train-seconds "${TRAIN_S:-110}" \
             > "reports/bench/planted_${trigger}_${fraction}_stdout.txt" 2>&1 &
     done
 done
