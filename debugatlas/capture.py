@@ -85,6 +85,13 @@ def image_picks(seed: int, image_ids: torch.Tensor, k: int, n: int) -> torch.Ten
     return torch.from_numpy((z % np.uint64(n)).astype(np.int64))
 
 
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host-to-device copy that does not wait for the GPU (pinned staging buffer on CUDA)."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _choose_positions(
     shape: tuple[int, int], sampling: str, k: int, batch: int, gen: torch.Generator, device,
     interior: bool = True, image_ids: torch.Tensor | None = None, seed: int = 0,
@@ -95,12 +102,12 @@ def _choose_positions(
         pos = torch.tensor([[h // 2, w // 2]], device=device)
         return pos.expand(batch, 1, 2)
     span = _interior if interior else torch.arange
-    rows, cols = span(h).to(device), span(w).to(device)
+    rows, cols = _to_device(span(h), device), _to_device(span(w), device)
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
     if sampling == "all":
         return grid.unsqueeze(0).expand(batch, -1, -1)
     if image_ids is not None:
-        pick = image_picks(seed, image_ids, k, grid.shape[0]).to(device)
+        pick = _to_device(image_picks(seed, image_ids, k, grid.shape[0]), device)
     else:
         pick = torch.randint(0, grid.shape[0], (batch, k), generator=gen, device=device)
     return grid[pick]
@@ -113,6 +120,10 @@ class ActivationRecorder:
     call `commit(image_ids, labels, preds)` to attach the batch's dataset indices. Calling
     `expect(image_ids)` before the forward pass makes random positions a function of
     (seed, image id) instead of the batch stream.
+
+    Committed batches are queued, still on the model's device, and stored together every
+    `flush_batches` batches and in `result()`: on a GPU one device-to-host copy then waits for the
+    device per `flush_batches` batches instead of one per batch, so validation is not stalled.
 
     Large captures: when `disk_threshold_bytes` is set and `cap * C * itemsize` exceeds it, the
     vectors are written to a memory-mapped .npy file in `store_dir` (a temporary directory when
@@ -129,7 +140,10 @@ class ActivationRecorder:
         dtype: torch.dtype = torch.float16,
         store_dir: str | Path | None = None,
         disk_threshold_bytes: int | None = None,
+        flush_batches: int = 32,
     ) -> None:
+        if int(flush_batches) < 1:
+            raise DebugAtlasError(f"`flush_batches={flush_batches!r}` must be >= 1.")
         if disk_threshold_bytes is not None and int(disk_threshold_bytes) < 0:
             raise DebugAtlasError(f"`disk_threshold_bytes={disk_threshold_bytes!r}` must be >= 0 or None.")
         if sampling not in SAMPLING:
@@ -146,6 +160,7 @@ class ActivationRecorder:
         self.dtype = dtype
         self.store_dir = Path(store_dir) if store_dir is not None else None
         self.disk_threshold_bytes = None if disk_threshold_bytes is None else int(disk_threshold_bytes)
+        self.flush_batches = int(flush_batches)
         self._disk: DiskVectors | None = None
         self.reset()
 
@@ -154,6 +169,7 @@ class ActivationRecorder:
         self.close()
         self._expected: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._queue: list[tuple[torch.Tensor, ...]] = []
         self._chunks: list[tuple[torch.Tensor, ...]] = []
         self._store: list[torch.Tensor] | None = None
         self._count = 0
@@ -207,7 +223,7 @@ class ActivationRecorder:
                 "[B, T, C] or [B, C]. HINT: choose another layer."
             )
         self.spatial_shape = shape
-        self._pending = (vec.to(self.dtype).cpu(), pos.cpu())
+        self._pending = (vec.to(self.dtype), pos)
 
     def attach(self, model: nn.Module) -> "_Attached":
         """Context manager that registers the hook on the layer and always removes it."""
@@ -225,21 +241,33 @@ class ActivationRecorder:
         self._pending = None
         batch, m, c = vec.shape
         ids = torch.as_tensor(image_ids, dtype=torch.long).reshape(-1)
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if ids.numel() != batch or labels.numel() != batch:
             raise DebugAtlasError(
                 f"Batch of {batch} activations got {ids.numel()} ids and {labels.numel()} labels."
             )
         preds = (torch.full_like(labels, -1) if preds is None
-                 else torch.as_tensor(preds, dtype=torch.long).reshape(-1).cpu())
-        if not torch.isfinite(vec.float()).all():
-            bad = int((~torch.isfinite(vec.float())).any(-1).sum())
-            raise DebugAtlasError(
-                f"Layer {self.layer!r} produced NaN or Inf in {bad} of {batch * m} sampled vectors. "
-                "HINT: check the model's weights and the input range."
-            )
-        rep = lambda t: t.repeat_interleave(m)  # noqa: E731
-        self._offer(vec.reshape(-1, c), rep(ids), rep(labels), rep(preds), pos.reshape(-1, 2))
+                 else torch.as_tensor(preds, dtype=torch.long).reshape(-1))
+        if preds.numel() != batch:
+            raise DebugAtlasError(f"Batch of {batch} activations got {preds.numel()} predictions.")
+        self._queue.append((vec, pos, ids.cpu(), labels, preds))
+        if len(self._queue) >= self.flush_batches:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Copy the queued batches to the host (one wait for the device) and store them."""
+        queue, self._queue = self._queue, []
+        for vec, pos, ids, labels, preds in queue:
+            vec, pos, labels, preds = vec.cpu(), pos.cpu(), labels.cpu(), preds.cpu()
+            batch, m, c = vec.shape
+            if not torch.isfinite(vec.float()).all():
+                bad = int((~torch.isfinite(vec.float())).any(-1).sum())
+                raise DebugAtlasError(
+                    f"Layer {self.layer!r} produced NaN or Inf in {bad} of {batch * m} sampled vectors. "
+                    "HINT: check the model's weights and the input range."
+                )
+            rep = lambda t: t.repeat_interleave(m)  # noqa: E731
+            self._offer(vec.reshape(-1, c), rep(ids), rep(labels), rep(preds), pos.reshape(-1, 2))
 
     def _use_disk(self, vectors: torch.Tensor) -> bool:
         if self.disk_threshold_bytes is None:
@@ -296,6 +324,7 @@ class ActivationRecorder:
 
     def result(self) -> ActivationSet:
         """The recorded samples as an `ActivationSet` (empty set raises)."""
+        self._flush()
         if self._store is None and not self._chunks:
             raise DebugAtlasError(
                 f"No activations were captured from layer {self.layer!r}. "

@@ -144,3 +144,28 @@ def test_bad_inputs_have_clear_errors():
 
     with pytest.raises(DebugAtlasError, match="not a tensor"):
         capture(DictNet(), ds, "d")
+
+
+def test_queued_batches_give_the_same_samples_whatever_the_flush_interval():
+    from debugatlas.capture import ActivationRecorder
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1))
+    images = torch.rand(10, 1, 6, 6)
+    sets = []
+    for every in (1, 3, 32):
+        rec = ActivationRecorder("0", samples_per_image=2, cap=12, seed=1, flush_batches=every)
+        with rec.attach(model), torch.no_grad():
+            for start in range(0, 10, 2):
+                ids = torch.arange(start, start + 2)
+                rec.expect(ids)
+                model(images[ids])
+                rec.commit(ids, torch.zeros(2, dtype=torch.long))
+        if every == 32:
+            assert len(rec._queue) == 5  # nothing stored before result()
+        sets.append(rec.result())
+    for other in sets[1:]:
+        assert torch.equal(other.vectors, sets[0].vectors) and torch.equal(other.image_ids, sets[0].image_ids)
+    assert sets[0].num_offered == 20 and len(sets[0]) == 12
+    with pytest.raises(DebugAtlasError, match="flush_batches"):
+        ActivationRecorder("0", flush_batches=0)

@@ -17,6 +17,7 @@ def _feed(recorder: ActivationRecorder, n: int = 300, batch: int = 23, dim: int 
         vec = torch.randn(b, 1, dim, generator=gen).to(torch.float16)
         recorder._pending = (vec, torch.zeros(b, 1, 2, dtype=torch.long))
         recorder.commit(torch.arange(start, start + b), torch.arange(start, start + b) % 3)
+    recorder._flush()  # store the queued batches, as result() does first
     return recorder
 
 
@@ -33,7 +34,8 @@ def test_disk_path_gives_the_same_samples_as_memory(tmp_path, cap):
 
 
 def test_files_are_placed_where_asked_and_removed_on_reset(tmp_path):
-    rec = _feed(ActivationRecorder("model.layer3", cap=100, store_dir=tmp_path / "store", disk_threshold_bytes=0))
+    rec = _feed(ActivationRecorder("model.layer3", cap=100, store_dir=tmp_path / "store", disk_threshold_bytes=0,
+                                   flush_batches=4))  # 14 batches: stored during the capture, not only in result()
     files = list((tmp_path / "store").glob("*.npy"))
     assert len(files) == 1 and files[0].name.startswith("vectors_model.layer3_")
     assert np.load(files[0], mmap_mode="r").shape == (100, 5)
