@@ -226,12 +226,12 @@ def analyze(
             attributions = stages.attributions(net, module, dataset, acts, config, dev, progress,
                                                num_classes, chosen)
         with timer.stage("layout"):
-            xy, atlases, layout_params = stages.atlases(acts, attributions, config, seed)
+            xy, atlases, layout_params = stages.atlases(acts, attributions, config, seed, dev)
         findings = []
         with timer.stage("layout"):
             for a, b in chosen:
                 findings.append(stages.pair_finding(
-                    acts, attributions, atlases[config.grid_size], a, b, names, confusion, config, seed))
+                    acts, attributions, atlases[config.grid_size], a, b, names, confusion, config, seed, dev))
         with timer.stage("render"):
             icon_atlas, icons = stages.render(net, module, dataset, acts, atlases[config.grid_size],
                                               findings, config, seed, dev) if config.render else (None, {})

@@ -13,7 +13,8 @@ class AnalysisConfig:
 
     Capture: sampling, samples_per_image, cap, batch_size. Attribution: relaxed_maxpool.
     Layout: layout, n_neighbors, min_dist, metric, layout_epochs (UMAP's n_epochs; None: its
-    default). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
+    default), layout_backend ("auto" | "umap-learn" | "torch", see `layout.Layout`; the layout runs
+    on the analysis device), layout_pca_dims (project on that many principal components first). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
     min_count, n_exemplars, filter_top_n. Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
     Patches: patches, patch_cells, patch_sizes, crop_sizes, n_random, max_patch_images.
@@ -30,6 +31,8 @@ class AnalysisConfig:
     min_dist: float = 0.05
     metric: str = "cosine"
     layout_epochs: int | None = None
+    layout_backend: str = "auto"
+    layout_pca_dims: int | None = None
     grid_size: int = 20
     grid_sizes: tuple[int, ...] = (20, 40)
     min_count: int = 3
@@ -81,6 +84,14 @@ class AnalysisConfig:
             self.grid_sizes = (self.grid_size,) + self.grid_sizes
         if any(g < 1 for g in self.grid_sizes):
             raise DebugAtlasError(f"`grid_sizes={self.grid_sizes!r}` must be integers >= 1.")
+        from .layout import BACKENDS
+
+        if self.layout_backend not in BACKENDS:
+            raise DebugAtlasError(f"`layout_backend={self.layout_backend!r}` is not one of {list(BACKENDS)}.")
+        if self.layout_pca_dims is not None and (not isinstance(self.layout_pca_dims, int)
+                                                 or isinstance(self.layout_pca_dims, bool)
+                                                 or self.layout_pca_dims < 2):
+            raise DebugAtlasError(f"`layout_pca_dims={self.layout_pca_dims!r}` must be None or an integer >= 2.")
         self.patch_sizes = tuple(float(s) for s in self.patch_sizes)
         if not self.patch_sizes or any(not 0 < s <= 1 for s in self.patch_sizes):
             raise DebugAtlasError(f"`patch_sizes={self.patch_sizes!r}` must be fractions in (0, 1].")

@@ -17,9 +17,20 @@ vectors, UMAP gets exact nearest neighbours computed in torch (``precomputed_knn
 its approximate NN-descent search. ``pca_dims`` first projects the vectors on their top
 principal components (computed in torch) before UMAP or t-SNE, which makes the neighbour search
 cheaper at a small cost in fidelity.
+
+Fast backend: ``backend="torch"`` (chosen by ``backend="auto"`` for UMAP with a cosine or
+euclidean metric on 4,096 or more vectors with a CUDA `device`, or 50,000 or more on the CPU)
+replaces umap-learn's pipeline: PCA (``pca_dims``) and exact kNN in torch on `device` (on the CPU
+``knn="auto"`` uses umap-learn's NN-descent on the projected vectors instead), UMAP's fuzzy
+simplicial set (in torch on a GPU, umap-learn's on the CPU), a PCA start instead of the spectral
+one, and an own implementation of UMAP's SGD in which every edge sampled in an epoch moves its
+points at once (torch on the GPU, a compiled parallel loop on the CPU; seeded runs on the CPU
+are deterministic for any thread count). ``params_`` records which parts ran and their seconds.
 """
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from importlib import metadata
 from typing import Any
@@ -27,12 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _fastumap as _fast
 from ._utils import DebugAtlasError
+
+log = logging.getLogger(__name__)
 
 METHODS = ("umap", "tsne", "pca")
 KNN = ("auto", "exact", "nndescent")
+BACKENDS = ("auto", "umap-learn", "torch")
 _TORCH_KNN_METRICS = ("cosine", "euclidean")
 _UMAP_SMALL_DATA = 4096  # below this umap-learn computes all pairwise distances itself
+_TORCH_MIN_SAMPLES = {"cuda": 4096, "cpu": 50_000}  # backend="auto" picks "torch" from here on
 
 
 class Layout:
@@ -42,13 +58,17 @@ class Layout:
     `min_dist` (UMAP); `metric`; `seed` (random_state of every method); `perplexity` (t-SNE);
     `knn` (UMAP neighbours: "exact" in torch on `device`, "nndescent" umap-learn's own search,
     "auto" exact only on a CUDA device for 4,096 or more vectors); `pca_dims` (UMAP / t-SNE:
-    project on that many principal components first; None keeps all features).
+    project on that many principal components first; None keeps all features); `backend` (UMAP:
+    "umap-learn", "torch" the fast path of this module's docstring on `device`, "auto" torch for
+    4,096+ vectors on a CUDA device or 50,000+ on the CPU, else umap-learn); `n_epochs` (UMAP's
+    epochs; None: 500 up to 10,000 vectors, else 200, as umap-learn).
 
     ``Layout(method="umap").fit(vectors)`` sets:
       embedding_:     [N, n_components] float32 in [0, 1] (see `normalize_layout`).
       raw_embedding_: [N, n_components] float32, the method's output before normalisation.
       params_:        dict of plain values: every setting, the sample count, the method used for
-                      nearest neighbours, whether the input was degenerate, package versions.
+                      nearest neighbours, the backend (and for "torch" the graph, start,
+                      optimiser and `stage_seconds`), whether the input was degenerate, versions.
     """
 
     def __init__(
@@ -64,6 +84,7 @@ class Layout:
         device: torch.device | str | None = None,
         n_epochs: int | None = None,
         pca_dims: int | None = None,
+        backend: str = "auto",
     ) -> None:
         self.method = method
         self.n_components = n_components
@@ -76,6 +97,7 @@ class Layout:
         self.device = device
         self.n_epochs = n_epochs
         self.pca_dims = pca_dims
+        self.backend = backend
 
     def fit(self, vectors: torch.Tensor | np.ndarray) -> "Layout":
         """Lay out `vectors` [N, C] (any float dtype, torch or numpy); returns self."""
@@ -92,10 +114,16 @@ class Layout:
                           n_epochs=None if self.n_epochs is None else int(self.n_epochs))
         elif self.method == "tsne":
             params.update(perplexity=float(self.perplexity))
-        reason = _degenerate(x, self.metric)
+        backend = self._backend(x.shape[0])
+        if self.method == "umap":
+            params["backend"] = backend
+        xt = torch.as_tensor(x, device=self._device() if backend == "torch" else "cpu")
+        reason = _degenerate(xt, self.metric)
         if reason is not None:
             params["degenerate"] = reason
             raw = np.zeros((x.shape[0], self.n_components), dtype=np.float32)
+        elif backend == "torch":
+            raw = self._umap_torch_or_fallback(x, xt, params)
         elif self.method == "umap":
             raw = self._umap(self._reduce(x, params), params)
         elif self.method == "tsne":
@@ -126,6 +154,32 @@ class Layout:
             )
         if self.knn not in KNN:
             raise DebugAtlasError(f"`Layout(knn={self.knn!r})` is not one of {list(KNN)}.")
+        if self.backend not in BACKENDS:
+            raise DebugAtlasError(
+                f"`Layout(backend={self.backend!r})` is not one of {list(BACKENDS)}. HINT: \"auto\" "
+                "picks \"torch\" for large inputs and \"umap-learn\" otherwise."
+            )
+        if self.backend == "torch" and self.method != "umap":
+            raise DebugAtlasError(
+                f"`Layout(method={self.method!r}, backend='torch')`: the torch backend lays out "
+                "with UMAP only. HINT: use method='umap' or leave backend='auto'."
+            )
+        if self.backend == "torch" and self.metric not in _TORCH_KNN_METRICS:
+            raise DebugAtlasError(
+                f"`Layout(backend='torch', metric={self.metric!r})`: the torch backend supports "
+                f"{list(_TORCH_KNN_METRICS)}. HINT: use backend='umap-learn' for other metrics."
+            )
+        if self.n_epochs is not None and (not isinstance(self.n_epochs, (int, np.integer))
+                                          or isinstance(self.n_epochs, bool) or self.n_epochs < 1):
+            raise DebugAtlasError(f"`Layout(n_epochs={self.n_epochs!r})` must be None or an integer >= 1.")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as err:
+                raise DebugAtlasError(
+                    f"`Layout(device={self.device!r})` is not a torch device ({err}). "
+                    "HINT: pass None, 'cpu', 'cuda' or 'cuda:0'."
+                ) from None
         if self.method == "umap":
             if not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 2:
                 raise DebugAtlasError(f"`Layout(n_neighbors={self.n_neighbors!r})` must be an integer >= 2.")
@@ -164,7 +218,87 @@ class Layout:
                 f"{self.n_components} components needs at least that many. HINT: use n_components=1."
             )
 
+    def _device(self) -> torch.device:
+        return torch.device(self.device) if self.device is not None else torch.device("cpu")
+
+    def _backend(self, n: int) -> str | None:
+        """The UMAP backend that runs (None for t-SNE and PCA), by the rule of `backend="auto"`."""
+        if self.method != "umap":
+            return None
+        if self.backend != "auto":
+            return self.backend
+        kind = "cuda" if self._device().type == "cuda" else "cpu"
+        large = n >= _TORCH_MIN_SAMPLES[kind]
+        return "torch" if large and self.metric in _TORCH_KNN_METRICS else "umap-learn"
+
     # -- methods --------------------------------------------------------------------------------
+    def _umap_torch(self, x: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
+        """The fast path: every stage on x's device except those this module's docstring names."""
+        from umap.umap_ import find_ab_params
+
+        n, device, seed = x.shape[0], x.device, int(self.seed)
+        n_epochs = int(self.n_epochs) if self.n_epochs is not None else (500 if n <= 10_000 else 200)
+        seconds: dict[str, float] = {}
+        clock = [time.perf_counter()]
+
+        def lap(stage: str) -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            seconds[stage] = round(now - clock[0], 3)
+            clock[0] = now
+
+        reduced = self.pca_dims is not None and self.pca_dims < x.shape[1]
+        params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
+        if reduced:
+            x = _fast.pca_torch(x, int(self.pca_dims))
+        lap("pca")
+        exact = self.knn == "exact" or (self.knn == "auto" and device.type == "cuda")
+        if exact:
+            chunk = 2**30 if device.type == "cuda" else 256 * 2**20
+            indices, dists = _fast.knn_torch(x, int(self.n_neighbors), self.metric, chunk)
+            params["knn"] = f"exact (torch, {device})"
+        else:
+            indices, dists = _fast.nndescent(x, int(self.n_neighbors), self.metric, seed)
+            params["knn"] = "nndescent (umap, " + ("projected vectors)" if reduced else "all features)")
+        lap("knn")
+        if device.type == "cuda":
+            head, tail, weight = _fast.fuzzy_graph(indices.to(device), dists.to(device), int(self.n_neighbors))
+            params["graph"] = f"fuzzy simplicial set (torch, {device})"
+        else:
+            head, tail, weight = _fast.umap_graph(indices, dists, int(self.n_neighbors), self.metric, seed)
+            params["graph"] = "fuzzy simplicial set (umap)"
+        keep = weight >= weight.max() / n_epochs  # umap-learn drops edges too weak to be sampled
+        head, tail, weight = head[keep], tail[keep], weight[keep]
+        lap("graph")
+        generator = torch.Generator(device=device).manual_seed(seed)
+        y = _fast.pca_init(x, int(self.n_components), self.metric, generator)
+        params["init"] = "pca"
+        lap("init")
+        a, b = find_ab_params(1.0, float(self.min_dist))
+        y = _fast.optimize(y, head, tail, weight, n_epochs, float(a), float(b), seed)
+        params["optimizer"] = "batched SGD (" + ("numba, cpu)" if device.type == "cpu" else f"torch, {device})")
+        params.update(n_epochs_run=n_epochs, n_edges=int(head.numel()))
+        raw = y.cpu().numpy()
+        lap("optimise")
+        params["stage_seconds"] = seconds
+        return raw
+
+    def _umap_torch_or_fallback(self, x: np.ndarray, xt: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
+        """The torch backend; chosen by "auto" on a GPU, a failure there (e.g. out of memory) falls
+        back to umap-learn, logged and recorded in ``params_["backend_fallback"]``."""
+        try:
+            return self._umap_torch(xt, params)
+        except RuntimeError as exc:
+            if self.backend != "auto" or xt.device.type == "cpu":
+                raise
+            reason = f"torch backend on {xt.device} failed ({type(exc).__name__}: {str(exc)[:200]})"
+            log.warning("Layout: %s; using umap-learn instead", reason)
+            for key in ("knn", "graph", "init", "optimizer", "n_epochs_run", "n_edges", "stage_seconds"):
+                params.pop(key, None)
+            params.update(backend="umap-learn", backend_fallback=reason)
+            return self._umap(self._reduce(x, params), params)
+
     def _reduce(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
         if self.pca_dims is None or self.pca_dims >= x.shape[1]:
@@ -247,14 +381,7 @@ def pca_project(vectors: np.ndarray | torch.Tensor, dims: int, device: torch.dev
     each axis is fixed so that its largest-magnitude loading is positive (deterministic output).
     """
     x = torch.as_tensor(_as_float32(vectors), device=device)
-    mean = x.mean(0, keepdim=True)
-    xc = x - mean
-    cov = (xc.T.double() @ xc.double()) / max(1, x.shape[0] - 1)
-    _, vecs = torch.linalg.eigh(cov)
-    axes = vecs[:, -dims:].flip(1)
-    sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
-    axes = (axes * sign).float()
-    return (xc @ axes).cpu().numpy().astype(np.float32)
+    return _fast.pca_torch(x, dims).cpu().numpy().astype(np.float32)
 
 
 def exact_knn(vectors: np.ndarray | torch.Tensor, k: int, metric: str = "cosine",
@@ -269,33 +396,10 @@ def exact_knn(vectors: np.ndarray | torch.Tensor, k: int, metric: str = "cosine"
     if metric not in _TORCH_KNN_METRICS:
         raise DebugAtlasError(f"`exact_knn(metric={metric!r})` is not one of {list(_TORCH_KNN_METRICS)}.")
     x = torch.as_tensor(_as_float32(vectors), device=device)
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise DebugAtlasError(f"`exact_knn(k={k!r})` must be between 1 and the {n} vectors.")
-    if metric == "cosine":
-        norm = x.norm(dim=1, keepdim=True)
-        zero = norm.squeeze(1) == 0
-        x = x / norm.clamp_min(1e-30)
-    else:
-        sq = (x * x).sum(1)
-    rows = max(1, chunk_bytes // (4 * n))
-    indices, dists = [], []
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        if metric == "cosine":
-            d = 1.0 - x[start:stop] @ x.T
-            both = zero[start:stop, None] & zero[None, :]
-            either = zero[start:stop, None] | zero[None, :]
-            d = torch.where(either, torch.where(both, 0.0, 1.0), d)
-        else:
-            d = (sq[start:stop, None] + sq[None, :] - 2.0 * x[start:stop] @ x.T).clamp_min(0).sqrt()
-        d = d.clamp_min(0)
-        own = torch.arange(start, stop, device=x.device)
-        d[own - start, own] = -1.0  # each point is its own nearest neighbour
-        val, idx = torch.topk(d, k, dim=1, largest=False)
-        indices.append(idx.cpu())
-        dists.append(val.clamp_min(0).cpu())
-    return torch.cat(indices).numpy().astype(np.int64), torch.cat(dists).numpy().astype(np.float32)
+    if not 1 <= k <= x.shape[0]:
+        raise DebugAtlasError(f"`exact_knn(k={k!r})` must be between 1 and the {x.shape[0]} vectors.")
+    idx, dist = _fast.knn_torch(x, k, metric, chunk_bytes)
+    return idx.cpu().numpy().astype(np.int64), dist.cpu().numpy().astype(np.float32)
 
 
 # -- internals -------------------------------------------------------------------------------------
@@ -321,12 +425,15 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0).astype(np.float32)
 
 
-def _degenerate(x: np.ndarray, metric: str) -> str | None:
-    """Why the vectors cannot be laid out (all identical under the metric), or None."""
-    if np.ptp(x, axis=0).max() == 0:
+def _degenerate(x: torch.Tensor, metric: str) -> str | None:
+    """Why the vectors `x` [N, C] cannot be laid out (all identical under the metric), or None."""
+    if float((x.amax(0) - x.amin(0)).max()) == 0:
         return f"all {x.shape[0]} vectors are identical"
-    if metric == "cosine" and np.ptp(_unit_rows(x), axis=0).max() <= 1e-6:
-        return f"all {x.shape[0]} vectors point in the same direction (cosine distance 0)"
+    if metric == "cosine":
+        norm = x.norm(dim=1, keepdim=True)
+        unit = torch.where(norm > 0, x / norm.clamp_min(1e-30), 0.0)
+        if float((unit.amax(0) - unit.amin(0)).max()) <= 1e-6:
+            return f"all {x.shape[0]} vectors point in the same direction (cosine distance 0)"
     return None
 
 

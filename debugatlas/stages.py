@@ -56,17 +56,21 @@ def attributions(model, module, dataset, acts: ActivationSet, config: AnalysisCo
     return full
 
 
-def layout_options(config: AnalysisConfig) -> dict[str, Any]:
-    """Keyword arguments for `layout.Layout` from the run's options."""
+def layout_options(config: AnalysisConfig, device=None) -> dict[str, Any]:
+    """Keyword arguments for `layout.Layout` from the run's options (laid out on `device`)."""
     options = {"method": config.layout, "n_neighbors": config.n_neighbors, "min_dist": config.min_dist,
-               "metric": config.metric}
-    if config.layout == "umap" and config.layout_epochs is not None:
-        options["n_epochs"] = config.layout_epochs
+               "metric": config.metric, "device": device}
+    if config.layout in ("umap", "tsne"):
+        options["pca_dims"] = config.layout_pca_dims
+    if config.layout == "umap":
+        options["backend"] = config.layout_backend
+        if config.layout_epochs is not None:
+            options["n_epochs"] = config.layout_epochs
     return options
 
 
 def atlases(acts: ActivationSet, attr: torch.Tensor, config: AnalysisConfig,
-            seed: int) -> tuple[np.ndarray, dict[int, Atlas], dict]:
+            seed: int, device=None) -> tuple[np.ndarray, dict[int, Atlas], dict]:
     """The 2-D layout of all samples and an atlas per grid size."""
     from .layout import Layout
 
@@ -76,7 +80,7 @@ def atlases(acts: ActivationSet, attr: torch.Tensor, config: AnalysisConfig,
             f"n_neighbors={config.n_neighbors} needs more than that. HINT: capture more "
             "(`samples_per_image`, a larger dataset) or pass a smaller `n_neighbors`."
         )
-    fitted = Layout(seed=seed, **layout_options(config)).fit(acts.vectors.float().numpy())
+    fitted = Layout(seed=seed, **layout_options(config, device)).fit(acts.vectors.float().numpy())
     xy = np.asarray(fitted.embedding_, dtype=np.float32)
     params = dict(fitted.params_)
     built = {g: build_atlas(xy, acts, attr, g, config.min_count, config.n_exemplars, layout_params=params)
@@ -99,14 +103,14 @@ def confusion(labels: np.ndarray, preds: np.ndarray, k: int, wanted, config: Ana
 
 
 def pair_finding(acts, attr, atlas: Atlas, a: int, b: int, names: list[str], cm: np.ndarray,
-                 config: AnalysisConfig, seed: int):
+                 config: AnalysisConfig, seed: int, device=None):
     """Ranked confusing cells, class-filtered atlases and the two-class comparison for (a, b)."""
     from .api import PairFinding
 
     finding = PairFinding(a, b, names[a], names[b], int(cm[a, b]))
     finding.cells = rank_confusing_cells(atlas, acts, attr, a, b, top=config.top_cells,
                                          min_count_a=2, n_exemplars=config.n_exemplars)
-    layout = layout_options(config)
+    layout = layout_options(config, device)
     grid = max(4, config.grid_size // 2)
     for side, cls in (("filtered_a", a), ("filtered_b", b)):
         try:

@@ -1,13 +1,16 @@
 """Layout speed and quality: the fast path vs plain umap-learn on the same sample, in one run.
 
-Fast path: ``Layout(method="umap", knn="exact", pca_dims=...)`` (PCA in torch, exact kNN in torch,
-handed to umap-learn as ``precomputed_knn``). Baseline: ``umap.UMAP`` with the same settings and
-its own NN-descent search on the full vectors. Quality: scikit-learn's trustworthiness of each
-embedding on the same random subsample. Numba compilation is done once on a small warm-up set
-before timing. Data: a seeded mixture of Gaussian clusters on a low-dimensional subspace plus
-noise, float16 like captured activations.
+Fast path: ``Layout(method="umap", backend="torch", pca_dims=..., device=...)`` (PCA and the
+neighbour search in torch on the device, or NN-descent on the projected vectors on a CPU;
+UMAP's fuzzy graph; PCA start; batched SGD). Baseline: ``umap.UMAP`` with the same settings,
+its own NN-descent search on the full vectors and spectral start; seeded (single-threaded) by
+default, unseeded and parallel with ``--baseline-jobs -1`` (the fair baseline on many cores).
+Quality: scikit-learn's trustworthiness of each embedding on the same random subsample. Both
+sides are compiled / warmed up on a small set before timing. Data: a seeded mixture of Gaussian
+clusters on a low-dimensional subspace plus noise, ReLU, float16-rounded like captured activations.
 
-    .venv/bin/python experiments/bench_layout.py [--n 20000] [--dim 512] [--pca-dims 64]
+    .venv/bin/python experiments/bench_layout.py [--n 100000] [--dim 512] [--pca-dims 64]
+        [--device cpu|cuda] [--baseline-jobs 1|-1] [--skip-baseline] [--epochs N] [--knn auto]
 """
 from __future__ import annotations
 
@@ -20,54 +23,88 @@ import numpy as np
 from debugatlas.layout import Layout
 
 
-def synthetic(n: int, dim: int, seed: int = 0, clusters: int = 30, rank: int = 32) -> np.ndarray:
+def synthetic(n: int, dim: int, seed: int = 0, clusters: int = 30, rank: int = 32,
+              chunk: int = 65536) -> np.ndarray:
+    """[n, dim] float32, generated in float32 chunks (1M x 512 in a few seconds)."""
     rng = np.random.default_rng(seed)
-    basis = rng.normal(size=(rank, dim))
-    centres = rng.normal(scale=3.0, size=(clusters, rank))
-    z = centres[rng.integers(0, clusters, n)] + rng.normal(size=(n, rank))
-    x = np.maximum(z @ basis + 0.5 * rng.normal(size=(n, dim)), 0)  # ReLU-like, non-negative
-    return x.astype(np.float16).astype(np.float32)
+    basis = rng.standard_normal((rank, dim), dtype=np.float32)
+    centres = 3.0 * rng.standard_normal((clusters, rank), dtype=np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        z = centres[rng.integers(0, clusters, m)] + rng.standard_normal((m, rank), dtype=np.float32)
+        block = z @ basis
+        block += 0.5 * rng.standard_normal((m, dim), dtype=np.float32)
+        np.maximum(block, 0, out=block)  # ReLU-like, non-negative
+        out[start:start + m] = block.astype(np.float16)
+    return out
 
 
-def plain_umap(x: np.ndarray, args) -> np.ndarray:
+def plain_umap(x: np.ndarray, args) -> tuple[np.ndarray, dict]:
     import umap
 
-    reducer = umap.UMAP(n_neighbors=args.neighbors, min_dist=0.05, metric="cosine", random_state=0, n_jobs=1)
-    return reducer.fit_transform(x)
+    seeded = args.baseline_jobs == 1
+    reducer = umap.UMAP(n_neighbors=args.neighbors, min_dist=0.05, metric="cosine",
+                        random_state=0 if seeded else None, n_jobs=args.baseline_jobs,
+                        n_epochs=args.epochs)
+    return reducer.fit_transform(x), {}
 
 
-def fast(x: np.ndarray, args) -> np.ndarray:
-    layout = Layout(method="umap", n_neighbors=args.neighbors, knn="exact", pca_dims=args.pca_dims, seed=0)
-    return layout.fit(x).raw_embedding_
+def fast(x: np.ndarray, args) -> tuple[np.ndarray, dict]:
+    layout = Layout(method="umap", n_neighbors=args.neighbors, backend="torch", knn=args.knn,
+                    pca_dims=args.pca_dims, device=args.device, n_epochs=args.epochs, seed=0)
+    layout.fit(x)
+    return layout.raw_embedding_, layout.params_
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--pca-dims", type=int, default=64)
     parser.add_argument("--neighbors", type=int, default=50)
     parser.add_argument("--subsample", type=int, default=3000)
+    parser.add_argument("--device", default="cpu", help="the fast path's device: cpu or cuda")
+    parser.add_argument("--knn", default="auto", choices=["auto", "exact", "nndescent"])
+    parser.add_argument("--epochs", type=int, default=None, help="both sides; default umap-learn's")
+    parser.add_argument("--baseline-jobs", type=int, default=1,
+                        help="1: seeded, single-threaded umap-learn; -1: unseeded, all cores")
+    parser.add_argument("--skip-baseline", action="store_true", help="time only the fast path")
     args = parser.parse_args()
     from sklearn.manifold import trustworthiness
 
     warnings.filterwarnings("ignore")
     warm = synthetic(5000, args.dim, seed=1)
-    plain_umap(warm, args), fast(warm, args)  # numba compilation, both code paths
+    if not args.skip_baseline:
+        plain_umap(warm, args)  # numba compilation
+    fast(warm, args)  # numba compilation / CUDA start-up
 
+    start = time.perf_counter()
     x = synthetic(args.n, args.dim)
+    print(f"data {args.n} x {args.dim} generated in {time.perf_counter() - start:.1f} s", flush=True)
     sub = np.random.default_rng(0).choice(args.n, size=min(args.subsample, args.n), replace=False)
+    runs = [] if args.skip_baseline else [
+        (f"umap-learn (nndescent, n_jobs={args.baseline_jobs})", plain_umap)]
+    runs.append((f"fast (torch backend, {args.device}, pca_dims={args.pca_dims})", fast))
     rows = []
-    for name, fn in (("umap-learn (nndescent)", plain_umap), (f"fast (exact kNN, pca_dims={args.pca_dims})", fast)):
+    for name, fn in runs:
         start = time.perf_counter()
-        emb = fn(x, args)
+        emb, params = fn(x, args)
         seconds = time.perf_counter() - start
         trust = trustworthiness(x[sub], emb[sub], n_neighbors=10, metric="cosine")
-        rows.append((name, seconds, trust))
-        print(f"{name:42s} {seconds:8.1f} s   trustworthiness {trust:.4f}", flush=True)
-    (_, base_s, base_t), (_, fast_s, fast_t) = rows
-    print(f"n={args.n} dim={args.dim} n_neighbors={args.neighbors}: speed-up {base_s / fast_s:.2f}x, "
-          f"trustworthiness difference (fast - plain) {fast_t - base_t:+.4f} on {len(sub)} points")
+        rows.append((seconds, trust))
+        print(f"{name:52s} {seconds:8.1f} s   trustworthiness {trust:.4f}", flush=True)
+        if params:
+            stages = "  ".join(f"{k} {v:.1f} s" for k, v in params["stage_seconds"].items())
+            print(f"  stages: {stages}   (knn: {params['knn']}; graph: {params['graph']}; "
+                  f"{params['n_edges']} edges, {params['n_epochs_run']} epochs)", flush=True)
+    setting = f"n={args.n} dim={args.dim} n_neighbors={args.neighbors}"
+    if args.skip_baseline:
+        print(f"{setting}: baseline skipped, no speed-up measured")
+        return
+    (base_s, base_t), (fast_s, fast_t) = rows
+    print(f"{setting}: speed-up {base_s / fast_s:.2f}x, trustworthiness difference (fast - plain) "
+          f"{fast_t - base_t:+.4f} on {len(sub)} points")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ wait
 unset OMP_NUM_THREADS NUMBA_NUM_THREADS
 
 if [ "$(left)" -gt "${LAYOUT_NEEDS_S:-120}" ]; then
-    timeout "$(left)" "$py" experiments/bench_layout.py ${LAYOUT_ARGS:---n 200000 --device cuda} \
+    timeout "$(left)" "$py" experiments/bench_layout.py ${LAYOUT_ARGS:---n 200000 --dim 512 --pca-dims 64 --device cuda --baseline-jobs -1} \
         > reports/bench/layout_gpu.txt 2>&1
 fi
 echo "run_gpu.sh: $((SECONDS - start)) s"

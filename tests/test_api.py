@@ -131,3 +131,16 @@ def test_models_with_more_than_100_classes_attribute_the_studied_pairs(trained_c
     others = [k for k in range(140) if k not in (3, 8)]
     assert attr[:, others].abs().sum() == 0
     assert result.summary["pairs"][0]["confusing_cells"]
+
+
+def test_layout_options_reach_the_layout_and_bad_ones_are_refused():
+    from debugatlas.config import AnalysisConfig
+    from debugatlas.stages import layout_options
+
+    config = AnalysisConfig.from_options({"layout_backend": "umap-learn", "layout_pca_dims": 16})
+    options = layout_options(config, "cpu")
+    assert options["backend"] == "umap-learn" and options["pca_dims"] == 16 and options["device"] == "cpu"
+    with pytest.raises(DebugAtlasError, match="layout_backend"):
+        AnalysisConfig.from_options({"layout_backend": "cuml"})
+    with pytest.raises(DebugAtlasError, match="layout_pca_dims"):
+        AnalysisConfig.from_options({"layout_pca_dims": 1})

@@ -213,3 +213,85 @@ def test_pca_dims_projects_before_umap_and_matches_sklearn_pca():
     assert layout.params_["pca_dims"] == 3 and layout.embedding_.shape == (300, 2)
     with pytest.raises(DebugAtlasError, match="pca_dims"):
         Layout(pca_dims=1).fit(x)
+
+
+# -- torch backend (the fast path) -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits_graph():
+    """Digits (1,797 x 64), its exact 15-NN and UMAP's fuzzy graph from umap-learn."""
+    from sklearn.datasets import load_digits
+    from umap.umap_ import fuzzy_simplicial_set
+
+    x = load_digits().data.astype(np.float32)
+    idx, dist = exact_knn(x, 15, "euclidean")
+    graph, _, _ = fuzzy_simplicial_set(x, 15, np.random.RandomState(0), "euclidean",
+                                       knn_indices=idx, knn_dists=dist)
+    return x, idx, dist, graph.tocoo()
+
+
+def _trust(x, xy):
+    from sklearn.manifold import trustworthiness
+
+    return trustworthiness(x, xy, n_neighbors=10)
+
+
+def test_torch_fuzzy_graph_matches_umap_learn(digits_graph):
+    from debugatlas._fastumap import fuzzy_graph as _fuzzy_graph
+
+    x, idx, dist, ref = digits_graph
+    head, tail, weight = _fuzzy_graph(torch.from_numpy(idx), torch.from_numpy(dist), 15)
+    assert (torch.diff(head * len(x) + tail) > 0).all()  # sorted by head, then tail, no repeats
+    ours = {(h, t): w for h, t, w in zip(head.tolist(), tail.tolist(), weight.tolist())}
+    theirs = {(h, t): w for h, t, w in zip(ref.row.tolist(), ref.col.tolist(), ref.data.tolist())}
+    assert ours.keys() == theirs.keys()
+    np.testing.assert_allclose([ours[k] for k in theirs], list(theirs.values()), atol=1e-5)
+
+
+def test_torch_backend_close_to_umap_learn_and_deterministic(digits_graph):
+    x = digits_graph[0]
+    settings = dict(n_neighbors=15, metric="euclidean", knn="exact", seed=0)
+    fast = Layout(backend="torch", **settings).fit(x)
+    plain = Layout(backend="umap-learn", **settings).fit(x)
+    assert _trust(x, fast.raw_embedding_) > _trust(x, plain.raw_embedding_) - 0.01
+    again = Layout(backend="torch", **settings).fit(x)
+    np.testing.assert_array_equal(again.raw_embedding_, fast.raw_embedding_)
+    other = Layout(backend="torch", **{**settings, "seed": 1}).fit(x)
+    assert not np.allclose(other.raw_embedding_, fast.raw_embedding_)
+    p = fast.params_
+    assert json.loads(json.dumps(p)) == p and plain.params_["backend"] == "umap-learn"
+    assert p["backend"] == "torch" and p["knn"] == "exact (torch, cpu)" and p["init"] == "pca"
+    assert p["optimizer"] == "batched SGD (numba, cpu)" and p["n_epochs_run"] == 500
+    assert set(p["stage_seconds"]) == {"pca", "knn", "graph", "init", "optimise"}
+
+
+def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
+    """`_torch_epochs` (what runs on CUDA) run on the CPU: as good as the compiled loop, seeded."""
+    from umap.umap_ import find_ab_params
+
+    from debugatlas._fastumap import optimize as _optimize, pca_init as _pca_init, torch_epochs as _torch_epochs
+
+    x, _, _, g = digits_graph
+    head, tail = torch.from_numpy(g.row.astype(np.int64)), torch.from_numpy(g.col.astype(np.int64))
+    weight = torch.from_numpy(g.data.astype(np.float32))
+    a, b = (float(v) for v in find_ab_params(1.0, 0.05))
+    start = _pca_init(torch.from_numpy(x), 2, "euclidean", torch.Generator().manual_seed(0))
+    loop = _optimize(start.clone(), head, tail, weight, 200, a, b, seed=0).numpy()
+    rate = weight / weight.max()
+    batched = [_torch_epochs(start.clone(), head, tail, rate, 200, a, b, 0, 5, 1.0).numpy() for _ in range(2)]
+    np.testing.assert_array_equal(batched[0], batched[1])
+    assert abs(_trust(x, batched[0]) - _trust(x, loop)) < 0.01 and _trust(x, loop) > 0.97
+
+
+def test_auto_backend_rule_and_bad_backend_settings():
+    assert Layout()._backend(49_999) == "umap-learn" and Layout()._backend(50_000) == "torch"
+    assert Layout(device="cuda")._backend(4096) == "torch" and Layout(device="cuda")._backend(4095) == "umap-learn"
+    assert Layout(metric="manhattan")._backend(10**6) == "umap-learn"
+    assert Layout("tsne")._backend(10**6) is None
+    x = torch.rand(60, 8)
+    bad = [({"backend": "gpu"}, r"backend='gpu'.*\['auto', 'umap-learn', 'torch'\]"),
+           ({"backend": "torch", "method": "tsne"}, "UMAP only. HINT: use method='umap'"),
+           ({"backend": "torch", "metric": "manhattan"}, "HINT: use backend='umap-learn'"),
+           ({"n_epochs": 0}, "n_epochs=0"), ({"device": "gpu0"}, "device='gpu0'.*HINT")]
+    for kwargs, message in bad:
+        with pytest.raises(DebugAtlasError, match=message):
+            Layout(**kwargs).fit(x)
