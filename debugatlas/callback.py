@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import SequentialSampler
 
 from ._utils import DebugAtlasError, resolve_layer
-from .capture import SAMPLING, ActivationRecorder, ActivationSet
+from .capture import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, ActivationSet
 from .config import AnalysisConfig
 from .shards import merge_shards
 
@@ -38,7 +38,8 @@ class AtlasCallback(pl.Callback):
         every_n_epochs: analyse after every n-th validation epoch (and after `trainer.validate()`).
         dirpath: where `epoch_<n>/` folders go (default `<trainer.default_root_dir>/atlas`).
         sampling, samples_per_image, cap, seed: capture settings (see `capture.ActivationRecorder`).
-        store_dir, disk_threshold_bytes: the on-disk vector store for large captures (default: memory).
+        store_dir, disk_threshold_bytes: the on-disk vector store for large captures (used when the
+            reservoir would exceed 256 MiB by default; None keeps it in memory).
         normalize: (mean, std) when the module expects normalised input; images stay in [0, 1].
         class_names: names of the classes when the validation dataset has no `.classes`.
         subdir: folder under `dirpath` per analysis, formatted with `epoch` ("" writes into dirpath).
@@ -52,7 +53,7 @@ class AtlasCallback(pl.Callback):
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                  class_names: Sequence[str] | None = None, subdir: str = "epoch_{epoch}",
                  run_analysis: bool = True, model_spec: str | None = None, store_dir: str | Path | None = None,
-                 disk_threshold_bytes: int | None = None, **analysis_options: Any) -> None:
+                 disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES, **analysis_options: Any) -> None:
         if not isinstance(layer, str) or not layer:
             raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:

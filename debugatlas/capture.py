@@ -2,8 +2,9 @@
 
 The hook picks positions on the model's device and copies only the chosen vectors to the CPU.
 A seeded reservoir keeps at most `cap` vectors, so memory stays bounded however long the
-validation set is. Above `disk_threshold_bytes` the vectors go to a memory-mapped file on disk
-(`store.DiskVectors`) and only the small scalar columns stay in memory.
+validation set is. When the reservoir would exceed `disk_threshold_bytes` (256 MiB by default)
+the vectors go to a memory-mapped file on disk (`store.DiskVectors`) and only the small scalar
+columns stay in memory.
 
 Random positions come from one seeded stream by default. When the batch's dataset indices are
 announced before the forward pass (`ActivationRecorder.expect(image_ids)`), each image's
@@ -113,6 +114,9 @@ def _choose_positions(
     return grid[pick]
 
 
+DISK_THRESHOLD_BYTES = 256 * 2**20  # reservoirs larger than this live in a memory-mapped file
+
+
 class ActivationRecorder:
     """Forward hook that samples the layer output and keeps a bounded, seeded reservoir.
 
@@ -125,9 +129,10 @@ class ActivationRecorder:
     `flush_batches` batches and in `result()`: on a GPU one device-to-host copy then waits for the
     device per `flush_batches` batches instead of one per batch, so validation is not stalled.
 
-    Large captures: when `disk_threshold_bytes` is set and `cap * C * itemsize` exceeds it, the
-    vectors are written to a memory-mapped .npy file in `store_dir` (a temporary directory when
-    None); `reset()` / `close()` delete it. The default (None) always keeps them in memory.
+    Large captures: when `cap * C * itemsize` exceeds `disk_threshold_bytes` (default
+    `DISK_THRESHOLD_BYTES`, 256 MiB: e.g. 1,000,000 vectors of 512 float16 channels), the vectors
+    are written to a memory-mapped .npy file in `store_dir` (a temporary directory when None);
+    `reset()` / `close()` delete it. None always keeps them in memory.
     """
 
     def __init__(
@@ -139,7 +144,7 @@ class ActivationRecorder:
         seed: int = 0,
         dtype: torch.dtype = torch.float16,
         store_dir: str | Path | None = None,
-        disk_threshold_bytes: int | None = None,
+        disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES,
         flush_batches: int = 32,
     ) -> None:
         if int(flush_batches) < 1:
@@ -406,7 +411,7 @@ def capture(
     dtype: torch.dtype = torch.float16,
     progress: Callable[[int, int], None] | None = None,
     store_dir: str | Path | None = None,
-    disk_threshold_bytes: int | None = None,
+    disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES,
 ) -> ActivationSet:
     """Run `model` over `dataset` in index order and sample activations of `layer`.
 

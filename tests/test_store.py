@@ -111,3 +111,15 @@ def test_callback_with_disk_store_writes_the_same_atlas(tmp_path, digits_data):
         summaries.append({k: summary[k] for k in ("num_samples", "confusion_matrix", "pairs")})
     assert summaries[0] == summaries[1] and summaries[0]["num_samples"] == 500
     assert list((tmp_path / "store").iterdir()) == []  # the recorder deleted its file after the epoch
+
+
+def test_large_reservoirs_go_to_disk_by_default():
+    from debugatlas.capture import DISK_THRESHOLD_BYTES
+
+    # 1,000,000 float16 vectors of 512 channels: 1 GB, above the default threshold
+    assert ActivationRecorder("x", cap=1_000_000)._use_disk(torch.zeros(1, 512, dtype=torch.float16))
+    # the default cap of 100,000 x 512 float16 (~100 MB) stays in memory
+    assert not ActivationRecorder("x")._use_disk(torch.zeros(1, 512, dtype=torch.float16))
+    assert 100_000 * 512 * 2 < DISK_THRESHOLD_BYTES < 1_000_000 * 512 * 2
+    assert not ActivationRecorder("x", cap=1_000_000, disk_threshold_bytes=None)._use_disk(
+        torch.zeros(1, 512, dtype=torch.float16))
