@@ -141,13 +141,6 @@ def resolve_pairs(pairs, names: list[str]) -> list[tuple[int, int]] | None:
     return out
 
 
-def _image_predictions(acts: ActivationSet) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, preds) per unique captured image."""
-    ids = acts.image_ids.numpy()
-    _, first = np.unique(ids, return_index=True)
-    return acts.labels.numpy()[first], acts.preds.numpy()[first]
-
-
 def _fill_predictions(model: nn.Module, dataset, acts: ActivationSet, device, batch_size: int) -> None:
     """Predict the images whose prediction was not recorded (preds == -1)."""
     missing = torch.unique(acts.image_ids[acts.preds < 0])
@@ -220,7 +213,7 @@ def analyze(
                 "HINT: pass `class_names=` with one name per model output."
             )
         wanted = resolve_pairs(pairs, names)
-        labels, preds = _image_predictions(acts)
+        _, labels, preds = acts.per_image()
         confusion, chosen = stages.confusion(labels, preds, num_classes, wanted, config)
         with timer.stage("attribution"):
             attributions = stages.attributions(net, module, dataset, acts, config, dev, progress,

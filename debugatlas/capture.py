@@ -55,6 +55,12 @@ class ActivationSet:
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
 
+    def per_image(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image ids, labels, preds) of each captured image once, in increasing id order."""
+        ids = self.image_ids.numpy()
+        uid, first = np.unique(ids, return_index=True)
+        return uid, self.labels.numpy()[first], self.preds.numpy()[first]
+
     def subset(self, index: torch.Tensor | np.ndarray) -> "ActivationSet":
         """The samples selected by a boolean mask or an integer index."""
         index = torch.as_tensor(index)

@@ -31,8 +31,11 @@ def candidate_cells(finding, atlas: Atlas, config: AnalysisConfig) -> list[tuple
     return chosen
 
 
-def _images_of(dataset, acts: ActivationSet, cls: int, limit: int, seed: int) -> torch.Tensor | None:
-    ids = np.unique(acts.image_ids.numpy()[acts.labels.numpy() == cls])
+def images_of(dataset, acts: ActivationSet, cls: int, limit: int, seed: int) -> torch.Tensor | None:
+    """The patch tests' images of `cls`: up to `limit` of its captured images, a seeded choice
+    in id order (None when the class has none)."""
+    uid, labels, _ = acts.per_image()
+    ids = uid[labels == cls]
     if ids.size == 0:
         return None
     rng = np.random.default_rng(seed)
@@ -60,8 +63,8 @@ def run_patch_tests(model, module, dataset, acts: ActivationSet, atlas: Atlas, f
         # Exemplar crops are tried at native pixels and resized; a receptive field covering most of
         # a small image flips by occlusion alone, which the same-geometry controls then discount.
         candidates = candidate_patches(entries, resize_exemplars=None, **kwargs)
-        images_a = _images_of(dataset, acts, finding.a, config.max_patch_images, seed)
-        images_b = _images_of(dataset, acts, finding.b, config.max_patch_images, seed + 1)
+        images_a = images_of(dataset, acts, finding.a, config.max_patch_images, seed)
+        images_b = images_of(dataset, acts, finding.b, config.max_patch_images, seed + 1)
         if images_a is None or not candidates:
             finding.notes.append("patch tests skipped: no images of A or no candidate patches")
             continue

@@ -178,9 +178,7 @@ def examples(model, dataset, acts: ActivationSet, findings: list, config: Analys
     """Misclassified a→b images with pixel attributions toward b, for each finding."""
     from .attribution import pixel_attribution
 
-    ids = acts.image_ids.numpy()
-    _, first = np.unique(ids, return_index=True)
-    uid, labels, preds = ids[first], acts.labels.numpy()[first], acts.preds.numpy()[first]
+    uid, labels, preds = acts.per_image()
     for finding in findings:
         chosen = uid[(labels == finding.a) & (preds == finding.b)][:config.n_examples]
         if chosen.size == 0:

@@ -63,17 +63,11 @@ def trigger_in_field(model, layer: str, dataset, acts, shortcut) -> np.ndarray:
     return out
 
 
-def images_of(dataset, acts, cls: int, limit: int, seed: int) -> torch.Tensor:
-    """The images of `cls` the patch stage measures (same seeded choice as `analyze()`)."""
-    ids = np.unique(acts.image_ids.numpy()[acts.labels.numpy() == cls])
-    ids = np.sort(np.random.default_rng(seed).permutation(ids)[:limit])
-    return torch.stack([dataset[int(i)][0] for i in ids])
-
-
 def run_config(args, trigger: str, fraction: float, log) -> dict:
     from debugatlas import analyze
     from debugatlas.data import PlantedShortcut
     from debugatlas.models import CifarResNet, train_classifier
+    from debugatlas.patch_stage import images_of
     from debugatlas.patches import Patch, evaluate_patches
 
     shortcut = PlantedShortcut(target=args.target, fraction=fraction, size=args.size, trigger=trigger,

@@ -115,8 +115,9 @@ def test_only_correct_images_counted_and_dynamic_at_least_static():
 
 
 def test_controls_share_sizes_and_placements():
+    images_b = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     ev = evaluate_patches(RegionModel(), region_images(), A, B, [WHITE2, WHITE_R],
-                          images_b=torch.rand(4, 1, 8, 8), sizes=(0.25, 0.5), n_random=4)
+                          images_b=images_b, sizes=(0.25, 0.5), n_random=4)
     controls = {(r.source, r.geometry) for r in ev.controls()}
     assert controls == {("noise", "resized"), ("natural", "resized"),
                         ("noise", "native-2x2"), ("natural", "native-2x2")}
@@ -129,7 +130,12 @@ def test_controls_share_sizes_and_placements():
     assert ev.get("noise-resized", "static").size_frac == ev.get("white-r", "static").size_frac == 0.25
     frame = ev.to_frame()
     assert len(frame) == 6 * 3 and {"flip_rate", "noise_flip_rate", "placement"} <= set(frame.columns)
-    assert [r.patch_id for r in ev.ranked("dynamic")][0] == "white-r"
+    ranked = ev.ranked("dynamic")
+    assert [r.lift for r in ranked] == sorted((r.lift for r in ranked), reverse=True)
+    # against dark images of B (natural crops that flip nothing) the resized white patch wins
+    dark = evaluate_patches(RegionModel(), region_images(), A, B, [WHITE2, WHITE_R],
+                            images_b=torch.zeros(4, 1, 8, 8), sizes=(0.25, 0.5), n_random=4)
+    assert [r.patch_id for r in dark.ranked("dynamic")] == ["white-r", "white2"]
 
 
 def test_control_patches_one_pair_per_geometry_and_seeded():
@@ -253,12 +259,14 @@ def digit_models():
     shortcut = PlantedShortcut(target=TARGET, fraction=1.0, size=5)
     train, val = digits(size=24, shortcut=shortcut)
     clean_train, _ = digits(size=24)
-    for seed in range(3):
+    for seed in range(5):  # seeded initial weights too, so the models do not depend on test order
+        torch.manual_seed(seed)
         planted = train_classifier(SmallCNN(1, 10, 8), train, epochs=8, lr=2e-3, batch_size=16, seed=seed)
-        if pasted_flip_rate(planted, shortcut, val) > 0.5:
+        if pasted_flip_rate(planted, shortcut, val) > 0.7:
             break
     else:
-        raise AssertionError("the planted model did not learn the trigger with any of 3 training seeds")
+        raise AssertionError("the planted model did not learn the trigger with any of 5 training seeds")
+    torch.manual_seed(0)
     clean = train_classifier(SmallCNN(1, 10, 8), clean_train, epochs=8, lr=2e-3, batch_size=16)
     return shortcut, val, planted, clean
 
