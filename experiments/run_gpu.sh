@@ -8,6 +8,8 @@
 #    fractions 0.5 / 0.2) as parallel processes on the one GPU, each with a share of the CPU cores;
 # 3. the layout benchmark, if enough of the budget is left.
 # Writes reports/cifar10/, reports/planted/ and reports/bench/*.txt.
+# Choose parts with BENCH=0, CIFAR=0, PLANTED="checker:0.5 cross:0.2" (trigger:fraction pairs),
+# LAYOUT_ARGS="..." (arguments of bench_layout.py).
 set -u
 archive=${1:-../shared/data/cifar10-train.tgz}
 budget=${BUDGET_S:-3600}
@@ -17,21 +19,26 @@ left() { echo $((budget - (SECONDS - start))); }
 mkdir -p reports/bench reports/planted
 "$py" -c "import sys; from debugatlas.data import unpack_cifar10; unpack_cifar10(sys.argv[1])" "$archive" || exit 1
 
-"$py" experiments/bench_render.py --model resnet --cells 100 --steps 64 --device cuda \
-    > reports/bench/render_gpu.txt 2>&1
-"$py" experiments/bench_attribution.py --images 512 --repeats 3 --device cuda \
-    > reports/bench/attribution_gpu.txt 2>&1
+if [ "${BENCH:-1}" = 1 ]; then
+    "$py" experiments/bench_render.py --model resnet --cells 100 --steps 64 --device cuda \
+        > reports/bench/render_gpu.txt 2>&1
+    "$py" experiments/bench_attribution.py --images 512 --repeats 3 --device cuda \
+        > reports/bench/attribution_gpu.txt 2>&1
+    "$py" experiments/bench_capture.py --device cuda --repeats 7 --images 8000 \
+        > reports/bench/capture_gpu.txt 2>&1
+fi
 
 export OMP_NUM_THREADS=3 NUMBA_NUM_THREADS=3
 limit=$(( $(left) - ${LAYOUT_RESERVE_S:-0} ))
-timeout "$limit" "$py" experiments/cifar10.py --archive "$archive" --epochs "${CIFAR_EPOCHS:-10}" --n-val 2000 \
-    > reports/bench/cifar10_stdout.txt 2>&1 &
-for trigger in checker cross; do
-    for fraction in 0.5 0.2; do
-        timeout "$limit" "$py" experiments/planted_shortcut.py --archive "$archive" --triggers "$trigger" \
-            --fractions "$fraction" --epochs 30 --train-seconds "${TRAIN_S:-110}" \
-            > "reports/bench/planted_${trigger}_${fraction}_stdout.txt" 2>&1 &
-    done
+if [ "${CIFAR:-1}" = 1 ]; then
+    timeout "$limit" "$py" experiments/cifar10.py --archive "$archive" --epochs "${CIFAR_EPOCHS:-10}" --n-val 2000 \
+        > reports/bench/cifar10_stdout.txt 2>&1 &
+fi
+for config in ${PLANTED-checker:0.5 checker:0.2 cross:0.5 cross:0.2}; do
+    trigger=${config%%:*} fraction=${config##*:}
+    timeout "$limit" "$py" experiments/planted_shortcut.py --archive "$archive" --triggers "$trigger" \
+        --fractions "$fraction" --epochs 30 --train-seconds "${TRAIN_S:-110}" \
+        > "reports/bench/planted_${trigger}_${fraction}_stdout.txt" 2>&1 &
 done
 wait
 unset OMP_NUM_THREADS NUMBA_NUM_THREADS
