@@ -1,5 +1,6 @@
 """The experiment scripts' plumbing: the ImageNet shark/baseball script end to end on a randomly
-initialised GoogLeNet and generated images (no download), and the planted-trigger geometry helper."""
+initialised GoogLeNet and generated images (no download), the planted-trigger geometry helper,
+RESULTS.md rebuilt from a run directory, and the trainer's time limit."""
 from __future__ import annotations
 
 import importlib.util
@@ -60,3 +61,30 @@ def test_trigger_box_matches_planted_shortcut():
             changed = np.argwhere((pasted != 0.5).any(0).numpy())
             assert changed[:, 0].min() >= r0 and changed[:, 0].max() < r1
             assert changed[:, 1].min() >= c0 and changed[:, 1].max() < c1
+
+
+def test_cifar10_results_rebuild_from_a_run_directory(tmp_path, trained_cnn, digits_data, capsys):
+    from debugatlas import analyze
+
+    out = tmp_path / "run"
+    analyze(trained_cnn, digits_data[1], "layer3", pairs="auto", out_dir=out, seed=0, layout="pca", grid_size=8,
+            grid_sizes=(8,), render_steps=4, n_pairs=1, patch_cells=3, max_patch_images=16, n_random=2,
+            n_examples=1)
+    script = _load("cifar10")
+    assert script.main(["--from-run", str(out), "--note", "Device: test"]) == 0
+    text = (out / "RESULTS.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    pair = summary["pairs"][0]
+    assert f"### {pair['a']} → {pair['b']}" in text and "- Device: test" in text
+    assert "Candidate cells tried: 3;" in text  # read back from the saved suite's metadata
+    assert script.main(["--from-run", str(tmp_path / "missing")]) == 2
+    assert "summary.json does not exist" in capsys.readouterr().err
+
+
+def test_train_classifier_stops_at_the_time_limit_and_keeps_a_history(digits_data):
+    from debugatlas.models import SmallCNN, train_classifier
+
+    history: list[dict] = []
+    train_classifier(SmallCNN(1, 10, width=4), digits_data[0], epochs=5, seed=0, max_seconds=0.0, history=history)
+    assert [h["epoch"] for h in history] == [1]  # the first epoch ends past 0 s
+    assert history[0]["loss"] > 0 and history[0]["seconds"] > 0
