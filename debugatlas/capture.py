@@ -70,9 +70,9 @@ class ActivationSet:
         )
 
 
-def _interior(size: int) -> torch.Tensor:
+def _interior(size: int, device=None) -> torch.Tensor:
     """Index range that excludes both edges (the whole range for sizes below 3)."""
-    return torch.arange(1, size - 1) if size >= 3 else torch.arange(size)
+    return torch.arange(1, size - 1, device=device) if size >= 3 else torch.arange(size, device=device)
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -109,7 +109,7 @@ def _choose_positions(
         pos = torch.tensor([[h // 2, w // 2]], device=device)
         return pos.expand(batch, 1, 2)
     span = _interior if interior else torch.arange
-    rows, cols = _to_device(span(h), device), _to_device(span(w), device)
+    rows, cols = span(h, device=device), span(w, device=device)
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
     if sampling == "all":
         return grid.unsqueeze(0).expand(batch, -1, -1)

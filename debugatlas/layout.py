@@ -303,8 +303,7 @@ class Layout:
         params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
         if self.pca_dims is None or self.pca_dims >= x.shape[1]:
             return x
-        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
-        return pca_project(x, int(self.pca_dims), device)
+        return pca_project(x, int(self.pca_dims), self._device())
 
     def _umap(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         with warnings.catch_warnings():  # "Tensorflow not installed; ParametricUMAP unavailable"
