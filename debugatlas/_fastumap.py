@@ -60,12 +60,13 @@ def knn_torch(x: torch.Tensor, k: int, metric: str, chunk_bytes: int) -> tuple[t
 
 
 def nndescent(x: torch.Tensor, k: int, metric: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """umap-learn's seeded NN-descent search on x (copied to the CPU): indices, distances [N, k]."""
+    """umap-learn's seeded NN-descent search on x (copied to the CPU) on all of numba's threads:
+    indices, distances [N, k]. The result is fixed by the seed and the thread count."""
     from umap.umap_ import nearest_neighbors
 
     indices, dists, _ = nearest_neighbors(
         x.cpu().numpy(), k, metric, {}, False, np.random.RandomState(seed),
-        low_memory=True, use_pynndescent=True, n_jobs=1,
+        low_memory=True, use_pynndescent=True, n_jobs=-1,
     )
     return torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(dists.astype(np.float32))
 
@@ -226,6 +227,9 @@ def numba_kernel():
     def epoch_kernel(y, out, indptr, tail, rate, epoch, a, b, seed, negative_rate, alpha):
         n, dim = y.shape
         stream = mix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch))
+        # float32 arithmetic throughout (y is float32): a quarter faster than float64 here
+        a, b, alpha = np.float32(a), np.float32(b), np.float32(alpha)
+        zero, one, two, clip = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(4.0)
         for i in numba.prange(n):
             for d in range(dim):
                 out[i, d] = y[i, d]
@@ -233,23 +237,25 @@ def numba_kernel():
                 if epoch == 0 or math.floor(rate[e] * epoch) <= math.floor(rate[e] * (epoch - 1)):
                     continue
                 j = tail[e]
-                d2 = 0.0
+                d2 = zero
                 for d in range(dim):
-                    d2 += (y[i, d] - y[j, d]) ** 2
-                if d2 > 0.0:
+                    t = y[i, d] - y[j, d]
+                    d2 += t * t
+                if d2 > zero:
                     d2b = math.exp(b * math.log(d2))
-                    coef = -2.0 * a * b * d2b / (d2 * (1.0 + a * d2b))
+                    coef = -two * a * b * d2b / (d2 * (one + a * d2b))
                     for d in range(dim):  # the pull of both directed edges
-                        out[i, d] += 2.0 * alpha * min(4.0, max(-4.0, coef * (y[i, d] - y[j, d])))
+                        out[i, d] += two * alpha * min(clip, max(-clip, coef * (y[i, d] - y[j, d])))
                 for s in range(negative_rate):
                     k = mix(stream ^ np.uint64(e * negative_rate + s)) % np.uint64(n)
-                    d2 = 0.0
+                    d2 = zero
                     for d in range(dim):
-                        d2 += (y[i, d] - y[k, d]) ** 2
-                    if d2 > 0.0:
-                        coef = 2.0 * b / ((0.001 + d2) * (1.0 + a * math.exp(b * math.log(d2))))
+                        t = y[i, d] - y[k, d]
+                        d2 += t * t
+                    if d2 > zero:
+                        coef = two * b / ((np.float32(0.001) + d2) * (one + a * math.exp(b * math.log(d2))))
                         for d in range(dim):
-                            out[i, d] += alpha * min(4.0, max(-4.0, coef * (y[i, d] - y[k, d])))
+                            out[i, d] += alpha * min(clip, max(-clip, coef * (y[i, d] - y[k, d])))
 
     _KERNEL.append(epoch_kernel)
     return epoch_kernel

@@ -282,13 +282,36 @@ def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
     assert abs(_trust(x, batched[0]) - _trust(x, loop)) < 0.01 and _trust(x, loop) > 0.97
 
 
+def test_compiled_epochs_are_the_same_for_any_thread_count(digits_graph):
+    import numba
+    from umap.umap_ import find_ab_params
+
+    from debugatlas._fastumap import optimize as _optimize, pca_init as _pca_init
+
+    x, _, _, g = digits_graph
+    head, tail = torch.from_numpy(g.row.astype(np.int64)), torch.from_numpy(g.col.astype(np.int64))
+    weight = torch.from_numpy(g.data.astype(np.float32))
+    a, b = (float(v) for v in find_ab_params(1.0, 0.05))
+    start = _pca_init(torch.from_numpy(x), 2, "euclidean", torch.Generator().manual_seed(0))
+    threads = numba.get_num_threads()
+    runs = []
+    try:
+        for count in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(count)
+            runs.append(_optimize(start.clone(), head, tail, weight, 50, a, b, seed=0).numpy())
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], start.numpy(), atol=0.1)  # the epochs moved the points
+
+
 def test_auto_backend_rule_and_bad_backend_settings():
     assert Layout()._backend(49_999) == "umap-learn" and Layout()._backend(50_000) == "torch"
     assert Layout(device="cuda")._backend(4096) == "torch" and Layout(device="cuda")._backend(4095) == "umap-learn"
     assert Layout(metric="manhattan")._backend(10**6) == "umap-learn"
     assert Layout("tsne")._backend(10**6) is None
     x = torch.rand(60, 8)
-    bad = [({"backend": "gpu"}, r"backend='gpu'.*\['auto', 'umap-learn', 'torch'\]"),
+    bad = [({"backend": "gpu"}, r"backend='gpu'.*\['auto', 'umap-learn', 'torch', 'torchdr'\]"),
            ({"backend": "torch", "method": "tsne"}, "UMAP only. HINT: use method='umap'"),
            ({"backend": "torch", "metric": "manhattan"}, "HINT: use backend='umap-learn'"),
            ({"n_epochs": 0}, "n_epochs=0"), ({"device": "gpu0"}, "device='gpu0'.*HINT")]
