@@ -24,15 +24,25 @@ replaces umap-learn's pipeline: PCA (``pca_dims``) and exact kNN in torch on `de
 ``knn="auto"`` uses umap-learn's NN-descent on the projected vectors instead), UMAP's fuzzy
 simplicial set (in torch on a GPU, umap-learn's on the CPU), a PCA start instead of the spectral
 one, and an own implementation of UMAP's SGD in which every edge sampled in an epoch moves its
-points at once (torch on the GPU, a compiled parallel loop on the CPU; seeded runs on the CPU
-are deterministic for any thread count). ``params_`` records which parts ran and their seconds.
+points at once (torch on the GPU, a compiled parallel loop on the CPU whose seeded result is the
+same for any thread count). On the CPU the NN-descent search runs on all numba threads: its
+result, and so the layout, is fixed by the seed and the thread count. ``params_`` records which
+parts ran and their seconds.
+
+TorchDR backend: ``backend="torchdr"`` (optional, ``pip install torchdr``; never chosen by "auto")
+runs ``torchdr.UMAP`` on `device` after the same ``pca_dims`` projection: exact kNN from the full
+N x N distance matrix in torch (memory grows as N^2), UMAP's graph and a PCA start, then SGD with
+negative sampling, seeded through torch's global generators, which are restored afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from importlib import metadata
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -45,8 +55,11 @@ log = logging.getLogger(__name__)
 
 METHODS = ("umap", "tsne", "pca")
 KNN = ("auto", "exact", "nndescent")
-BACKENDS = ("auto", "umap-learn", "torch")
+BACKENDS = ("auto", "umap-learn", "torch", "torchdr")
 _TORCH_KNN_METRICS = ("cosine", "euclidean")
+# Layout's metric -> TorchDR's, on unit rows for "cosine": TorchDR's "angular" is -u.v = (1 - cos) - 1,
+# the same neighbours, and UMAP's memberships exp(-(d - rho) / sigma) do not change under d + constant.
+_TORCHDR_METRICS = {"cosine": "angular", "euclidean": "euclidean"}
 _UMAP_SMALL_DATA = 4096  # below this umap-learn computes all pairwise distances itself
 _TORCH_MIN_SAMPLES = {"cuda": 4096, "cpu": 50_000}  # backend="auto" picks "torch" from here on
 
@@ -60,15 +73,17 @@ class Layout:
     "auto" exact only on a CUDA device for 4,096 or more vectors); `pca_dims` (UMAP / t-SNE:
     project on that many principal components first; None keeps all features); `backend` (UMAP:
     "umap-learn", "torch" the fast path of this module's docstring on `device`, "auto" torch for
-    4,096+ vectors on a CUDA device or 50,000+ on the CPU, else umap-learn); `n_epochs` (UMAP's
-    epochs; None: 500 up to 10,000 vectors, else 200, as umap-learn).
+    4,096+ vectors on a CUDA device or 50,000+ on the CPU, else umap-learn; "torchdr" runs
+    `torchdr.UMAP` on `device`, an optional dependency that "auto" never picks); `n_epochs` (UMAP's
+    epochs, TorchDR's `max_iter`; None: 500 up to 10,000 vectors, else 200, as umap-learn).
 
     ``Layout(method="umap").fit(vectors)`` sets:
       embedding_:     [N, n_components] float32 in [0, 1] (see `normalize_layout`).
       raw_embedding_: [N, n_components] float32, the method's output before normalisation.
       params_:        dict of plain values: every setting, the sample count, the method used for
-                      nearest neighbours, the backend (and for "torch" the graph, start,
-                      optimiser and `stage_seconds`), whether the input was degenerate, versions.
+                      nearest neighbours, the backend (and for "torch" and "torchdr" the graph,
+                      start, optimiser and `stage_seconds`), whether the input was degenerate,
+                      versions (with torchdr's for that backend).
     """
 
     def __init__(
@@ -117,20 +132,22 @@ class Layout:
         backend = self._backend(x.shape[0])
         if self.method == "umap":
             params["backend"] = backend
-        xt = torch.as_tensor(x, device=self._device() if backend == "torch" else "cpu")
+        xt = torch.as_tensor(x, device=self._device() if backend in ("torch", "torchdr") else "cpu")
         reason = _degenerate(xt, self.metric)
         if reason is not None:
             params["degenerate"] = reason
             raw = np.zeros((x.shape[0], self.n_components), dtype=np.float32)
         elif backend == "torch":
             raw = self._umap_torch_or_fallback(x, xt, params)
+        elif backend == "torchdr":
+            raw = self._umap_torchdr(xt, params)
         elif self.method == "umap":
             raw = self._umap(self._reduce(x, params), params)
         elif self.method == "tsne":
             raw = self._tsne(self._reduce(x, params))
         else:
             raw = self._pca(x, params)
-        params["versions"] = _versions()
+        params["versions"] = _versions(("torchdr",) if backend == "torchdr" else ())
         self.raw_embedding_ = np.ascontiguousarray(raw, dtype=np.float32)
         self.embedding_ = normalize_layout(self.raw_embedding_)
         self.params_ = params
@@ -159,15 +176,25 @@ class Layout:
                 f"`Layout(backend={self.backend!r})` is not one of {list(BACKENDS)}. HINT: \"auto\" "
                 "picks \"torch\" for large inputs and \"umap-learn\" otherwise."
             )
-        if self.backend == "torch" and self.method != "umap":
+        if self.backend in ("torch", "torchdr") and self.method != "umap":
             raise DebugAtlasError(
-                f"`Layout(method={self.method!r}, backend='torch')`: the torch backend lays out "
-                "with UMAP only. HINT: use method='umap' or leave backend='auto'."
+                f"`Layout(method={self.method!r}, backend={self.backend!r})`: the {self.backend} "
+                "backend lays out with UMAP only. HINT: use method='umap' or leave backend='auto'."
             )
         if self.backend == "torch" and self.metric not in _TORCH_KNN_METRICS:
             raise DebugAtlasError(
                 f"`Layout(backend='torch', metric={self.metric!r})`: the torch backend supports "
                 f"{list(_TORCH_KNN_METRICS)}. HINT: use backend='umap-learn' for other metrics."
+            )
+        if self.backend == "torchdr" and self.metric not in _TORCHDR_METRICS:
+            raise DebugAtlasError(
+                f"`Layout(backend='torchdr', metric={self.metric!r})`: the torchdr backend supports "
+                f"{list(_TORCHDR_METRICS)}. HINT: use backend='umap-learn' for other metrics."
+            )
+        if self.backend == "torchdr" and self.knn == "nndescent":
+            raise DebugAtlasError(
+                "`Layout(backend='torchdr', knn='nndescent')`: the torchdr backend finds exact "
+                "neighbours in torch. HINT: use knn='auto' or 'exact', or backend='torch'."
             )
         if self.n_epochs is not None and (not isinstance(self.n_epochs, (int, np.integer))
                                           or isinstance(self.n_epochs, bool) or self.n_epochs < 1):
@@ -237,17 +264,8 @@ class Layout:
         from umap.umap_ import find_ab_params
 
         n, device, seed = x.shape[0], x.device, int(self.seed)
-        n_epochs = int(self.n_epochs) if self.n_epochs is not None else (500 if n <= 10_000 else 200)
-        seconds: dict[str, float] = {}
-        clock = [time.perf_counter()]
-
-        def lap(stage: str) -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            now = time.perf_counter()
-            seconds[stage] = round(now - clock[0], 3)
-            clock[0] = now
-
+        n_epochs = self._n_epochs(n)
+        lap = _Laps(device)
         reduced = self.pca_dims is not None and self.pca_dims < x.shape[1]
         params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
         if reduced:
@@ -281,8 +299,38 @@ class Layout:
         params.update(n_epochs_run=n_epochs, n_edges=int(head.numel()))
         raw = y.cpu().numpy()
         lap("optimise")
-        params["stage_seconds"] = seconds
+        params["stage_seconds"] = lap.seconds
         return raw
+
+    def _umap_torchdr(self, x: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
+        """`torchdr.UMAP` on x's device after the ``pca_dims`` projection (cosine: on unit rows)."""
+        torchdr = _import_torchdr()
+        n, device = x.shape[0], x.device
+        n_epochs = self._n_epochs(n)
+        lap = _Laps(device)
+        params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
+        if self.pca_dims is not None and self.pca_dims < x.shape[1]:
+            x = _fast.pca_torch(x, int(self.pca_dims))
+        if self.metric == "cosine":
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        lap("pca")
+        reducer = torchdr.UMAP(
+            n_neighbors=int(self.n_neighbors), n_components=int(self.n_components),
+            min_dist=float(self.min_dist), metric=_TORCHDR_METRICS[self.metric], max_iter=n_epochs,
+            device=str(device), backend=None, random_state=None, compile=False, distributed=False,
+        )
+        with _torch_seeded(int(self.seed), device):
+            raw = reducer.fit_transform(x).detach().cpu().numpy()
+        lap("umap")
+        params.update(
+            knn=f"exact (torchdr, torch, {device})", graph=f"fuzzy simplicial set (torchdr, {device})",
+            init="pca (torchdr)", optimizer=f"SGD with negative sampling (torchdr, {device})",
+            n_epochs_run=int(reducer.n_iter_) + 1, stage_seconds=lap.seconds,
+        )
+        return raw
+
+    def _n_epochs(self, n: int) -> int:
+        return int(self.n_epochs) if self.n_epochs is not None else (500 if n <= 10_000 else 200)
 
     def _umap_torch_or_fallback(self, x: np.ndarray, xt: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
         """The torch backend; chosen by "auto" on a GPU, a failure there (e.g. out of memory) falls
@@ -436,9 +484,53 @@ def _degenerate(x: torch.Tensor, metric: str) -> str | None:
     return None
 
 
-def _versions() -> dict[str, str]:
+class _Laps:
+    """Seconds per stage: ``lap(stage)`` records the time since the previous lap (CUDA synchronised)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds, self._last = device, {}, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 3)
+        self._last = now
+
+
+def _import_torchdr() -> ModuleType:
+    try:
+        with warnings.catch_warnings():  # "FAISS is not installed": this backend searches in torch
+            warnings.simplefilter("ignore", ImportWarning)
+            import torchdr
+    except ImportError as err:
+        raise DebugAtlasError(
+            f"`Layout(backend='torchdr')` needs the optional package torchdr ({err}). "
+            "HINT: `pip install torchdr`, or use backend='torch' or 'umap-learn'."
+        ) from None
+    return torchdr
+
+
+@contextlib.contextmanager
+def _torch_seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's CPU generator (and `device`'s, on CUDA) for the block, then restore them.
+
+    TorchDR draws its negative samples from these global generators.
+    """
+    cuda: list[int] = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     out = {}
-    for package in ("umap-learn", "scikit-learn", "numpy", "torch"):
+    for package in ("umap-learn", "scikit-learn", "numpy", "torch", *extra):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -8,9 +8,12 @@ default, unseeded and parallel with ``--baseline-jobs -1`` (the fair baseline on
 Quality: scikit-learn's trustworthiness of each embedding on the same random subsample. Both
 sides are compiled / warmed up on a small set before timing. Data: a seeded mixture of Gaussian
 clusters on a low-dimensional subspace plus noise, ReLU, float16-rounded like captured activations.
+``--fast-backend torchdr`` makes the fast side ``Layout(backend="torchdr")`` (``torchdr.UMAP``,
+which holds the full N x N distance matrix: keep ``--n`` to a few tens of thousands).
 
     .venv/bin/python experiments/bench_layout.py [--n 100000] [--dim 512] [--pca-dims 64]
         [--device cpu|cuda] [--baseline-jobs 1|-1] [--skip-baseline] [--epochs N] [--knn auto]
+        [--fast-backend torch|torchdr]
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def plain_umap(x: np.ndarray, args) -> tuple[np.ndarray, dict]:
 
 
 def fast(x: np.ndarray, args) -> tuple[np.ndarray, dict]:
-    layout = Layout(method="umap", n_neighbors=args.neighbors, backend="torch", knn=args.knn,
+    layout = Layout(method="umap", n_neighbors=args.neighbors, backend=args.fast_backend, knn=args.knn,
                     pca_dims=args.pca_dims, device=args.device, n_epochs=args.epochs, seed=0)
     layout.fit(x)
     return layout.raw_embedding_, layout.params_
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--subsample", type=int, default=3000)
     parser.add_argument("--device", default="cpu", help="the fast path's device: cpu or cuda")
     parser.add_argument("--knn", default="auto", choices=["auto", "exact", "nndescent"])
+    parser.add_argument("--fast-backend", default="torch", choices=["torch", "torchdr"],
+                        help="the fast side: this package's torch backend or TorchDR's UMAP")
     parser.add_argument("--epochs", type=int, default=None, help="both sides; default umap-learn's")
     parser.add_argument("--baseline-jobs", type=int, default=1,
                         help="1: seeded, single-threaded umap-learn; -1: unseeded, all cores")
@@ -85,7 +90,7 @@ def main() -> None:
     sub = np.random.default_rng(0).choice(args.n, size=min(args.subsample, args.n), replace=False)
     runs = [] if args.skip_baseline else [
         (f"umap-learn (nndescent, n_jobs={args.baseline_jobs})", plain_umap)]
-    runs.append((f"fast (torch backend, {args.device}, pca_dims={args.pca_dims})", fast))
+    runs.append((f"fast ({args.fast_backend} backend, {args.device}, pca_dims={args.pca_dims})", fast))
     rows = []
     for name, fn in runs:
         start = time.perf_counter()
@@ -95,9 +100,11 @@ def main() -> None:
         rows.append((seconds, trust))
         print(f"{name:52s} {seconds:8.1f} s   trustworthiness {trust:.4f}", flush=True)
         if params:
-            stages = "  ".join(f"{k} {v:.1f} s" for k, v in params["stage_seconds"].items())
-            print(f"  stages: {stages}   (knn: {params['knn']}; graph: {params['graph']}; "
-                  f"{params['n_edges']} edges, {params['n_epochs_run']} epochs)", flush=True)
+            stages = "  ".join(f"{k} {v:.1f} s" for k, v in params.get("stage_seconds", {}).items())
+            parts = [f"{key}: {params[key]}" for key in ("knn", "graph") if key in params]
+            counts = (("n_edges", "edges"), ("n_epochs_run", "epochs"))
+            parts += [f"{params[key]} {what}" for key, what in counts if key in params]
+            print(f"  stages: {stages or 'not recorded'}   ({'; '.join(parts)})", flush=True)
     setting = f"n={args.n} dim={args.dim} n_neighbors={args.neighbors}"
     if args.skip_baseline:
         print(f"{setting}: baseline skipped, no speed-up measured")
