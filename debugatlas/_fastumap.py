@@ -229,6 +229,7 @@ def numba_kernel():
         stream = mix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch))
         # float32 arithmetic throughout (y is float32): a quarter faster than float64 here
         a, b, alpha = np.float32(a), np.float32(b), np.float32(alpha)
+        size = np.uint64(n)
         zero, one, two, clip = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(4.0)
         for i in numba.prange(n):
             for d in range(dim):
@@ -247,7 +248,8 @@ def numba_kernel():
                     for d in range(dim):  # the pull of both directed edges
                         out[i, d] += two * alpha * min(clip, max(-clip, coef * (y[i, d] - y[j, d])))
                 for s in range(negative_rate):
-                    k = mix(stream ^ np.uint64(e * negative_rate + s)) % np.uint64(n)
+                    # top 32 random bits scaled to [0, n): no 64-bit division (n < 2**32)
+                    k = ((mix(stream ^ np.uint64(e * negative_rate + s)) >> np.uint64(32)) * size) >> np.uint64(32)
                     d2 = zero
                     for d in range(dim):
                         t = y[i, d] - y[k, d]

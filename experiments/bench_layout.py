@@ -12,7 +12,7 @@ clusters on a low-dimensional subspace plus noise, ReLU, float16-rounded like ca
 which holds the full N x N distance matrix: keep ``--n`` to a few tens of thousands).
 
     .venv/bin/python experiments/bench_layout.py [--n 100000] [--dim 512] [--pca-dims 64]
-        [--device cpu|cuda] [--baseline-jobs 1|-1] [--skip-baseline] [--epochs N] [--knn auto]
+        [--device cpu|cuda] [--baseline-jobs 1 -1] [--skip-baseline] [--epochs N] [--knn auto]
         [--fast-backend torch|torchdr]
 """
 from __future__ import annotations
@@ -43,13 +43,12 @@ def synthetic(n: int, dim: int, seed: int = 0, clusters: int = 30, rank: int = 3
     return out
 
 
-def plain_umap(x: np.ndarray, args) -> tuple[np.ndarray, dict]:
+def plain_umap(x: np.ndarray, args, jobs: int) -> tuple[np.ndarray, dict]:
+    """umap-learn; seeded (which makes it single-threaded) when `jobs` is 1."""
     import umap
 
-    seeded = args.baseline_jobs == 1
     reducer = umap.UMAP(n_neighbors=args.neighbors, min_dist=0.05, metric="cosine",
-                        random_state=0 if seeded else None, n_jobs=args.baseline_jobs,
-                        n_epochs=args.epochs)
+                        random_state=0 if jobs == 1 else None, n_jobs=jobs, n_epochs=args.epochs)
     return reducer.fit_transform(x), {}
 
 
@@ -72,24 +71,26 @@ def main() -> None:
     parser.add_argument("--fast-backend", default="torch", choices=["torch", "torchdr"],
                         help="the fast side: this package's torch backend or TorchDR's UMAP")
     parser.add_argument("--epochs", type=int, default=None, help="both sides; default umap-learn's")
-    parser.add_argument("--baseline-jobs", type=int, default=1,
-                        help="1: seeded, single-threaded umap-learn; -1: unseeded, all cores")
+    parser.add_argument("--baseline-jobs", type=int, nargs="+", default=[1],
+                        help="1: seeded, single-threaded umap-learn; -1: unseeded, all cores; "
+                             "both (1 -1): one ratio against each")
     parser.add_argument("--skip-baseline", action="store_true", help="time only the fast path")
     args = parser.parse_args()
     from sklearn.manifold import trustworthiness
 
     warnings.filterwarnings("ignore")
     warm = synthetic(5000, args.dim, seed=1)
-    if not args.skip_baseline:
-        plain_umap(warm, args)  # numba compilation
+    baselines = [] if args.skip_baseline else list(dict.fromkeys(args.baseline_jobs))
+    for jobs in baselines:
+        plain_umap(warm, args, jobs)  # numba compilation
     fast(warm, args)  # numba compilation / CUDA start-up
 
     start = time.perf_counter()
     x = synthetic(args.n, args.dim)
     print(f"data {args.n} x {args.dim} generated in {time.perf_counter() - start:.1f} s", flush=True)
     sub = np.random.default_rng(0).choice(args.n, size=min(args.subsample, args.n), replace=False)
-    runs = [] if args.skip_baseline else [
-        (f"umap-learn (nndescent, n_jobs={args.baseline_jobs})", plain_umap)]
+    runs = [(f"umap-learn (nndescent, n_jobs={jobs})", lambda x, args, jobs=jobs: plain_umap(x, args, jobs))
+            for jobs in baselines]
     runs.append((f"fast ({args.fast_backend} backend, {args.device}, pca_dims={args.pca_dims})", fast))
     rows = []
     for name, fn in runs:
@@ -106,12 +107,13 @@ def main() -> None:
             parts += [f"{params[key]} {what}" for key, what in counts if key in params]
             print(f"  stages: {stages or 'not recorded'}   ({'; '.join(parts)})", flush=True)
     setting = f"n={args.n} dim={args.dim} n_neighbors={args.neighbors}"
-    if args.skip_baseline:
+    if not baselines:
         print(f"{setting}: baseline skipped, no speed-up measured")
         return
-    (base_s, base_t), (fast_s, fast_t) = rows
-    print(f"{setting}: speed-up {base_s / fast_s:.2f}x, trustworthiness difference (fast - plain) "
-          f"{fast_t - base_t:+.4f} on {len(sub)} points")
+    fast_s, fast_t = rows[-1]
+    for jobs, (base_s, base_t) in zip(baselines, rows):
+        print(f"{setting}, umap-learn n_jobs={jobs}: speed-up {base_s / fast_s:.2f}x, trustworthiness "
+              f"difference (fast - plain) {fast_t - base_t:+.4f} on {len(sub)} points")
 
 
 if __name__ == "__main__":
