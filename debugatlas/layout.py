@@ -36,19 +36,16 @@ negative sampling, seeded through torch's global generators, which are restored 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
 from importlib import metadata
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import _fastumap as _fast
+from . import _fastumap as _fast, _torchdr
 from ._utils import DebugAtlasError
 
 log = logging.getLogger(__name__)
@@ -57,9 +54,6 @@ METHODS = ("umap", "tsne", "pca")
 KNN = ("auto", "exact", "nndescent")
 BACKENDS = ("auto", "umap-learn", "torch", "torchdr")
 _TORCH_KNN_METRICS = ("cosine", "euclidean")
-# Layout's metric -> TorchDR's, on unit rows for "cosine": TorchDR's "angular" is -u.v = (1 - cos) - 1,
-# the same neighbours, and UMAP's memberships exp(-(d - rho) / sigma) do not change under d + constant.
-_TORCHDR_METRICS = {"cosine": "angular", "euclidean": "euclidean"}
 _UMAP_SMALL_DATA = 4096  # below this umap-learn computes all pairwise distances itself
 _TORCH_MIN_SAMPLES = {"cuda": 4096, "cpu": 50_000}  # backend="auto" picks "torch" from here on
 
@@ -186,10 +180,10 @@ class Layout:
                 f"`Layout(backend='torch', metric={self.metric!r})`: the torch backend supports "
                 f"{list(_TORCH_KNN_METRICS)}. HINT: use backend='umap-learn' for other metrics."
             )
-        if self.backend == "torchdr" and self.metric not in _TORCHDR_METRICS:
+        if self.backend == "torchdr" and self.metric not in _torchdr.METRICS:
             raise DebugAtlasError(
                 f"`Layout(backend='torchdr', metric={self.metric!r})`: the torchdr backend supports "
-                f"{list(_TORCHDR_METRICS)}. HINT: use backend='umap-learn' for other metrics."
+                f"{list(_torchdr.METRICS)}. HINT: use backend='umap-learn' for other metrics."
             )
         if self.backend == "torchdr" and self.knn == "nndescent":
             raise DebugAtlasError(
@@ -304,28 +298,19 @@ class Layout:
 
     def _umap_torchdr(self, x: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
         """`torchdr.UMAP` on x's device after the ``pca_dims`` projection (cosine: on unit rows)."""
-        torchdr = _import_torchdr()
-        n, device = x.shape[0], x.device
-        n_epochs = self._n_epochs(n)
-        lap = _Laps(device)
+        lap = _Laps(x.device)
         params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
         if self.pca_dims is not None and self.pca_dims < x.shape[1]:
             x = _fast.pca_torch(x, int(self.pca_dims))
-        if self.metric == "cosine":
-            x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
         lap("pca")
-        reducer = torchdr.UMAP(
-            n_neighbors=int(self.n_neighbors), n_components=int(self.n_components),
-            min_dist=float(self.min_dist), metric=_TORCHDR_METRICS[self.metric], max_iter=n_epochs,
-            device=str(device), backend=None, random_state=None, compile=False, distributed=False,
-        )
-        with _torch_seeded(int(self.seed), device):
-            raw = reducer.fit_transform(x).detach().cpu().numpy()
+        raw, epochs = _torchdr.umap(x, int(self.n_neighbors), int(self.n_components), float(self.min_dist),
+                                    self.metric, self._n_epochs(x.shape[0]), int(self.seed))
         lap("umap")
+        device = x.device
         params.update(
             knn=f"exact (torchdr, torch, {device})", graph=f"fuzzy simplicial set (torchdr, {device})",
             init="pca (torchdr)", optimizer=f"SGD with negative sampling (torchdr, {device})",
-            n_epochs_run=int(reducer.n_iter_) + 1, stage_seconds=lap.seconds,
+            n_epochs_run=epochs, stage_seconds=lap.seconds,
         )
         return raw
 
@@ -496,36 +481,6 @@ class _Laps:
         now = time.perf_counter()
         self.seconds[stage] = round(now - self._last, 3)
         self._last = now
-
-
-def _import_torchdr() -> ModuleType:
-    try:
-        with warnings.catch_warnings():  # "FAISS is not installed": this backend searches in torch
-            warnings.simplefilter("ignore", ImportWarning)
-            import torchdr
-    except ImportError as err:
-        raise DebugAtlasError(
-            f"`Layout(backend='torchdr')` needs the optional package torchdr ({err}). "
-            "HINT: `pip install torchdr`, or use backend='torch' or 'umap-learn'."
-        ) from None
-    return torchdr
-
-
-@contextlib.contextmanager
-def _torch_seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's CPU generator (and `device`'s, on CUDA) for the block, then restore them.
-
-    TorchDR draws its negative samples from these global generators.
-    """
-    cuda: list[int] = []
-    if device.type == "cuda":
-        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def _versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
