@@ -13,8 +13,9 @@ class AnalysisConfig:
 
     Capture: sampling, samples_per_image, cap, batch_size. Attribution: relaxed_maxpool.
     Layout: layout, n_neighbors, min_dist, metric, layout_epochs (UMAP's n_epochs; None: its
-    default), layout_backend ("auto" | "umap-learn" | "torch", see `layout.Layout`; the layout runs
-    on the analysis device), layout_pca_dims (project on that many principal components first). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
+    default), layout_backend ("auto" | "umap-learn" | "torch" | "torchdr", see `layout.Layout`;
+    the layout runs on the analysis device), layout_pca_dims (project on that many principal
+    components first). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
     min_count, n_exemplars, filter_top_n. Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
     Patches: patches, patch_cells, patch_sizes, crop_sizes, n_random, max_patch_images.
