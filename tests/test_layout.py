@@ -264,17 +264,25 @@ def test_torch_backend_close_to_umap_learn_and_deterministic(digits_graph):
     assert set(p["stage_seconds"]) == {"pca", "knn", "graph", "init", "optimise"}
 
 
-def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
-    """`_torch_epochs` (what runs on CUDA) run on the CPU: as good as the compiled loop, seeded."""
+def _epoch_inputs(digits_graph):
+    """The digits graph as `optimize` takes it, UMAP's a, b for min_dist 0.05, and a PCA start."""
     from umap.umap_ import find_ab_params
 
-    from debugatlas._fastumap import optimize as _optimize, pca_init as _pca_init, torch_epochs as _torch_epochs
+    from debugatlas._fastumap import pca_init as _pca_init
 
     x, _, _, g = digits_graph
     head, tail = torch.from_numpy(g.row.astype(np.int64)), torch.from_numpy(g.col.astype(np.int64))
     weight = torch.from_numpy(g.data.astype(np.float32))
     a, b = (float(v) for v in find_ab_params(1.0, 0.05))
     start = _pca_init(torch.from_numpy(x), 2, "euclidean", torch.Generator().manual_seed(0))
+    return x, head, tail, weight, a, b, start
+
+
+def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
+    """`_torch_epochs` (what runs on CUDA) run on the CPU: as good as the compiled loop, seeded."""
+    from debugatlas._fastumap import optimize as _optimize, torch_epochs as _torch_epochs
+
+    x, head, tail, weight, a, b, start = _epoch_inputs(digits_graph)
     loop = _optimize(start.clone(), head, tail, weight, 200, a, b, seed=0).numpy()
     rate = weight / weight.max()
     batched = [_torch_epochs(start.clone(), head, tail, rate, 200, a, b, 0, 5, 1.0).numpy() for _ in range(2)]
@@ -284,15 +292,10 @@ def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
 
 def test_compiled_epochs_are_the_same_for_any_thread_count(digits_graph):
     import numba
-    from umap.umap_ import find_ab_params
 
-    from debugatlas._fastumap import optimize as _optimize, pca_init as _pca_init
+    from debugatlas._fastumap import optimize as _optimize
 
-    x, _, _, g = digits_graph
-    head, tail = torch.from_numpy(g.row.astype(np.int64)), torch.from_numpy(g.col.astype(np.int64))
-    weight = torch.from_numpy(g.data.astype(np.float32))
-    a, b = (float(v) for v in find_ab_params(1.0, 0.05))
-    start = _pca_init(torch.from_numpy(x), 2, "euclidean", torch.Generator().manual_seed(0))
+    _, head, tail, weight, a, b, start = _epoch_inputs(digits_graph)
     threads = numba.get_num_threads()
     runs = []
     try:
