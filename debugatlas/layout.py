@@ -260,10 +260,8 @@ class Layout:
         n, device, seed = x.shape[0], x.device, int(self.seed)
         n_epochs = self._n_epochs(n)
         lap = _Laps(device)
-        reduced = self.pca_dims is not None and self.pca_dims < x.shape[1]
-        params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
-        if reduced:
-            x = _fast.pca_torch(x, int(self.pca_dims))
+        features = x.shape[1]
+        x = self._project(x, params)
         lap("pca")
         exact = self.knn == "exact" or (self.knn == "auto" and device.type == "cuda")
         if exact:
@@ -272,7 +270,7 @@ class Layout:
             params["knn"] = f"exact (torch, {device})"
         else:
             indices, dists = _fast.nndescent(x, int(self.n_neighbors), self.metric, seed)
-            params["knn"] = "nndescent (umap, " + ("projected vectors)" if reduced else "all features)")
+            params["knn"] = "nndescent (umap, " + ("projected vectors)" if x.shape[1] < features else "all features)")
         lap("knn")
         if device.type == "cuda":
             head, tail, weight = _fast.fuzzy_graph(indices.to(device), dists.to(device), int(self.n_neighbors))
@@ -299,9 +297,7 @@ class Layout:
     def _umap_torchdr(self, x: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
         """`torchdr.UMAP` on x's device after the ``pca_dims`` projection (cosine: on unit rows)."""
         lap = _Laps(x.device)
-        params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
-        if self.pca_dims is not None and self.pca_dims < x.shape[1]:
-            x = _fast.pca_torch(x, int(self.pca_dims))
+        x = self._project(x, params)
         lap("pca")
         raw, epochs = _torchdr.umap(x, int(self.n_neighbors), int(self.n_components), float(self.min_dist),
                                     self.metric, self._n_epochs(x.shape[0]), int(self.seed))
@@ -332,11 +328,18 @@ class Layout:
             params.update(backend="umap-learn", backend_fallback=reason)
             return self._umap(self._reduce(x, params), params)
 
-    def _reduce(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    def _project(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        """x on its top `pca_dims` principal components, on x's device (x itself when `pca_dims` is
+        None or not below the feature count); records `pca_dims` in params."""
         params["pca_dims"] = None if self.pca_dims is None else int(self.pca_dims)
         if self.pca_dims is None or self.pca_dims >= x.shape[1]:
             return x
-        return pca_project(x, int(self.pca_dims), self._device())
+        return _fast.pca_torch(x, int(self.pca_dims))
+
+    def _reduce(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+        """`_project` for the umap-learn and t-SNE paths: numpy in and out, PCA on `device`."""
+        reduced = self._project(torch.as_tensor(x, device=self._device()), params)
+        return x if reduced.shape[1] == x.shape[1] else reduced.cpu().numpy()
 
     def _umap(self, x: np.ndarray, params: dict[str, Any]) -> np.ndarray:
         with warnings.catch_warnings():  # "Tensorflow not installed; ParametricUMAP unavailable"
