@@ -6,19 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._utils import DebugAtlasError
-from .api import AnalysisResult, Normalized, PairFinding, analyze
 from .atlas import Atlas, build_atlas, class_filtered_atlas, comparison_atlas
 from .attribution import attribute, pixel_attribution
-from .capture import ActivationRecorder, ActivationSet, capture
+from .capture import ActivationRecorder, ActivationSet, capture, merge_shards
 from .check import CheckReport, assert_suite_holds, check_suite
-from .config import AnalysisConfig
 from .confusion import ConfusingCell, confusion_matrix, most_confused_pairs, rank_confusing_cells
+from .core import DebugAtlasError, Normalized
 from .data import PlantedShortcut, digits, image_folder
 from .layout import Layout, normalize_layout
-from .patches import Patch, candidate_patches, evaluate_patches, refine_patch
-from .shards import merge_shards
-from .suite import PatchSuite, build_suite
+from .patches import Patch, PatchSuite, build_suite, candidate_patches, evaluate_patches, refine_patch
+from .pipeline import AnalysisConfig, AnalysisResult, PairFinding, analyze
 
 __all__ = [
     "ActivationRecorder", "ActivationSet", "AnalysisConfig", "AnalysisResult", "Atlas", "AtlasCallback",
@@ -33,7 +30,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "AtlasCallback":
-        from .callback import AtlasCallback
+        from .lightning import AtlasCallback
 
         return AtlasCallback
     raise AttributeError(f"module 'debugatlas' has no attribute {name!r}")

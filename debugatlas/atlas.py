@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._utils import DebugAtlasError
+from .core.errors import DebugAtlasError
 from .capture import ActivationSet
 
 MIN_FILTER_SAMPLES = 5

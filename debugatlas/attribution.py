@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import DebugAtlasError, gradient_context, model_device, resolve_layer
-from .capture import ActivationSet, load_images
+from .capture import ActivationSet
+from .core.datasets import load_images
+from .core.errors import DebugAtlasError
+from .core.model import as_logits, gradient_context, layer_name_and_module, model_device
 
 MAX_ALL_CLASSES = 100
 PIXEL_METHODS = ("integrated_gradients", "saliency")
@@ -54,7 +56,7 @@ def attribute(
     Works inside ``torch.inference_mode()``; the model is left as found. `progress(done, total)`
     is called after each batch with counts of unique images.
     """
-    layer_name, module = _layer(model, layer)
+    layer_name, module = layer_name_and_module(model, layer)
     _check_acts(acts, layer_name, dataset)
     batch_size = _positive_int(batch_size, "attribute(batch_size=...)")
     device = torch.device(device) if device is not None else model_device(model)
@@ -140,7 +142,7 @@ def pixel_attribution(
         if not torch.isfinite(x).all():
             raise DebugAtlasError("`pixel_attribution(images=...)` contains NaN or Inf.")
         with torch.no_grad():
-            num_classes = _logits(model(x[:1])).shape[1]
+            num_classes = as_logits(model(x[:1])).shape[1]
         _classes(targets.tolist(), num_classes, caller="pixel_attribution(targets=...)")
         target = targets.to(device).clone()  # not an inference tensor
         if method == "integrated_gradients":
@@ -155,19 +157,6 @@ def pixel_attribution(
 
 
 # -- internals -------------------------------------------------------------------------------------
-def _layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
-    """(name, module) for a layer given by name or as a submodule of `model`."""
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name, module
-        raise DebugAtlasError(
-            f"`layer={type(layer).__name__}(...)` is not a submodule of {type(model).__name__}. "
-            "HINT: pass a module of this model or its name from `model.named_modules()`."
-        )
-    return layer, resolve_layer(model, layer)
-
-
 def _check_acts(acts: ActivationSet, layer_name: str, dataset) -> None:
     if not isinstance(acts, ActivationSet):
         raise DebugAtlasError(
@@ -232,16 +221,6 @@ def _classes(classes, num_classes: int, caller: str = "attribute(classes=...)") 
     return values
 
 
-def _logits(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor) and output.dim() == 2:
-        return output
-    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-    raise DebugAtlasError(
-        f"The model returned {shape}; expected logits of shape [B, num_classes]. "
-        "HINT: wrap the model so that forward returns the pre-softmax logits tensor."
-    )
-
-
 def _forward(model: nn.Module, module: nn.Module, layer_name: str, images: torch.Tensor):
     """Run the model; return (layer output as a grad-requiring leaf, logits)."""
     seen: dict[str, torch.Tensor] = {}
@@ -264,7 +243,7 @@ def _forward(model: nn.Module, module: nn.Module, layer_name: str, images: torch
 
     handle = module.register_forward_hook(hook)
     try:
-        logits = _logits(model(images))
+        logits = as_logits(model(images))
     finally:
         handle.remove()
     if "h" not in seen:

@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError
-from .suite import SUITE_FILE, PatchSuite, SuiteRun
+from .core.errors import DebugAtlasError
+from .patches.suite import SUITE_FILE, PatchSuite, SuiteRun
 
 _EPS = 1e-9
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._utils import DebugAtlasError
+from .core.errors import DebugAtlasError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -61,7 +61,7 @@ def _demo(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .api import analyze
+    from .pipeline import analyze
     from .data import image_folder
     from .models import load_model
 

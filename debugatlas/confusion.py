@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._utils import DebugAtlasError
+from .core.errors import DebugAtlasError
 from .atlas import Atlas, _as_numpy, _attribution_matrix, _check_class, _cosine_to_rows
 from .capture import ActivationSet
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ._utils import DebugAtlasError
+from .core.errors import DebugAtlasError
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
 

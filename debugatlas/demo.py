@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ._utils import DebugAtlasError
+from .core.errors import DebugAtlasError
 from .data import PlantedShortcut, digits
 from .models import SmallCNN
 
@@ -36,7 +36,7 @@ def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: 
     """
     import pytorch_lightning as pl
 
-    from .callback import AtlasCallback, ClassifierModule
+    from .lightning import AtlasCallback, ClassifierModule
 
     if scenario not in ("natural", "shortcut"):
         raise DebugAtlasError(f"`scenario={scenario!r}` must be 'natural' or 'shortcut'.")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ._utils import DebugAtlasError
+from .core.errors import DebugAtlasError
 
 
 class SmallCNN(nn.Module):

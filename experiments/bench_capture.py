@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from debugatlas.callback import AtlasCallback, ClassifierModule
+from debugatlas.lightning import AtlasCallback, ClassifierModule
 from debugatlas.data import digits
 from debugatlas.models import CifarResNet, SmallCNN
 

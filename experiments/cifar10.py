@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     import pytorch_lightning as pl
 
-    from debugatlas.callback import AtlasCallback, ClassifierModule
+    from debugatlas.lightning import AtlasCallback, ClassifierModule
     from debugatlas.models import CifarResNet
 
     out = Path(args.out)

@@ -106,7 +106,7 @@ def options(args) -> dict:
 
 def run(args) -> dict:
     from debugatlas import analyze
-    from debugatlas.api import Normalized
+    from debugatlas.core import Normalized
     from debugatlas.data import image_folder
     from debugatlas.patches import evaluate_patches
 

@@ -67,7 +67,7 @@ def run_config(args, trigger: str, fraction: float, log) -> dict:
     from debugatlas import analyze
     from debugatlas.data import PlantedShortcut
     from debugatlas.models import CifarResNet, train_classifier
-    from debugatlas.patch_stage import images_of
+    from debugatlas.pipeline.patch_stage import images_of
     from debugatlas.patches import Patch, evaluate_patches
 
     shortcut = PlantedShortcut(target=args.target, fraction=fraction, size=args.size, trigger=trigger,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from debugatlas import DebugAtlasError
-from debugatlas.api import analyze
+from debugatlas.pipeline import analyze
 from debugatlas.data import TensorImageDataset
 
 FAST = {"layout": "pca", "render": False, "patches": False, "samples_per_image": 2, "grid_sizes": (10,),
@@ -134,8 +134,8 @@ def test_models_with_more_than_100_classes_attribute_the_studied_pairs(trained_c
 
 
 def test_layout_options_reach_the_layout_and_bad_ones_are_refused():
-    from debugatlas.config import AnalysisConfig
-    from debugatlas.stages import layout_options
+    from debugatlas.pipeline import AnalysisConfig
+    from debugatlas.pipeline.stages import layout_options
 
     config = AnalysisConfig.from_options({"layout_backend": "umap-learn", "layout_pca_dims": 16})
     options = layout_options(config, "cpu")

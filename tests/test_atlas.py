@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from debugatlas._utils import DebugAtlasError
+from debugatlas.core import DebugAtlasError
 from debugatlas.atlas import Atlas, bin_points, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas
 from debugatlas.capture import ActivationSet
 

@@ -8,7 +8,8 @@ from torch import nn
 
 from debugatlas import DebugAtlasError
 from debugatlas.attribution import _relaxed, attribute, pixel_attribution
-from debugatlas.capture import ActivationSet, capture, load_images
+from debugatlas.capture import ActivationSet, capture
+from debugatlas.core import load_images
 from debugatlas.data import TensorImageDataset
 from debugatlas.models import SmallCNN
 
@@ -359,7 +360,7 @@ def test_mismatched_dataset_layer_and_acts():
         attribute(model, "layer1", ds, relabelled)
     with pytest.raises(DebugAtlasError, match="closest names"):
         attribute(model, "layr2", ds, acts)
-    with pytest.raises(DebugAtlasError, match="not a submodule"):
+    with pytest.raises(DebugAtlasError, match="is not inside"):
         attribute(model, nn.Conv2d(1, 1, 1), ds, acts)
     with pytest.raises(DebugAtlasError, match="batch_size"):
         attribute(model, "layer2", ds, acts, batch_size=0)

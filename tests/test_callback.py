@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from debugatlas import DebugAtlasError
-from debugatlas.callback import AtlasCallback, ClassifierModule
+from debugatlas.lightning import AtlasCallback, ClassifierModule
 from debugatlas.models import SmallCNN
 
 FAST = {"layout": "pca", "render": False, "patches": False, "grid_sizes": (10,), "grid_size": 10, "n_pairs": 1}

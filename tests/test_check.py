@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from debugatlas._utils import DebugAtlasError
-from debugatlas.capture import load_images
+from debugatlas.core import DebugAtlasError
+from debugatlas.core import load_images
 from debugatlas.check import assert_suite_holds, check_suite, main
 from debugatlas.data import PlantedShortcut, TensorImageDataset, digits, image_folder
 from debugatlas.models import small_digits_cnn, train_classifier
 from debugatlas.patches import Patch, to_uint8
-from debugatlas.suite import PatchSuite, build_suite, summary_patch_entries
+from debugatlas.patches.suite import PatchSuite, build_suite, summary_patch_entries
 
 
 class RegionModel(nn.Module):

@@ -3,7 +3,7 @@ import pytest
 import sklearn.metrics
 import torch
 
-from debugatlas._utils import DebugAtlasError
+from debugatlas.core import DebugAtlasError
 from debugatlas.atlas import build_atlas
 from debugatlas.capture import ActivationSet
 from debugatlas.confusion import (

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from debugatlas.capture import ActivationSet
-from debugatlas.shards import merge_shards
+from debugatlas.capture import merge_shards
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 

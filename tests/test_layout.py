@@ -236,7 +236,7 @@ def _trust(x, xy):
 
 
 def test_torch_fuzzy_graph_matches_umap_learn(digits_graph):
-    from debugatlas._fastumap import fuzzy_graph as _fuzzy_graph
+    from debugatlas.layout.torch_umap import fuzzy_graph as _fuzzy_graph
 
     x, idx, dist, ref = digits_graph
     head, tail, weight = _fuzzy_graph(torch.from_numpy(idx), torch.from_numpy(dist), 15)
@@ -268,7 +268,7 @@ def _epoch_inputs(digits_graph):
     """The digits graph as `optimize` takes it, UMAP's a, b for min_dist 0.05, and a PCA start."""
     from umap.umap_ import find_ab_params
 
-    from debugatlas._fastumap import pca_init as _pca_init
+    from debugatlas.layout.torch_umap import pca_init as _pca_init
 
     x, _, _, g = digits_graph
     head, tail = torch.from_numpy(g.row.astype(np.int64)), torch.from_numpy(g.col.astype(np.int64))
@@ -280,7 +280,7 @@ def _epoch_inputs(digits_graph):
 
 def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
     """`_torch_epochs` (what runs on CUDA) run on the CPU: as good as the compiled loop, seeded."""
-    from debugatlas._fastumap import optimize as _optimize, torch_epochs as _torch_epochs
+    from debugatlas.layout.torch_umap import optimize as _optimize, torch_epochs as _torch_epochs
 
     x, head, tail, weight, a, b, start = _epoch_inputs(digits_graph)
     loop = _optimize(start.clone(), head, tail, weight, 200, a, b, seed=0).numpy()
@@ -293,7 +293,7 @@ def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
 def test_compiled_epochs_are_the_same_for_any_thread_count(digits_graph):
     import numba
 
-    from debugatlas._fastumap import optimize as _optimize
+    from debugatlas.layout.torch_umap import optimize as _optimize
 
     _, head, tail, weight, a, b, start = _epoch_inputs(digits_graph)
     threads = numba.get_num_threads()

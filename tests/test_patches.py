@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from debugatlas._utils import DebugAtlasError
-from debugatlas.capture import load_images
+from debugatlas.core import DebugAtlasError
+from debugatlas.core import load_images
 from debugatlas.data import PlantedShortcut, TensorImageDataset, digits
 from debugatlas.models import SmallCNN, train_classifier
 from debugatlas.patches import (
     Patch, candidate_patches, control_patches, evaluate_patches, placement_positions, refine_patch,
 )
-from debugatlas.suite import PatchSuite, build_suite, summary_patch_entries
+from debugatlas.patches.suite import PatchSuite, build_suite, summary_patch_entries
 
 # -- a hand-made model: class 1 (B) scores the mean of the bottom-right 4x4 region of an 8x8 image --
 A, B = 0, 1

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from debugatlas._utils import DebugAtlasError
-from debugatlas.capture import capture, load_images
+from debugatlas.core import DebugAtlasError
+from debugatlas.capture import capture
+from debugatlas.core import load_images
 from debugatlas.render import (
     COLOR_MATRIX, FeatureInversion, FourierImage, RandomTransforms, cell_directions,
     decorrelate_colors, direction_objective, draw_icon_atlas, exemplar_crops, receptive_field, whitening_matrix,

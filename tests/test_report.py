@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from debugatlas._utils import DebugAtlasError
+from debugatlas.core import DebugAtlasError
 from debugatlas.report import render_report, script_json, write_report
 from debugatlas.report import writer as report_writer
 

@@ -7,7 +7,7 @@ import torch
 
 from debugatlas import DebugAtlasError
 from debugatlas.capture import ActivationRecorder, image_picks
-from debugatlas.store import DiskVectors
+from debugatlas.capture import DiskVectors
 
 
 def _feed(recorder: ActivationRecorder, n: int = 300, batch: int = 23, dim: int = 5) -> ActivationRecorder:
@@ -95,7 +95,7 @@ def test_callback_with_disk_store_writes_the_same_atlas(tmp_path, digits_data):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from debugatlas.callback import AtlasCallback, ClassifierModule
+    from debugatlas.lightning import AtlasCallback, ClassifierModule
     from debugatlas.models import SmallCNN
 
     fast = {"layout": "pca", "render": False, "patches": False, "grid_sizes": (10,), "grid_size": 10, "n_pairs": 1}

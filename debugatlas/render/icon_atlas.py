@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._utils import DebugAtlasError
+from ..core.errors import DebugAtlasError
 
 
 def _count_lookup(counts, grid_size: int) -> np.ndarray:

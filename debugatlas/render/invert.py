@@ -10,8 +10,10 @@ from numbers import Integral
 import torch
 from torch import nn
 
-from .._utils import DebugAtlasError, generator, gradient_context, model_device
-from ._hooks import layer_name_and_module, run_to_layer, smallest_square_input
+from ..core.errors import DebugAtlasError
+from ..core.model import (
+    generator, gradient_context, layer_name_and_module, model_device, run_to_layer, smallest_square_input,
+)
 from .objectives import _as_matrix, direction_objective, layer_vector
 from .param import FourierImage
 from .transforms import RandomTransforms

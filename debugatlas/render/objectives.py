@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._utils import DebugAtlasError, output_tensor
+from ..core.errors import DebugAtlasError
+from ..core.model import output_tensor
 
 
 def _as_matrix(values, name: str) -> torch.Tensor:

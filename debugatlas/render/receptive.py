@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import DebugAtlasError, generator, gradient_context, model_device
-from ..capture import ActivationSet, load_images
-from ._hooks import layer_name_and_module, run_to_layer
+from ..capture import ActivationSet
+from ..core.datasets import load_images
+from ..core.errors import DebugAtlasError
+from ..core.model import generator, gradient_context, layer_name_and_module, model_device, run_to_layer
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from .._utils import DebugAtlasError
+from ..core.errors import DebugAtlasError
 
 
 @dataclass

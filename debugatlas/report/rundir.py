@@ -136,7 +136,7 @@ def _atlas_cells(atlas, result, exemplar_files: dict) -> list[dict]:
 
 def _write_files(stage: Path, result, dataset, model, title, data_description) -> dict:
     """Write every file of the run into `stage`; return the report data for index.html."""
-    from ..stages import icon_path, suite_dir
+    from ..pipeline.stages import icon_path, suite_dir
 
     names = result.class_names
     main = result.atlases[result.config.grid_size]
@@ -150,7 +150,7 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
                 icons_written.add(cell)
     if result.icon_atlas is not None:
         save_png(stage / "icon_atlas.png", result.icon_atlas)
-    from ..capture import load_images
+    from ..core.datasets import load_images
 
     exemplar_files: dict = {}
     for (i, j), samples in main.exemplars.items():

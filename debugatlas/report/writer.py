@@ -54,7 +54,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from .._utils import DebugAtlasError
+from ..core.errors import DebugAtlasError
 from . import _view
 
 __all__ = ["render_report", "write_report", "script_json"]

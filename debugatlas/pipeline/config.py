@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ._utils import DebugAtlasError
+from ..core.errors import DebugAtlasError
 
 
 @dataclass
@@ -85,7 +85,7 @@ class AnalysisConfig:
             self.grid_sizes = (self.grid_size,) + self.grid_sizes
         if any(g < 1 for g in self.grid_sizes):
             raise DebugAtlasError(f"`grid_sizes={self.grid_sizes!r}` must be integers >= 1.")
-        from .layout import BACKENDS
+        from ..layout import BACKENDS
 
         if self.layout_backend not in BACKENDS:
             raise DebugAtlasError(f"`layout_backend={self.layout_backend!r}` is not one of {list(BACKENDS)}.")

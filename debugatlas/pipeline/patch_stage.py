@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .atlas import Atlas
-from .capture import ActivationSet, load_images
+from ..atlas import Atlas
+from ..capture import ActivationSet
+from ..core.datasets import load_images
 from .config import AnalysisConfig
 
 PLACEMENTS = ("static", "dynamic", "random")
@@ -46,10 +47,9 @@ def images_of(dataset, acts: ActivationSet, cls: int, limit: int, seed: int) -> 
 def run_patch_tests(model, module, dataset, acts: ActivationSet, atlas: Atlas, findings: list,
                     icons: dict, names: list[str], config: AnalysisConfig, seed: int, device, progress: bool):
     """Measure patches for every finding; sets `finding.patches` to its `PatchSuite`; returns the suites."""
-    from ._utils import progress_bar
-    from .patches import candidate_patches
-    from .render import exemplar_crops
-    from .suite import build_suite
+    from ..core.progress import progress_bar
+    from ..patches import build_suite, candidate_patches
+    from ..render import exemplar_crops
 
     suites = []
     for finding in findings:

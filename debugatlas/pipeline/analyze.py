@@ -12,25 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError, layer_name, model_device, preserved_model_state, progress_bar, resolve_layer
-from .capture import ActivationSet, capture, load_images
+from ..capture import ActivationSet, capture
+from ..core.datasets import load_images
+from ..core.errors import DebugAtlasError
+from ..core.model import Normalized, layer_name, on_device, preserved_model_state, resolve_layer
+from ..core.progress import progress_bar
+from ..data import class_names as _class_names
 from .config import AnalysisConfig
-from .data import class_names as _class_names
 
 log = logging.getLogger("debugatlas")
-
-
-class Normalized(nn.Module):
-    """`model` behind a fixed per-channel normalisation, so callers stay in [0, 1] pixel space."""
-
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean.to(x.device)) / self.std.to(x.device))
 
 
 @dataclass
@@ -79,23 +69,6 @@ class AnalysisResult:
     config: AnalysisConfig
     icon_atlas: np.ndarray | None = None
     suites: list = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
-    """Run on `device` (default: the model's own), moving the model back afterwards."""
-    home = model_device(model)
-    target = torch.device(device) if device is not None else home
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise DebugAtlasError(f"`device={str(device)!r}` but CUDA is not available. HINT: use device='cpu'.")
-    moved = target != home
-    if moved:
-        model.to(target)
-    try:
-        yield target
-    finally:
-        if moved:
-            model.to(home)
 
 
 class _Timer:
@@ -196,7 +169,7 @@ def analyze(
     name = layer_name(model, layer)
     timer = _Timer()
     started = time.perf_counter()
-    with _on_device(model, device) as dev:
+    with on_device(model, device) as dev:
         net = Normalized(model, *normalize).to(dev) if normalize is not None else model
         with timer.stage("capture"):
             acts = activations if activations is not None else capture(
@@ -244,7 +217,7 @@ def analyze(
                                     normalize)
     result.summary["config"]["model_spec"] = model_spec
     if out_dir is not None:
-        from .report.rundir import write_run
+        from ..report.rundir import write_run
 
         write_run(Path(out_dir), result, dataset, net, title=title, data_description=data_description)
     return result

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError, model_device, preserved_model_state
-from .capture import iterate_dataset
-from .patches import (
-    DEFAULT_SIZES, PLACEMENTS, SELECTION_RULE, Patch, PatchEvaluation, control_patches, evaluate_patches,
-    from_uint8, to_uint8,
-)
+from ..core.datasets import iterate_dataset
+from ..core.errors import DebugAtlasError
+from ..core.model import model_device, preserved_model_state
+from .candidates import control_patches
+from .evaluate import evaluate_patches
+from .types import DEFAULT_SIZES, PLACEMENTS, SELECTION_RULE, Patch, PatchEvaluation, from_uint8, to_uint8
 
 SCHEMA_VERSION = 1
 SUITE_FILE = "suite.json"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._utils import DebugAtlasError
+from ..core.errors import DebugAtlasError
 
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 

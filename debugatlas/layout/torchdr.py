@@ -13,7 +13,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from ._utils import DebugAtlasError
+from ..core.errors import DebugAtlasError
 
 # Layout's metric -> TorchDR's, on unit rows for "cosine": TorchDR's "angular" is -u.v = (1 - cos) - 1,
 # the same neighbours, and UMAP's memberships exp(-(d - rho) / sigma) do not change under d + constant.

@@ -21,10 +21,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import SequentialSampler
 
-from ._utils import DebugAtlasError, resolve_layer
-from .capture import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, ActivationSet
-from .config import AnalysisConfig
-from .shards import merge_shards
+from ..capture import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, ActivationSet, merge_shards
+from ..core.errors import DebugAtlasError
+from ..core.model import resolve_layer
+from ..pipeline.config import AnalysisConfig
 
 log = logging.getLogger("debugatlas")
 
@@ -227,7 +227,7 @@ class AtlasCallback(pl.Callback):
         return loader.dataset
 
     def _analyze(self, trainer, pl_module, dataset, acts, epoch: int) -> None:
-        from .api import analyze
+        from ..pipeline import analyze
 
         out = self.dirpath / self.subdir.format(epoch=epoch) if self.subdir else self.dirpath
         result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
@@ -294,31 +294,3 @@ def _plain(acts) -> dict[str, Any]:
     return {"vectors": torch.as_tensor(acts.vectors).clone(), "image_ids": acts.image_ids, "labels": acts.labels,
             "preds": acts.preds, "positions": acts.positions, "layer": acts.layer,
             "spatial_shape": acts.spatial_shape, "num_offered": acts.num_offered}
-
-
-class ClassifierModule(pl.LightningModule):
-    """A LightningModule around a plain classifier: cross-entropy, Adam, accuracy logged."""
-
-    def __init__(self, model: torch.nn.Module, lr: float = 1e-2) -> None:
-        super().__init__()
-        self.model, self.lr = model, lr
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        images, labels = batch
-        logits = self(images)
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        self.log(f"{stage}_loss", loss, prog_bar=True)
-        self.log(f"{stage}_acc", (logits.argmax(-1) == labels).float().mean(), prog_bar=True)
-        return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)

@@ -13,8 +13,9 @@ from typing import Sequence
 
 import torch
 
-from ._utils import DebugAtlasError
-from .capture import ActivationRecorder, ActivationSet
+from ..core.errors import DebugAtlasError
+from .activations import ActivationSet
+from .recorder import ActivationRecorder
 
 
 def merge_shards(shards: Sequence[ActivationSet], cap: int, seed: int = 0) -> ActivationSet:

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _fastumap as _fast, _torchdr
-from ._utils import DebugAtlasError
+from ..core.errors import DebugAtlasError
+from . import torch_umap as _fast, torchdr as _torchdr
 
 log = logging.getLogger(__name__)
 

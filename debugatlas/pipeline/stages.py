@@ -8,11 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError, preserved_model_state, progress_bar
-from .atlas import Atlas, build_atlas, class_filtered_atlas, comparison_atlas
-from .capture import ActivationSet, load_images
+from ..atlas import Atlas, build_atlas, class_filtered_atlas, comparison_atlas
+from ..capture import ActivationSet
+from ..confusion import SCORE_DESCRIPTION, confusion_matrix, most_confused_pairs, rank_confusing_cells
+from ..core.datasets import load_images
+from ..core.errors import DebugAtlasError
+from ..core.model import preserved_model_state
+from ..core.progress import progress_bar
 from .config import AnalysisConfig
-from .confusion import SCORE_DESCRIPTION, confusion_matrix, most_confused_pairs, rank_confusing_cells
 
 SCHEMA_VERSION = 1
 
@@ -37,7 +40,7 @@ def attributions(model, module, dataset, acts: ActivationSet, config: AnalysisCo
     Models with more than `attribution.MAX_ALL_CLASSES` outputs are attributed to the classes of
     the studied pairs only; the other columns are zero.
     """
-    from .attribution import MAX_ALL_CLASSES, attribute
+    from ..attribution import MAX_ALL_CLASSES, attribute
 
     classes = None
     if num_classes > MAX_ALL_CLASSES:
@@ -72,7 +75,7 @@ def layout_options(config: AnalysisConfig, device=None) -> dict[str, Any]:
 def atlases(acts: ActivationSet, attr: torch.Tensor, config: AnalysisConfig,
             seed: int, device=None) -> tuple[np.ndarray, dict[int, Atlas], dict]:
     """The 2-D layout of all samples and an atlas per grid size."""
-    from .layout import Layout
+    from ..layout import Layout
 
     if len(acts) <= config.n_neighbors and config.layout == "umap":
         raise DebugAtlasError(
@@ -105,7 +108,7 @@ def confusion(labels: np.ndarray, preds: np.ndarray, k: int, wanted, config: Ana
 def pair_finding(acts, attr, atlas: Atlas, a: int, b: int, names: list[str], cm: np.ndarray,
                  config: AnalysisConfig, seed: int, device=None):
     """Ranked confusing cells, class-filtered atlases and the two-class comparison for (a, b)."""
-    from .api import PairFinding
+    from .analyze import PairFinding
 
     finding = PairFinding(a, b, names[a], names[b], int(cm[a, b]))
     finding.cells = rank_confusing_cells(atlas, acts, attr, a, b, top=config.top_cells,
@@ -137,7 +140,7 @@ def render(model, module, dataset, acts: ActivationSet, atlas: Atlas, findings: 
     Fills each finding's `icons`, `icon_objective`, `exemplar_crops` and `icon_atlases`; returns
     the main icon atlas image and every main cell's icon.
     """
-    from .render import FeatureInversion, cell_directions, draw_icon_atlas, exemplar_crops, whitening_matrix
+    from ..render import FeatureInversion, cell_directions, draw_icon_atlas, exemplar_crops, whitening_matrix
 
     cells: list[tuple[int, int]] = []
     for finding in findings:
@@ -176,7 +179,7 @@ def render(model, module, dataset, acts: ActivationSet, atlas: Atlas, findings: 
 
 def examples(model, dataset, acts: ActivationSet, findings: list, config: AnalysisConfig, device) -> None:
     """Misclassified a→b images with pixel attributions toward b, for each finding."""
-    from .attribution import pixel_attribution
+    from ..attribution import pixel_attribution
 
     uid, labels, preds = acts.per_image()
     for finding in findings:
@@ -254,7 +257,7 @@ def suite_dir(index: int) -> str:
 
 def patch_rows(finding, index: int) -> list[dict]:
     """The `patches` list of a pair in summary.json (kept patches x placements, best first)."""
-    from .suite import summary_patch_entries
+    from ..patches.suite import summary_patch_entries
 
     if finding.patches is None:
         return []

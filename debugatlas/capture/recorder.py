@@ -13,7 +13,6 @@ samples the same positions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -21,53 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import DebugAtlasError, model_device, output_tensor, preserved_model_state, resolve_layer
+from ..core.datasets import iterate_dataset
+from ..core.errors import DebugAtlasError
+from ..core.model import model_device, output_tensor, preserved_model_state, resolve_layer
+from .activations import ActivationSet
 from .store import DiskVectors
 
 SAMPLING = ("random", "all", "center")
-
-
-@dataclass
-class ActivationSet:
-    """Sampled activation vectors of one layer, each pointing back to a dataset image.
-
-    vectors:   [N, C] float16 (or the dtype asked for), on the CPU; with the on-disk store a
-               tensor over a memory-mapped .npy file (indexing copies the rows into memory).
-    image_ids: [N] int64, indices into the dataset that was passed.
-    labels:    [N] int64 true class of the image.
-    preds:     [N] int64 predicted class of the image (-1 where unknown).
-    positions: [N, 2] int64 (row, col) of the vector in the layer's output; tokens are (0, t);
-               pooled outputs are (-1, -1).
-    layer:     the layer's name in `named_modules()`.
-    spatial_shape: (H, W) of the layer output, (1, T) for tokens, None for pooled outputs.
-    num_offered: how many vectors were offered to the reservoir (>= N when the cap was hit).
-    """
-
-    vectors: torch.Tensor
-    image_ids: torch.Tensor
-    labels: torch.Tensor
-    preds: torch.Tensor
-    positions: torch.Tensor
-    layer: str
-    spatial_shape: tuple[int, int] | None
-    num_offered: int = 0
-
-    def __len__(self) -> int:
-        return int(self.vectors.shape[0])
-
-    def per_image(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(image ids, labels, preds) of each captured image once, in increasing id order."""
-        ids = self.image_ids.numpy()
-        uid, first = np.unique(ids, return_index=True)
-        return uid, self.labels.numpy()[first], self.preds.numpy()[first]
-
-    def subset(self, index: torch.Tensor | np.ndarray) -> "ActivationSet":
-        """The samples selected by a boolean mask or an integer index."""
-        index = torch.as_tensor(index)
-        return ActivationSet(
-            self.vectors[index], self.image_ids[index], self.labels[index], self.preds[index],
-            self.positions[index], self.layer, self.spatial_shape, self.num_offered,
-        )
 
 
 def _interior(size: int, device=None) -> torch.Tensor:
@@ -363,45 +322,6 @@ class _Attached:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
-
-
-def iterate_dataset(dataset, batch_size: int = 128) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (image_ids, images, labels) batches of a map-style dataset in index order.
-
-    Checks that items are `(image, label)` with a float image tensor in [0, 1] of shape [C, H, W].
-    """
-    n = len(dataset)
-    if n == 0:
-        raise DebugAtlasError("The dataset is empty. HINT: pass a dataset with at least one image.")
-    for start in range(0, n, batch_size):
-        ids = list(range(start, min(n, start + batch_size)))
-        images, labels = zip(*(_check_item(dataset[i], i) for i in ids))
-        yield torch.tensor(ids), torch.stack(images), torch.tensor(labels, dtype=torch.long)
-
-
-def _check_item(item, index: int) -> tuple[torch.Tensor, int]:
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise DebugAtlasError(
-            f"dataset[{index}] is a {type(item).__name__}, not an (image, label) pair. "
-            "HINT: wrap the dataset so that it yields (image tensor in [0, 1], int label)."
-        )
-    image, label = item[0], item[1]
-    if not isinstance(image, torch.Tensor):
-        raise DebugAtlasError(
-            f"dataset[{index}][0] is a {type(image).__name__}, not a tensor. "
-            "HINT: add `torchvision.transforms.ToTensor()` to the dataset's transform."
-        )
-    if image.dim() == 2:
-        image = image.unsqueeze(0)
-    if image.dim() != 3:
-        raise DebugAtlasError(f"dataset[{index}][0] has shape {tuple(image.shape)}; expected [C, H, W].")
-    return image.float(), int(label)
-
-
-def load_images(dataset, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Stack the images `dataset[i][0]` for the given ids into [N, C, H, W] float32."""
-    ids = torch.as_tensor(ids).tolist()
-    return torch.stack([_check_item(dataset[i], i)[0] for i in ids])
 
 
 def capture(

@@ -1,0 +1,8 @@
+"""Capture: sampled activation vectors of one layer (`ActivationSet`), recorded by a forward hook."""
+from .activations import ActivationSet
+from .recorder import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, capture, image_picks
+from .shards import merge_shards
+from .store import DiskVectors
+
+__all__ = ["DISK_THRESHOLD_BYTES", "SAMPLING", "ActivationRecorder", "ActivationSet", "DiskVectors", "capture",
+           "image_picks", "merge_shards"]

@@ -1,0 +1,14 @@
+"""Patch tests: candidates from atlas cells, measured against controls, kept as a rerunnable `PatchSuite`."""
+from .candidates import candidate_patches, control_patches
+from .evaluate import evaluate_patches, paste_variants, placement_positions
+from .refine import refine_patch
+from .suite import PatchSuite, SuiteRun, build_suite
+from .types import (
+    CONTROL_SOURCES, DEFAULT_CROP_SIZES, DEFAULT_SIZES, PLACEMENTS, SOURCES, Patch, PatchEvaluation, PatchResult,
+    from_uint8, to_uint8,
+)
+
+__all__ = ["CONTROL_SOURCES", "DEFAULT_CROP_SIZES", "DEFAULT_SIZES", "PLACEMENTS", "SOURCES", "Patch",
+           "PatchEvaluation", "PatchResult", "PatchSuite", "SuiteRun", "build_suite", "candidate_patches",
+           "control_patches", "evaluate_patches", "from_uint8", "paste_variants", "placement_positions",
+           "refine_patch", "to_uint8"]

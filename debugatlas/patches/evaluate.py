@@ -1,0 +1,200 @@
+"""Patch tests: paste candidate patches onto images of A and count how many the model flips to B.
+
+Attribution nominates, experiment confirms: candidates from confusing cells (the rendered icon,
+crops of it, real exemplar crops) are measured against two controls run with the same sizes and
+placements, a seeded random-noise patch and a natural crop of an image of B. Only images of A
+that the model classifies correctly before patching are counted.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.errors import DebugAtlasError
+from ..core.model import as_logits, model_device, preserved_model_state
+from .candidates import _center_crop, _geometry, control_patches
+from .types import DEFAULT_SIZES, PLACEMENTS, Patch, PatchEvaluation, PatchResult
+
+
+def placement_positions(height: int, width: int, ph: int, pw: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """`n` seeded (row, col) top-left positions for a ph x pw patch; the same for every image."""
+    rng = np.random.default_rng([int(seed), int(height), int(width), int(ph), int(pw)])
+    rows = rng.integers(0, height - ph + 1, size=n)
+    cols = rng.integers(0, width - pw + 1, size=n)
+    return [(int(r), int(c)) for r, c in zip(rows, cols)]
+
+
+def _match_channels(image: torch.Tensor, channels: int, patch_id: str) -> torch.Tensor:
+    if image.shape[0] == channels:
+        return image
+    if image.shape[0] == 1:
+        return image.expand(channels, -1, -1).clone()
+    if channels == 1:
+        return image.mean(0, keepdim=True)
+    raise DebugAtlasError(
+        f"Patch {patch_id!r} has {image.shape[0]} channels but the images have {channels}. "
+        "HINT: render the patch with the images' channel count."
+    )
+
+
+def paste_variants(patch: Patch, sizes: Sequence[float], image_shape: Sequence[int]) -> list[tuple[float, torch.Tensor]]:
+    """(size_frac, [C, ph, pw] pixels) for each paste size of `patch` on images of `image_shape`."""
+    c, height, width = (int(v) for v in image_shape)
+    pixels = _match_channels(patch.image, c, patch.id)
+    h, w = pixels.shape[-2:]
+    if not patch.resize:
+        fitted = _center_crop(pixels, min(h, height), min(w, width))
+        return [(max(fitted.shape[-2:]) / min(height, width), fitted)]
+    out = []
+    for frac in sizes:
+        side = max(1, round(float(frac) * min(height, width)))
+        scale = side / max(h, w)
+        ph, pw = max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
+        resized = F.interpolate(pixels[None], size=(ph, pw), mode="bilinear", align_corners=False,
+                                antialias=ph < h or pw < w)[0].clamp(0, 1)
+        out.append((float(frac), resized))
+    return out
+
+
+def _configs(variants, placements, height, width, n_random, seed) -> list[tuple[int, int, int, str]]:
+    """(variant index, row, col, kind) with kind "corner" or "random"; config 0 is the static one."""
+    configs = []
+    for vi, (_, px) in enumerate(variants):
+        ph, pw = px.shape[-2:]
+        if "dynamic" in placements or ("static" in placements and vi == 0):
+            corners = [(0, 0), (0, width - pw), (height - ph, 0), (height - ph, width - pw)]
+            if "dynamic" not in placements:
+                corners = corners[:1]
+            configs += [(vi, r, c, "corner") for r, c in corners]
+        if "random" in placements:
+            configs += [(vi, r, c, "random") for r, c in placement_positions(height, width, ph, pw, n_random, seed)]
+    return configs
+
+
+def _logits(model: nn.Module, batch: torch.Tensor, b: int) -> torch.Tensor:
+    return as_logits(model(batch), min_classes=b + 1).float()
+
+
+def _measure(model, images, b, patch, sizes, placements, n_random, seed, batch_size, device):
+    """Flips [N, K] bool, P(B) [N, K], the configs and the variants for one patch."""
+    n, c, height, width = images.shape
+    variants = paste_variants(patch, sizes, (c, height, width))
+    configs = _configs(variants, placements, height, width, n_random, seed)
+    pixels = [px.to(device) for _, px in variants]
+    per = max(1, batch_size // len(configs))
+    flips, probs = [], []
+    for start in range(0, n, per):
+        chunk = images[start:start + per].to(device)
+        batch = chunk.unsqueeze(1).repeat(1, len(configs), 1, 1, 1)
+        for k, (vi, r, col, _) in enumerate(configs):
+            ph, pw = pixels[vi].shape[-2:]
+            batch[:, k, :, r:r + ph, col:col + pw] = pixels[vi]
+        logits = _logits(model, batch.flatten(0, 1), b).view(chunk.shape[0], len(configs), -1)
+        flips.append((logits.argmax(-1) == b).cpu())
+        probs.append(logits.softmax(-1)[..., b].cpu())
+    k = len(configs)
+    flips = torch.cat(flips) if flips else torch.zeros((0, k), dtype=torch.bool)
+    probs = torch.cat(probs) if probs else torch.zeros((0, k))
+    return flips, probs, configs, variants
+
+
+def _summarise(patch, geometry, placement, flips, probs, configs, variants, p_before) -> PatchResult:
+    n = flips.shape[0]
+    if placement == "static":
+        ks = [0]
+    else:
+        kind = "corner" if placement == "dynamic" else "random"
+        ks = [k for k, cfg in enumerate(configs) if cfg[3] == kind]
+    f, p = flips[:, ks], probs[:, ks]
+    counts = f.sum(0).tolist()
+    best = max(range(len(ks)), key=lambda i: counts[i])
+    vi, row, col, _ = configs[ks[best]]
+    frac = variants[vi][0]
+    nan = float("nan")
+    if placement == "dynamic":
+        rate = int(f.any(1).sum()) / n if n else nan
+        after = float(p.max(1).values.mean()) if n else nan
+    else:
+        rate = sum(counts) / (n * len(ks)) if n else nan
+        after = float(p.mean()) if n else nan
+    return PatchResult(
+        patch.id, patch.source, patch.cell, patch.resize, geometry, placement, n, rate,
+        counts[best] / n if n else nan, p_before, after, frac, (frac, row, col),
+    )
+
+
+def evaluate_patches(
+    model: nn.Module,
+    images_a: torch.Tensor,
+    a: int,
+    b: int,
+    patches: Sequence[Patch],
+    sizes: Sequence[float] = DEFAULT_SIZES,
+    placements: Sequence[str] = PLACEMENTS,
+    n_random: int = 8,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    images_b: torch.Tensor | None = None,
+    controls: Sequence[Patch] | None = None,
+) -> PatchEvaluation:
+    """Paste each patch onto the images of A the model gets right and count flips to B.
+
+    Placements: "static" = top-left corner at the first size; "dynamic" = best of the four corners
+    x all sizes per image (flipped if any flips it); "random" = `n_random` seeded positions per
+    size, the same for every image (flip rate averaged over positions; `best_flip_rate` is the
+    best position). Unresized patches have one size, their own. Controls (noise, and a natural
+    crop of an image of B when `images_b` is given) are made by `control_patches` unless passed,
+    and run with the same sizes and placements. All positions of a chunk go in one forward pass.
+    """
+    placements = tuple(placements)
+    sizes = tuple(float(s) for s in sizes)
+    bad = [p for p in placements if p not in PLACEMENTS]
+    if bad or not placements:
+        raise DebugAtlasError(f"`placements={placements!r}`: choose from {list(PLACEMENTS)}.")
+    if not sizes or any(not 0 < s <= 1 for s in sizes):
+        raise DebugAtlasError(f"`sizes={sizes!r}` must be fractions of the image side in (0, 1].")
+    if int(n_random) < 1 or int(batch_size) < 1:
+        raise DebugAtlasError(f"`n_random={n_random!r}` and `batch_size={batch_size!r}` must be >= 1.")
+    if not isinstance(images_a, torch.Tensor) or images_a.dim() != 4:
+        shape = tuple(images_a.shape) if isinstance(images_a, torch.Tensor) else type(images_a).__name__
+        raise DebugAtlasError(f"`images_a` has shape {shape}; expected [N, C, H, W] in [0, 1].")
+    device = torch.device(device) if device is not None else model_device(model)
+    images_a = images_a.detach().float()
+    if controls is None:
+        controls = control_patches(patches, images_b, images_a.shape[1:], sizes, seed)
+    everything = list(patches) + list(controls)
+    ids = [p.id for p in everything]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DebugAtlasError(f"Patch ids must be unique; repeated: {dup}. HINT: rename the patches.")
+    height, width = images_a.shape[-2:]
+    results: list[PatchResult] = []
+    with preserved_model_state(model), torch.no_grad():
+        model.eval()
+        preds, p_b = [], []
+        for start in range(0, len(images_a), batch_size):
+            logits = _logits(model, images_a[start:start + batch_size].to(device), max(a, b))
+            preds.append(logits.argmax(-1).cpu())
+            p_b.append(logits.softmax(-1)[:, b].cpu())
+        keep = torch.cat(preds) == a if preds else torch.zeros(0, dtype=torch.bool)
+        images = images_a[keep]
+        p_before = float(torch.cat(p_b)[keep].mean()) if int(keep.sum()) else float("nan")
+        for done, patch in enumerate(everything, 1):
+            measured = _measure(model, images, b, patch, sizes, placements, int(n_random), seed, batch_size, device)
+            geometry = _geometry(patch, height, width)
+            results += [_summarise(patch, geometry, pl, *measured, p_before) for pl in placements]
+            if progress is not None:
+                progress(done, len(everything))
+    controls_by = {(r.source, r.geometry, r.placement): r.flip_rate for r in results if r.is_control}
+    for r in results:
+        if not r.is_control:
+            r.noise_flip_rate = controls_by.get(("noise", r.geometry, r.placement))
+            r.natural_flip_rate = controls_by.get(("natural", r.geometry, r.placement))
+    return PatchEvaluation(int(a), int(b), int(keep.sum()), len(images_a), sizes, placements,
+                           int(n_random), int(seed), results)

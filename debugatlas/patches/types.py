@@ -1,0 +1,208 @@
+"""Patch-test records: a `Patch` to paste, one `PatchResult` per patch and placement, a `PatchEvaluation`.
+
+Placements: "static" (one fixed corner and size), "dynamic" (best of the four corners and the sizes),
+"random" (seeded positions, the same for every image). Pixels are [C, h, w] float32 in [0, 1].
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..core.errors import DebugAtlasError
+
+SOURCES = ("icon", "icon_crop", "exemplar", "noise", "natural", "optimised")
+CONTROL_SOURCES = ("noise", "natural")
+PLACEMENTS = ("static", "dynamic", "random")
+DEFAULT_SIZES = (0.25, 0.375, 0.5)
+DEFAULT_CROP_SIZES = (6, 8, 12, 16)
+SELECTION_RULE = ("images of class A that the model classifies as A before patching "
+                  "(images already misclassified are not counted)")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Patch:
+    """One patch to paste.
+
+    id:     file-safe name (letters, digits, `_`, `.`, `-`).
+    cell:   (i, j) of the atlas cell it comes from, None for controls.
+    source: one of SOURCES ("icon", "icon_crop", "exemplar", "noise", "natural", "optimised").
+    image:  [C, h, w] float32 in [0, 1] on the CPU (values outside are clipped).
+    resize: True: resized so its longer side is a fraction of the image side (the `sizes`);
+            False: pasted at its native pixel size (centre-cropped if larger than the image).
+    """
+
+    id: str
+    cell: tuple[int, int] | None
+    source: str
+    image: torch.Tensor
+    resize: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not _ID.match(self.id):
+            raise DebugAtlasError(
+                f"`Patch(id={self.id!r})` is not a file-safe name. "
+                "HINT: use letters, digits, '_', '.' and '-' only."
+            )
+        if self.source not in SOURCES:
+            raise DebugAtlasError(f"`Patch(source={self.source!r})` is not one of {list(SOURCES)}.")
+        image = torch.as_tensor(self.image)
+        if image.dim() == 2:
+            image = image.unsqueeze(0)
+        if image.dim() != 3 or min(image.shape) < 1:
+            raise DebugAtlasError(
+                f"`Patch({self.id!r})` image has shape {tuple(image.shape)}; expected [C, h, w]."
+            )
+        if not torch.isfinite(image).all():
+            raise DebugAtlasError(f"`Patch({self.id!r})` image contains NaN or Inf.")
+        self.image = image.detach().float().cpu().clamp(0.0, 1.0)
+        self.cell = None if self.cell is None else (int(self.cell[0]), int(self.cell[1]))
+        self.resize = bool(self.resize)
+
+    def quantized(self) -> "Patch":
+        """A copy whose pixels are rounded to 8 bits, exactly as they come back from a PNG."""
+        return replace(self, image=from_uint8(to_uint8(self.image)))
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[C, h, w] in [0, 1] -> [h, w, C] uint8 (rounded)."""
+    return (image.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def from_uint8(array: np.ndarray) -> torch.Tensor:
+    """[h, w, C] (or [h, w]) uint8 -> [C, h, w] float32 in [0, 1]."""
+    array = np.array(array, dtype=np.uint8, copy=True)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+
+
+@dataclass
+class PatchResult:
+    """Measured effect of one patch under one placement.
+
+    n_images: images of A counted (correctly classified before patching).
+    flip_rate: fraction of (image, position) trials whose argmax becomes B; for "dynamic" the
+        fraction of images flipped by any corner x size; for "random" the mean over positions.
+    best_flip_rate: flip rate of the best single (size, position) over the counted images.
+    best_config: (size_frac, row, col) of that best single position.
+    p_b_before / p_b_after: mean softmax P(B) before and after (dynamic: best config per image).
+    size_frac: paste size as a fraction of the image side (static: the size used; otherwise the
+        size of the best config). noise_flip_rate / natural_flip_rate: the matching controls'
+        flip rates under the same placement (None for controls themselves or when missing).
+    """
+
+    patch_id: str
+    source: str
+    cell: tuple[int, int] | None
+    resize: bool
+    geometry: str
+    placement: str
+    n_images: int
+    flip_rate: float
+    best_flip_rate: float
+    p_b_before: float
+    p_b_after: float
+    size_frac: float
+    best_config: tuple[float, int, int] | None
+    noise_flip_rate: float | None = None
+    natural_flip_rate: float | None = None
+
+    @property
+    def is_control(self) -> bool:
+        return self.source in CONTROL_SOURCES
+
+    @property
+    def lift(self) -> float:
+        """Flip rate above the stronger of the two controls of the same geometry and placement.
+
+        A large pasted square can flip a fragile model whatever it shows; the lift discounts that.
+        """
+        controls = [_nan0(c) for c in (self.noise_flip_rate, self.natural_flip_rate) if c is not None]
+        return _nan0(self.flip_rate) - max(controls, default=0.0)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values (NaN becomes None)."""
+        out = asdict(self)
+        out["cell"] = None if self.cell is None else list(self.cell)
+        out["best_config"] = None if self.best_config is None else list(self.best_config)
+        return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PatchResult":
+        data = dict(data)
+        data["cell"] = None if data.get("cell") is None else tuple(data["cell"])
+        cfg = data.get("best_config")
+        data["best_config"] = None if cfg is None else (float(cfg[0]), int(cfg[1]), int(cfg[2]))
+        for key in ("flip_rate", "best_flip_rate", "p_b_before", "p_b_after", "size_frac"):
+            data[key] = float("nan") if data.get(key) is None else float(data[key])
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class PatchEvaluation:
+    """All results of one run: candidates and controls, every placement.
+
+    a, b: class indices. n_images: counted images of A; n_offered: images of A passed in.
+    results: PatchResult per patch x placement, candidates first, then controls.
+    """
+
+    a: int
+    b: int
+    n_images: int
+    n_offered: int
+    sizes: tuple[float, ...]
+    placements: tuple[str, ...]
+    n_random: int
+    seed: int
+    results: list[PatchResult] = field(default_factory=list)
+
+    def get(self, patch_id: str, placement: str) -> PatchResult:
+        for r in self.results:
+            if r.patch_id == patch_id and r.placement == placement:
+                return r
+        raise KeyError((patch_id, placement))
+
+    def candidates(self, placement: str | None = None) -> list[PatchResult]:
+        return [r for r in self.results if not r.is_control and placement in (None, r.placement)]
+
+    def controls(self, placement: str | None = None) -> list[PatchResult]:
+        return [r for r in self.results if r.is_control and placement in (None, r.placement)]
+
+    def ranked(self, placement: str | None = None) -> list[PatchResult]:
+        """Candidates under `placement` (default "random", else the first evaluated), best first.
+
+        Best means the largest `lift` (flip rate above the stronger control), then the flip rate.
+        """
+        placement = placement or ("random" if "random" in self.placements else self.placements[0])
+        if placement not in self.placements:
+            raise DebugAtlasError(f"`placement={placement!r}` was not evaluated; evaluated: {list(self.placements)}.")
+        key = lambda r: (-r.lift, -_nan0(r.flip_rate), -_nan0(r.best_flip_rate), -_nan0(r.p_b_after))  # noqa: E731
+        return sorted(self.candidates(placement), key=key)
+
+    def to_frame(self):
+        """The results as a pandas DataFrame, one row per patch x placement."""
+        import pandas as pd
+
+        return pd.DataFrame([r.to_dict() for r in self.results])
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in ("a", "b", "n_images", "n_offered", "n_random", "seed")}
+        out.update(sizes=list(self.sizes), placements=list(self.placements),
+                   results=[r.to_dict() for r in self.results])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PatchEvaluation":
+        return cls(int(data["a"]), int(data["b"]), int(data["n_images"]), int(data["n_offered"]),
+                   tuple(float(s) for s in data["sizes"]), tuple(data["placements"]),
+                   int(data["n_random"]), int(data["seed"]),
+                   [PatchResult.from_dict(r) for r in data["results"]])
+
+
+def _nan0(value: float) -> float:
+    return 0.0 if value != value else value
