@@ -16,7 +16,7 @@ from ..core.errors import DebugAtlasError
 SOURCES = ("icon", "icon_crop", "exemplar", "noise", "natural", "optimised")
 CONTROL_SOURCES = ("noise", "natural")
 PLACEMENTS = ("static", "dynamic", "random")
-DEFAULT_SIZES = (0.25, 0.375, 0.5)
+DEFAULT_SIZES = (0.25, 0.35)  # side fractions: at most about 12 % of the image
 DEFAULT_CROP_SIZES = (6, 8, 12, 16)
 SELECTION_RULE = ("images of class A that the model classifies as A before patching "
                   "(images already misclassified are not counted)")
@@ -93,6 +93,8 @@ class PatchResult:
     size_frac: paste size as a fraction of the image side (static: the size used; otherwise the
         size of the best config). noise_flip_rate / natural_flip_rate: the matching controls'
         flip rates under the same placement (None for controls themselves or when missing).
+    verdict / p_value / flip_rate_ci: set by `stats.judge_evaluation` ("confirmed", "natural",
+        "not_confirmed"; Holm-adjusted p; Wilson 95 % interval (lo, hi)); None until judged.
     """
 
     patch_id: str
@@ -110,6 +112,14 @@ class PatchResult:
     best_config: tuple[float, int, int] | None
     noise_flip_rate: float | None = None
     natural_flip_rate: float | None = None
+    verdict: str | None = None
+    p_value: float | None = None
+    flip_rate_ci: tuple[float, float] | None = None
+
+    @property
+    def flips(self) -> int:
+        """Images flipped, per image (flip_rate x n_images, rounded; exact for static and dynamic)."""
+        return 0 if self.flip_rate != self.flip_rate else round(self.flip_rate * self.n_images)
 
     @property
     def is_control(self) -> bool:
@@ -129,6 +139,7 @@ class PatchResult:
         out = asdict(self)
         out["cell"] = None if self.cell is None else list(self.cell)
         out["best_config"] = None if self.best_config is None else list(self.best_config)
+        out["flip_rate_ci"] = None if self.flip_rate_ci is None else [float(v) for v in self.flip_rate_ci]
         return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
 
     @classmethod
@@ -137,6 +148,8 @@ class PatchResult:
         data["cell"] = None if data.get("cell") is None else tuple(data["cell"])
         cfg = data.get("best_config")
         data["best_config"] = None if cfg is None else (float(cfg[0]), int(cfg[1]), int(cfg[2]))
+        ci = data.get("flip_rate_ci")
+        data["flip_rate_ci"] = None if ci is None else (float(ci[0]), float(ci[1]))
         for key in ("flip_rate", "best_flip_rate", "p_b_before", "p_b_after", "size_frac"):
             data[key] = float("nan") if data.get(key) is None else float(data[key])
         names = cls.__dataclass_fields__
