@@ -10,12 +10,24 @@ import torch
 
 # Square root of the colour correlation of ImageNet pixels (rows: R, G, B), as published with the
 # Lucid feature-visualisation work; its columns are scaled so that the largest has unit norm.
-IMAGENET_COLOR_SQRT = torch.tensor(
-    [[0.26, 0.09, 0.02],
-     [0.27, 0.00, -0.05],
-     [0.27, -0.09, 0.03]]
+# Kept as plain numbers: a module-level tensor made while the module is first imported inside
+# `torch.inference_mode()` (Lightning validation) would be an inference tensor, which autograd
+# refuses to save for backward.
+_IMAGENET_COLOR_SQRT = (
+    (0.26, 0.09, 0.02),
+    (0.27, 0.00, -0.05),
+    (0.27, -0.09, 0.03),
 )
-COLOR_MATRIX = IMAGENET_COLOR_SQRT / IMAGENET_COLOR_SQRT.norm(dim=0).max()
+
+
+def color_matrix(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The [3, 3] decorrelated-to-RGB matrix, a fresh normal (non-inference) tensor on each call."""
+    with torch.inference_mode(False):
+        sqrt = torch.tensor(_IMAGENET_COLOR_SQRT, dtype=torch.float32)
+        return (sqrt / sqrt.norm(dim=0).max()).to(device=device, dtype=dtype)
+
+
+COLOR_MATRIX = color_matrix()  # for reading; `decorrelate_colors` builds its own on each call
 
 
 def frequency_scale(height: int, width: int, decay_power: float = 1.0) -> torch.Tensor:
@@ -33,7 +45,7 @@ def decorrelate_colors(images: torch.Tensor) -> torch.Tensor:
     """Map [B, 3, H, W] from the decorrelated basis to RGB (other channel counts pass through)."""
     if images.shape[1] != 3:
         return images
-    matrix = COLOR_MATRIX.to(device=images.device, dtype=images.dtype)
+    matrix = color_matrix(images.device, images.dtype)
     return torch.einsum("dc,bchw->bdhw", matrix, images)
 
 
