@@ -35,5 +35,5 @@ def test_icons_render_when_first_imported_in_inference_mode():
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(l for l in done.stdout.splitlines() if l.startswith("ICONS"))
     _, shape, finite, low, high = line.split()
-    assert shape == "(2, 3, 16, 16)" and finite == "True"
+    assert shape == "2x3x16x16" and finite == "True"
     assert 0.0 <= float(low) < float(high) <= 1.0
