@@ -98,6 +98,56 @@ def attribute(
     return result
 
 
+def position_attribution(
+    model: nn.Module,
+    layer: str | nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor | Sequence[int] | None = None,
+    classes: Sequence[int] = (),
+    relaxed_maxpool: bool = False,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense attribution maps of a spatial layer, with the layer output and the logits.
+
+    For images [B, C_in, H_in, W_in] and per image the classes t = (its target, *classes), returns
+    (maps [B, T, H, W] float32, h [B, C, H, W], logits [B, K]) on the model's device, where
+    ``maps[b, t, y, x] = h[b, :, y, x] · ∂logit_{t}/∂h[b, :, y, x]`` (summed over channels), the
+    per-position quantity `attribute` computes for sampled vectors. `targets` [B] defaults to the
+    model's prediction for each image. One forward pass and one batched backward pass over the T
+    target columns (images are independent in eval mode, so each image's logit is differentiated
+    in the same pass). Works inside ``torch.inference_mode()``; the model is left as found.
+    """
+    layer_name, module = layer_name_and_module(model, layer)
+    device = torch.device(device) if device is not None else model_device(model)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DebugAtlasError(f"`position_attribution(images=...)` has shape {shape}; expected non-empty "
+                              "[B, C, H, W] in [0, 1].")
+    with gradient_context(model), _relaxed(model, relaxed_maxpool):
+        x = images.detach().to(device=device, dtype=torch.float32).clone()
+        h, logits = _forward(model, module, layer_name, x)
+        if h.dim() != 4:
+            raise DebugAtlasError(
+                f"Layer {layer_name!r} outputs shape {tuple(h.shape)}; position maps need a spatial "
+                "[B, C, H, W] output. HINT: choose a convolutional layer."
+            )
+        k = logits.shape[1]
+        first = logits.detach().argmax(1) if targets is None else torch.as_tensor(targets, dtype=torch.long)
+        first = first.reshape(-1).to(logits.device)
+        extra = _classes(list(classes), k, "position_attribution(classes=...)") if len(classes) else []
+        _classes(first.tolist(), k, "position_attribution(targets=...)")
+        if first.numel() != logits.shape[0]:
+            raise DebugAtlasError(f"`position_attribution` got {first.numel()} targets for {logits.shape[0]} images.")
+        cols = torch.stack([first] + [torch.full_like(first, c) for c in extra], 1)  # [B, T]
+        grad_out = F.one_hot(cols.T, k).to(logits.dtype)  # [T, B, K]
+        try:
+            (g,) = torch.autograd.grad(logits, h, grad_out, is_grads_batched=True)
+        except RuntimeError:
+            g = torch.stack([torch.autograd.grad(logits, h, one, retain_graph=True)[0] for one in grad_out])
+        maps = (g * h.detach().unsqueeze(0)).sum(2).transpose(0, 1).float()  # [B, T, H, W]
+    return maps.detach(), h.detach(), logits.detach()
+
+
 def pixel_attribution(
     model: nn.Module,
     images: torch.Tensor,

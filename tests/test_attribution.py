@@ -377,3 +377,36 @@ def test_pixel_attribution_bad_inputs():
         pixel_attribution(model, ds.images, [0, 1, 2])
     with pytest.raises(DebugAtlasError, match=r"class indices \[12\]"):
         pixel_attribution(model, ds.images, [0, 12])
+
+
+# -- dense position maps (attribution-guided sampling) -----------------------------------------------
+def test_position_maps_match_attribute_at_every_position():
+    from debugatlas.attribution import position_attribution
+
+    model, ds = _cnn(seed=1).train(), _images(6)
+    acts = capture(model, ds, "layer2", sampling="all", dtype=torch.float32)
+    attr = attribute(model, "layer2", ds, acts)  # [N, 10]
+    hooks = _hooks(model)
+    with torch.inference_mode():
+        maps, h, logits = position_attribution(model, "layer2", ds.images, classes=[3, 7])
+    assert model.training and _hooks(model) == hooks  # left as found
+    assert maps.shape == (6, 3, 4, 4) and h.shape[2:] == (4, 4) and logits.shape == (6, 10)
+    pred = logits.argmax(1)
+    ids, (r, c) = acts.image_ids, acts.positions.T
+    for t, cls in enumerate([pred[ids], torch.full_like(ids, 3), torch.full_like(ids, 7)]):
+        expect = attr[torch.arange(len(acts)), cls]
+        assert torch.allclose(maps[ids, t, r, c], expect, rtol=1e-4, atol=1e-5)
+    # the maps sum the same per-position quantity the loop reference computes
+    first = acts.subset(acts.image_ids == 0)
+    ref = _loop_reference(model.eval(), "layer2", ds, first)
+    r0, c0 = first.positions.T
+    assert torch.allclose(maps[0, 1, r0, c0], ref[:, 3], rtol=1e-4, atol=1e-5)
+
+
+def test_position_maps_need_a_spatial_layer():
+    from debugatlas.attribution import position_attribution
+
+    with pytest.raises(DebugAtlasError, match="spatial"):
+        position_attribution(PooledNet(), "embed", torch.rand(2, 1, 8, 8))
+    with pytest.raises(DebugAtlasError, match="targets"):
+        position_attribution(_cnn(), "layer2", torch.rand(2, 1, 16, 16), targets=[0, 12])

@@ -169,3 +169,96 @@ def test_queued_batches_give_the_same_samples_whatever_the_flush_interval():
     assert sets[0].num_offered == 20 and len(sets[0]) == 12
     with pytest.raises(DebugAtlasError, match="flush_batches"):
         ActivationRecorder("0", flush_batches=0)
+
+
+# -- attribution-guided sampling and the rule column -------------------------------------------------
+class SquareNet(nn.Module):
+    """Layer "feat" is the image itself; logit 0 = sum(x^2), logit 1 = -sum(x^2): the attribution of
+    position (r, c) toward class 0 is h * dlogit0/dh = 2 x[r, c]^2, largest at the brightest pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        energy = (self.feat(x) ** 2).sum(dim=(1, 2, 3)) * self.scale
+        return torch.stack([energy, -energy], 1)
+
+
+def _bright_dataset(n: int = 12, side: int = 8):
+    images = torch.full((n, 1, side, side), 0.1)
+    spots = [(1 + i % (side - 2), 1 + (3 * i) % (side - 2)) for i in range(n)]
+    for i, (r, c) in enumerate(spots):
+        images[i, 0, r, c] = 1.0
+    return TensorImageDataset(images, [0] * n, ["a", "b"]), spots
+
+
+def test_guided_capture_takes_the_highest_attribution_position_and_records_the_rule():
+    from debugatlas.capture.activations import RULE_ATTRIBUTION, RULE_RANDOM
+    from debugatlas.capture.guided import capture_guided
+
+    ds, spots = _bright_dataset()
+    model = SquareNet().train()
+    with torch.inference_mode():  # as inside Lightning validation
+        acts = capture_guided(model, ds, "feat", samples_per_image=3, guided_fraction=1 / 3, seed=2, batch_size=5)
+    assert model.training and model.scale.requires_grad  # left as found
+    assert len(acts) == 3 * len(ds) and acts.rule.dtype == torch.int8 and acts.spatial_shape == (8, 8)
+    for i, (r, c) in enumerate(spots):
+        mine = acts.image_ids == i
+        rules, pos = acts.rule[mine], acts.positions[mine]
+        assert (rules == RULE_RANDOM).sum() == 2 and (rules == RULE_ATTRIBUTION).sum() == 1
+        guided = tuple(pos[rules == RULE_ATTRIBUTION][0].tolist())
+        randoms = {tuple(p) for p in pos[rules == RULE_RANDOM].tolist()}
+        # the bright pixel is chosen by attribution unless a random pick already took it
+        assert guided == (r, c) or (r, c) in randoms
+    # the stored vector is the layer output at the recorded position
+    images = ds.images[acts.image_ids, 0]
+    expect = images[torch.arange(len(acts)), acts.positions[:, 0], acts.positions[:, 1]]
+    assert torch.allclose(acts.vectors[:, 0].float(), expect, atol=1e-3)
+    assert torch.equal(acts.preds, torch.zeros(len(acts), dtype=torch.long))
+    assert acts.random_mask().sum() == 2 * len(ds)
+    sub = acts.subset(acts.image_ids < 3)
+    assert torch.equal(sub.rule, acts.rule[acts.image_ids < 3])
+
+
+def test_guided_fraction_zero_is_keyed_random_sampling():
+    from debugatlas.capture import image_picks
+    from debugatlas.capture.guided import capture_guided, guided_positions
+
+    ds, _ = _bright_dataset()
+    acts = capture_guided(SquareNet(), ds, "feat", samples_per_image=2, guided_fraction=0.0, seed=5)
+    assert acts.rule is None and torch.equal(acts.rules(), torch.zeros(len(acts), dtype=torch.int8))
+    grid = torch.stack(torch.meshgrid(torch.arange(1, 7), torch.arange(1, 7), indexing="ij"), -1).reshape(-1, 2)
+    ids = torch.arange(len(ds))
+    expect = grid[image_picks(5, ids, 2, grid.shape[0])]
+    assert torch.equal(acts.positions, expect.reshape(-1, 2))
+    pos, rule = guided_positions(SquareNet(), "feat", ds, ids, samples_per_image=2, guided_fraction=0.0, seed=5)
+    assert torch.equal(pos, expect) and rule.eq(0).all()
+
+
+def test_guided_picks_are_distinct_and_bad_settings_are_explained():
+    from debugatlas.capture.guided import choose_guided, split_samples
+
+    maps = torch.zeros(1, 2, 4, 4)
+    maps[0, 1, 2, 2] = 5.0  # second target class
+    maps[0, 0, 1, 2] = 3.0
+    pos, rule = choose_guided(maps, torch.tensor([0]), 0, 3, seed=0)
+    assert pos[0, :2].tolist() == [[2, 2], [1, 2]] and rule.eq(1).all()
+    assert len({tuple(p) for p in pos[0].tolist()}) == 3  # interior is 2x2: three distinct positions
+    assert split_samples(4, 0.5) == (2, 2) and split_samples(3, 1.0) == (0, 3)
+    with pytest.raises(DebugAtlasError, match="guided_fraction"):
+        split_samples(2, 1.5)
+    with pytest.raises(DebugAtlasError, match="samples_per_image"):
+        split_samples(0, 0.5)
+    with pytest.raises(DebugAtlasError, match="spatial"):
+        from debugatlas.capture.guided import capture_guided
+
+        capture_guided(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), _bright_dataset()[0], "1")
+
+
+def test_record_rejects_unknown_rules():
+    recorder = ActivationRecorder("feat")
+    with pytest.raises(DebugAtlasError, match="rule"):
+        recorder.record(torch.zeros(1, 2, 3), torch.zeros(1, 2, 2, dtype=torch.long),
+                        torch.tensor([[0, 7]]), [0], [0])

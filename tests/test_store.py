@@ -123,3 +123,46 @@ def test_large_reservoirs_go_to_disk_by_default():
     assert 100_000 * 512 * 2 < DISK_THRESHOLD_BYTES < 1_000_000 * 512 * 2
     assert not ActivationRecorder("x", cap=1_000_000, disk_threshold_bytes=None)._use_disk(
         torch.zeros(1, 512, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("cap", [1000, 40])
+def test_rule_column_survives_the_disk_path_and_the_reservoir(tmp_path, cap):
+    def feed(recorder):
+        gen = torch.Generator().manual_seed(1)
+        for start in range(0, 200, 17):
+            b = min(17, 200 - start)
+            ids = torch.arange(start, start + b)
+            vec = torch.randn(b, 2, 4, generator=gen)
+            vec[:, :, 0] = (ids % 2).float().unsqueeze(1)  # column 0 tells the rule: odd ids guided
+            rule = (ids % 2).to(torch.int8).unsqueeze(1).expand(b, 2)
+            recorder.record(vec, torch.zeros(b, 2, 2, dtype=torch.long), rule, ids, ids % 3, spatial_shape=(4, 4))
+        return recorder.result()
+
+    memory = feed(ActivationRecorder("x", cap=cap, seed=2))
+    disk = feed(ActivationRecorder("x", cap=cap, seed=2, store_dir=tmp_path, disk_threshold_bytes=0))
+    for acts in (memory, disk):
+        assert acts.rule is not None and len(acts.rule) == len(acts) == min(cap, 400)
+        assert torch.equal(acts.rule.long(), acts.vectors[:, 0].float().round().long())
+        assert torch.equal(acts.rule, acts.image_ids.remainder(2).to(torch.int8))
+        assert acts.spatial_shape == (4, 4)
+    assert torch.equal(memory.rule, disk.rule) and torch.equal(memory.image_ids, disk.image_ids)
+
+
+def test_merge_shards_carries_the_rule():
+    from debugatlas.capture import ActivationSet, merge_shards
+
+    def shard(ids, rule):
+        ids = torch.as_tensor(ids)
+        n = len(ids)
+        return ActivationSet(ids.float().unsqueeze(1), ids, ids % 2, ids % 2, torch.zeros(n, 2, dtype=torch.long),
+                             "x", (4, 4), n, rule)
+
+    guided = merge_shards([shard([0, 2, 4], torch.tensor([1, 0, 1], dtype=torch.int8)),
+                           shard([1, 3, 0], None)], cap=100)
+    assert guided.image_ids.tolist() == [0, 1, 2, 3, 4]
+    assert guided.rule.tolist() == [1, 0, 0, 0, 1]  # rank 1's set (rule None) counts as random
+    capped = merge_shards([shard([0, 2, 4], torch.tensor([1, 1, 1], dtype=torch.int8)),
+                           shard([1, 3], None)], cap=3, seed=1)
+    assert torch.equal(capped.rule, (capped.image_ids % 2 == 0).to(torch.int8))
+    plain = merge_shards([shard([0, 2], None), shard([1], None)], cap=100)
+    assert plain.rule is None

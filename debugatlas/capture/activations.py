@@ -6,6 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+RULE_RANDOM, RULE_ATTRIBUTION = 0, 1
+RULES = {RULE_RANDOM: "random", RULE_ATTRIBUTION: "attribution"}
+
 
 @dataclass
 class ActivationSet:
@@ -21,6 +24,9 @@ class ActivationSet:
     layer:     the layer's name in `named_modules()`.
     spatial_shape: (H, W) of the layer output, (1, T) for tokens, None for pooled outputs.
     num_offered: how many vectors were offered to the reservoir (>= N when the cap was hit).
+    rule:      [N] int8, which sampling rule chose each vector: RULE_RANDOM (0, uniformly random
+               interior position) or RULE_ATTRIBUTION (1, highest attribution); None means every
+               vector was chosen at random. Densities shown to a user count rule-0 vectors only.
     """
 
     vectors: torch.Tensor
@@ -31,6 +37,7 @@ class ActivationSet:
     layer: str
     spatial_shape: tuple[int, int] | None
     num_offered: int = 0
+    rule: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -47,4 +54,15 @@ class ActivationSet:
         return ActivationSet(
             self.vectors[index], self.image_ids[index], self.labels[index], self.preds[index],
             self.positions[index], self.layer, self.spatial_shape, self.num_offered,
+            None if self.rule is None else self.rule[index],
         )
+
+    def rules(self) -> torch.Tensor:
+        """[N] int8 rule of every vector (all RULE_RANDOM when `rule` is None)."""
+        if self.rule is None:
+            return torch.zeros(len(self), dtype=torch.int8)
+        return self.rule.to(torch.int8)
+
+    def random_mask(self) -> torch.Tensor:
+        """[N] bool, True for vectors chosen by the uniformly random rule (the unbiased sample)."""
+        return self.rules() == RULE_RANDOM

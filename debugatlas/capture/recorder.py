@@ -23,7 +23,7 @@ from torch import nn
 from ..core.datasets import iterate_dataset
 from ..core.errors import DebugAtlasError
 from ..core.model import model_device, output_tensor, preserved_model_state, resolve_layer
-from .activations import ActivationSet
+from .activations import RULE_ATTRIBUTION, RULE_RANDOM, ActivationSet
 from .store import DiskVectors
 
 SAMPLING = ("random", "all", "center")
@@ -139,6 +139,7 @@ class ActivationRecorder:
         self.close()
         self._expected: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._any_guided = False
         self._queue: list[tuple[torch.Tensor, ...]] = []
         self._chunks: list[tuple[torch.Tensor, ...]] = []
         self._store: list[torch.Tensor] | None = None
@@ -209,6 +210,33 @@ class ActivationRecorder:
             )
         vec, pos = self._pending
         self._pending = None
+        self._enqueue(vec, pos, torch.full(pos.shape[:2], RULE_RANDOM, dtype=torch.int8, device=pos.device),
+                      image_ids, labels, preds)
+
+    def record(self, vectors: torch.Tensor, positions: torch.Tensor, rule: torch.Tensor,
+               image_ids: Sequence[int] | torch.Tensor, labels, preds=None,
+               spatial_shape: tuple[int, int] | None = None) -> None:
+        """Store vectors chosen outside the hook (e.g. by `guided_positions`), with their rule.
+
+        vectors [B, m, C], positions [B, m, 2] int64, rule [B, m] (RULE_RANDOM or RULE_ATTRIBUTION),
+        one image id, label and prediction per row of the batch; `spatial_shape` (H, W) of the
+        layer output. They enter the same reservoir (and on-disk store) as hooked batches.
+        """
+        if vectors.dim() != 3 or positions.shape != (*vectors.shape[:2], 2) or rule.shape != vectors.shape[:2]:
+            raise DebugAtlasError(
+                f"`record()` got vectors {tuple(vectors.shape)}, positions {tuple(positions.shape)} and rule "
+                f"{tuple(rule.shape)}; expected [B, m, C], [B, m, 2] and [B, m]."
+            )
+        bad = rule[(rule != RULE_RANDOM) & (rule != RULE_ATTRIBUTION)]
+        if bad.numel():
+            raise DebugAtlasError(f"`record(rule=...)` holds {int(bad[0])}; rules are {RULE_RANDOM} and "
+                                  f"{RULE_ATTRIBUTION}.")
+        if spatial_shape is not None:
+            self.spatial_shape = (int(spatial_shape[0]), int(spatial_shape[1]))
+        self._enqueue(vectors.detach().to(self.dtype), positions.long(), rule.to(torch.int8), image_ids, labels,
+                      preds)
+
+    def _enqueue(self, vec, pos, rule, image_ids, labels, preds) -> None:
         batch, m, c = vec.shape
         ids = torch.as_tensor(image_ids, dtype=torch.long).reshape(-1)
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -220,15 +248,15 @@ class ActivationRecorder:
                  else torch.as_tensor(preds, dtype=torch.long).reshape(-1))
         if preds.numel() != batch:
             raise DebugAtlasError(f"Batch of {batch} activations got {preds.numel()} predictions.")
-        self._queue.append((vec, pos, ids.cpu(), labels, preds))
+        self._queue.append((vec, pos, ids.cpu(), labels, preds, rule))
         if len(self._queue) >= self.flush_batches:
             self._flush()
 
     def _flush(self) -> None:
         """Copy the queued batches to the host (one wait for the device) and store them."""
         queue, self._queue = self._queue, []
-        for vec, pos, ids, labels, preds in queue:
-            vec, pos, labels, preds = vec.cpu(), pos.cpu(), labels.cpu(), preds.cpu()
+        for vec, pos, ids, labels, preds, rule in queue:
+            vec, pos, labels, preds, rule = vec.cpu(), pos.cpu(), labels.cpu(), preds.cpu(), rule.cpu()
             batch, m, c = vec.shape
             if not torch.isfinite(vec.float()).all():
                 bad = int((~torch.isfinite(vec.float())).any(-1).sum())
@@ -237,7 +265,7 @@ class ActivationRecorder:
                     "HINT: check the model's weights and the input range."
                 )
             rep = lambda t: t.repeat_interleave(m)  # noqa: E731
-            self._offer(vec.reshape(-1, c), rep(ids), rep(labels), rep(preds), pos.reshape(-1, 2))
+            self._offer(vec.reshape(-1, c), rep(ids), rep(labels), rep(preds), pos.reshape(-1, 2), rule.reshape(-1))
 
     def _use_disk(self, vectors: torch.Tensor) -> bool:
         if self.disk_threshold_bytes is None:
@@ -246,7 +274,9 @@ class ActivationRecorder:
         return size > self.disk_threshold_bytes
 
     def _offer(self, *columns: torch.Tensor) -> None:
+        """Columns: vectors, image ids, labels, preds, positions, rule (all with N rows)."""
         n = columns[0].shape[0]
+        self._any_guided = self._any_guided or bool((columns[5] != RULE_RANDOM).any())
         if self._count == 0 and self._disk is None and self._use_disk(columns[0]):
             self._disk = DiskVectors(self.store_dir, self.cap, columns[0].shape[1], columns[0].dtype, self.layer)
             # scalar columns preallocated: no small long-lived allocations between batches, whose
@@ -303,11 +333,12 @@ class ActivationRecorder:
         if self._disk is not None:
             kept = min(self._count, self.cap)
             vec = self._disk.finish()
-            ids, labels, preds, pos = (col[:kept] for col in self._store[1:])
+            ids, labels, preds, pos, rule = (col[:kept] for col in self._store[1:])
         else:
             cols = self._store if self._store is not None else [torch.cat(p) for p in zip(*self._chunks)]
-            vec, ids, labels, preds, pos = cols
-        return ActivationSet(vec, ids, labels, preds, pos, self.layer, self.spatial_shape, self._count)
+            vec, ids, labels, preds, pos, rule = cols
+        return ActivationSet(vec, ids, labels, preds, pos, self.layer, self.spatial_shape, self._count,
+                             rule.clone() if self._any_guided else None)
 
 
 class _Attached:

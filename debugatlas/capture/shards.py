@@ -5,7 +5,8 @@ repeats of the first images so that all ranks get the same number. `merge_shards
 every image id, only the samples of the first rank that holds it, orders the samples by image id
 (the order one process would have seen them in), and applies the reservoir `cap` again with the
 same seed. When no rank reached `cap` and positions depend on (seed, image id)
-(`ActivationRecorder.expect`), the result equals a single-process capture.
+(`ActivationRecorder.expect`), the result equals a single-process capture. The sampling `rule`
+column travels with the vectors (None when no rank recorded one).
 """
 from __future__ import annotations
 
@@ -34,11 +35,15 @@ def merge_shards(shards: Sequence[ActivationSet], cap: int, seed: int = 0) -> Ac
     keep = keep[torch.argsort(ids[keep], stable=True)]
     columns = [torch.cat([getattr(s, name) for s in shards])[keep]
                for name in ("vectors", "image_ids", "labels", "preds", "positions")]
+    guided = any(s.rule is not None for s in shards)
+    columns.append(torch.cat([s.rules() for s in shards])[keep])
     offered = sum(s.num_offered for s in shards) - (len(ids) - len(keep))
     if len(keep) > cap:
         recorder = ActivationRecorder(shards[0].layer, cap=cap, seed=seed)
         recorder._offer(*columns)
         merged = recorder.result()
-        columns = [merged.vectors, merged.image_ids, merged.labels, merged.preds, merged.positions]
+        columns = [merged.vectors, merged.image_ids, merged.labels, merged.preds, merged.positions,
+                   merged.rules()]
+    rule = columns.pop()
     return ActivationSet(*columns, layer=shards[0].layer, spatial_shape=shards[0].spatial_shape,
-                         num_offered=int(offered))
+                         num_offered=int(offered), rule=rule if guided else None)
