@@ -1,19 +1,142 @@
-"""Command line: `debugatlas demo | analyze | check` (exit codes: 0 ok, 1 a check failed, 2 bad input)."""
+"""Command line: `debugatlas demo | analyze | check | diff` (exit codes: 0 ok, 1 a check failed, 2 bad input).
+
+`add_model_arguments` and `model_from_args` are the one way a subcommand names a model
+(`--model`, `--model-args`, `--weights`, `--checkpoint`, `--normalize`); `analysis_options` turns
+repeated `--option name=value` into `analyze()` keywords, checked against `AnalysisConfig`.
+"""
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 from .core.errors import DebugAtlasError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal from the command line: `3`, `0.5`, `true`, `None`, `(1, 2)`, `[a, b]`; else the text."""
+    lower = text.strip().lower()
+    if lower in ("true", "false"):
+        return lower == "true"
+    if lower in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """`["a=1", "b=x"]` -> `{"a": "1", "b": "x"}` (values still text); a later name wins."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise DebugAtlasError(
+                f"`{flag} {item}` is not of the form name=value. HINT: e.g. `{flag} "
+                f"{'render_steps=64' if flag == '--option' else 'num_classes=3'}`; quote values with spaces."
+            )
+        out[name.strip()] = value.strip()
+    return out
+
+
+def analysis_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """`--option name=value` items as `analyze()` keywords, each value read as its `AnalysisConfig` type.
+
+    Booleans take true/false/yes/no/1/0, tuples a comma list (`patch_sizes=0.2,0.3`), optional
+    fields `None`. An unknown name or a bad value raises `DebugAtlasError` as the Python keyword would.
+    """
+    import typing
+
+    from .pipeline.config import AnalysisConfig
+
+    raw = parse_assignments(items, "--option")
+    hints = typing.get_type_hints(AnalysisConfig)
+    unknown = {k: v for k, v in raw.items() if k not in hints}
+    if unknown:
+        AnalysisConfig.from_options(unknown)  # raises with the closest valid names
+    options = {name: _coerce(name, text, hints[name]) for name, text in raw.items()}
+    AnalysisConfig.from_options(options)  # checks the values now, before a model is loaded
+    return options
+
+
+def _coerce(name: str, text: str, hint: Any) -> Any:
+    try:
+        return _as_type(text, hint)
+    except ValueError:
+        shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        raise DebugAtlasError(
+            f"`--option {name}={text}`: expected {shown}. HINT: booleans are true/false, tuples a comma list "
+            "(`patch_sizes=0.2,0.3`), and an optional value may be None."
+        ) from None
+
+
+def _as_type(text: str, hint: Any) -> Any:
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null") and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _as_type(text, arg)
+            except ValueError:
+                continue
+        raise ValueError(text)
+    if origin is tuple:
+        parts = [p.strip() for p in text.strip().strip("()[]").split(",") if p.strip()]
+        return tuple(_as_type(p, args[0] if args else str) for p in parts)
+    if hint is bool:
+        lower = text.strip().lower()
+        if lower in _TRUE or lower in _FALSE:
+            return lower in _TRUE
+        raise ValueError(text)
+    if hint is int:
+        return int(text.strip())
+    if hint is float:
+        return float(text.strip())
+    if hint is str:
+        return text
+    return parse_value(text)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags every subcommand shares; read them back with `model_from_args`."""
+    parser.add_argument("--model", required=True, metavar="PKG.MODULE:FACTORY",
+                        help="importable class or function building the model (the current directory is "
+                             "searched as `python -m` does), e.g. torchvision.models:resnet18")
+    parser.add_argument("--model-args", nargs="+", action="append", metavar="NAME=VALUE",
+                        help="keyword arguments for the factory, e.g. num_classes=3 (repeatable)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", help="state_dict file saved with torch.save(model.state_dict())")
+    source.add_argument("--checkpoint", help="Lightning .ckpt; --model then names the LightningModule class")
+    parser.add_argument("--normalize", nargs="+", metavar="X",
+                        help="preset (imagenet, cifar10, mnist) or the means then the stds, one per channel")
+
+
+def model_from_args(args: argparse.Namespace):
+    """(model in eval mode on the CPU, normalize (mean, std) or None) from `add_model_arguments` flags."""
+    from .models import load_model, normalization
+
+    normalize = normalization(args.normalize)
+    items = [item for group in (args.model_args or []) for item in group]
+    model_args = {k: parse_value(v) for k, v in parse_assignments(items, "--model-args").items()}
+    model = load_model(args.model, args.weights, model_args=model_args, checkpoint=args.checkpoint)
+    return model, normalize
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="debugatlas", description=__doc__)
+    parser = argparse.ArgumentParser(prog="debugatlas", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a small CNN on the bundled digits with AtlasCallback and write a report")
@@ -25,12 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
 
     an = sub.add_parser("analyze", help="analyse a model on an ImageFolder")
-    an.add_argument("--model", required=True, help="pkg.module:factory returning an nn.Module")
-    an.add_argument("--weights", help="state_dict file saved with torch.save")
+    add_model_arguments(an)
     an.add_argument("--data", required=True, help="ImageFolder root: <class>/<image files>")
     an.add_argument("--layer", required=True, help="module name from model.named_modules()")
     an.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), help="class pair to compare (repeatable)")
-    an.add_argument("--normalize", nargs="+", type=float, metavar="X", help="means then stds, one per channel")
     an.add_argument("--out", default="reports/run")
     an.add_argument("--image-size", type=int, help="resize images to this side")
     an.add_argument("--grayscale", action="store_true", help="read images as one channel")
@@ -38,6 +159,17 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--no-render", action="store_true", help="skip feature inversion (and the patch tests)")
     an.add_argument("--no-patches", action="store_true", help="skip the patch tests")
+    an.add_argument("--option", action="append", metavar="NAME=VALUE",
+                    help="any AnalysisConfig option, e.g. render_steps=64 or grid_sizes=10,20 (repeatable)")
+
+    diff = sub.add_parser("diff", help="what changed between two run directories (exit 1: a confirmed finding got worse)")
+    diff.add_argument("run_a", metavar="RUN_A", help="the earlier run directory (or its summary.json)")
+    diff.add_argument("run_b", metavar="RUN_B", help="the later run directory (or its summary.json)")
+    diff.add_argument("--out", help="write index.html and diff.json here")
+    diff.add_argument("--tolerance", type=float, default=0.0,
+                      help="a finding got worse when B's flip-rate interval lies above A's by more than this (0)")
+    diff.add_argument("--fail-on-new", action="store_true",
+                      help="also fail when B confirms a finding that A does not have at all")
 
     sub.add_parser("check", help="rerun a saved patch suite against a checkpoint (CI gate)", add_help=False)
     return parser
@@ -61,29 +193,34 @@ def _demo(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .pipeline import analyze
     from .data import image_folder
-    from .models import load_model
+    from .pipeline import analyze
 
-    model = load_model(args.model, args.weights)
-    dataset = image_folder(args.data, size=args.image_size, grayscale=args.grayscale)
-    normalize = None
-    if args.normalize:
-        n = len(args.normalize)
-        if n % 2:
-            raise DebugAtlasError(f"`--normalize` got {n} numbers; give the means then the stds, one per channel.")
-        normalize = (args.normalize[: n // 2], args.normalize[n // 2:])
-    options = {}
+    options: dict[str, Any] = {}
     if args.no_render:
         options.update(render=False, patches=False)
     if args.no_patches:
         options["patches"] = False
+    options.update(analysis_options(args.option))
+    model, normalize = model_from_args(args)
+    dataset = image_folder(args.data, size=args.image_size, grayscale=args.grayscale)
     result = analyze(model, dataset, args.layer, pairs=[tuple(p) for p in args.pair] if args.pair else "auto",
                      normalize=normalize, out_dir=args.out, seed=args.seed, device=args.device, progress=True,
                      title=f"{args.model} on {args.data}", data_description=str(args.data),
                      model_spec=args.model, **options)
     print(f"accuracy {result.summary['accuracy']:.3f}; report: {Path(args.out) / 'index.html'}")
     return EXIT_OK
+
+
+def _diff(args) -> int:
+    from .diff import diff_runs, write_diff
+
+    result = diff_runs(args.run_a, args.run_b, tolerance=args.tolerance, fail_on_new=args.fail_on_new)
+    print(result.text())
+    if args.out:
+        write_diff(result, args.out)
+        print(f"diff: {Path(args.out) / 'index.html'}")
+    return EXIT_OK if result.passed else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,9 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         from .check import main as check_main
 
         return check_main(argv[1:])
-    args = _parser().parse_args(argv)
     try:
-        return {"demo": _demo, "analyze": _analyze}[args.command](args)
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    try:
+        return {"demo": _demo, "analyze": _analyze, "diff": _diff}[args.command](args)
     except DebugAtlasError as exc:
         print(f"debugatlas {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,0 +1,167 @@
+"""`debugatlas diff`: pairs, findings and flip-rate intervals compared between two run directories."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from debugatlas.cli import main
+from debugatlas.core.errors import DebugAtlasError
+from debugatlas.diff import diff_runs, wilson_interval, write_diff
+
+
+def _patch(pid, rate, n=40, placement="static", verdict=None, ci=None):
+    entry = {"id": pid, "cell": [1, 2], "file": f"patches/{pid}.png", "target": "b", "size_frac": 0.25,
+             "placement": placement, "n_images": n, "flip_rate": rate, "noise_flip_rate": 0.0,
+             "natural_flip_rate": 0.05}
+    if verdict is not None:
+        entry["verdict"] = verdict
+    if ci is not None:
+        entry["flip_rate_ci"] = ci
+    return entry
+
+
+def _finding(pid, rate, ci):
+    return {"cell": [1, 2], "statement": f"Pasting {pid} makes the model say b in {rate:.0%} of them.",
+            "patch": pid, "flip_rate": rate, "flip_rate_ci": ci, "noise_flip_rate": 0.0,
+            "natural_flip_rate": 0.05, "exemplar_ids": [3], "icon": "icons/x.png", "suspected_shortcut": False}
+
+
+def _run(tmp_path, name, pairs, accuracy=0.9, classes=("a", "b", "c")):
+    run = tmp_path / name
+    run.mkdir()
+    summary = {"schema_version": 1, "layer": "layer3", "num_samples": 100, "accuracy": accuracy,
+               "classes": list(classes), "confusion_matrix": [], "pairs": pairs}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def _pair(a, b, confused, patches=(), findings=None):
+    pair = {"a": a, "b": b, "confused": confused, "kind": "confused", "confusing_cells": [], "patches": list(patches)}
+    if findings is not None:
+        pair["findings"] = findings
+    return pair
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    lo, hi = wilson_interval(0.5, 10)  # 5 of 10: (0.5 ± 1.96·sqrt(0.025 + 0.0096)) / 1.384
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson_interval(0.0, 20)  # 0 of 20: [0, z²/(n + z²)]
+    assert lo == 0.0 and hi == pytest.approx(3.8415 / 23.8415, abs=1e-4)
+    assert wilson_interval(0.3, 0) == (0.0, 1.0)
+
+
+def test_worse_confirmed_finding_fails_and_tolerance_lets_it_pass(tmp_path, capsys):
+    a = _run(tmp_path, "a", [_pair("a", "b", 4, [_patch("c1-2", 0.3, verdict="confirmed", ci=[0.2, 0.4])],
+                                   [_finding("c1-2", 0.3, [0.2, 0.4])])], accuracy=0.90)
+    b = _run(tmp_path, "b", [_pair("a", "b", 9, [_patch("c1-2", 0.7, verdict="confirmed", ci=[0.6, 0.8])],
+                                   [_finding("c1-2", 0.7, [0.6, 0.8])])], accuracy=0.85)
+    result = diff_runs(a, b)
+    (change,) = result.findings
+    assert (change.pair, change.key, change.status) == ("a -> b", "c1-2 (static)", "worse")
+    assert change.change == pytest.approx(0.4)
+    assert result.accuracy_change == pytest.approx(-0.05)
+    assert result.pairs[0].status == "kept" and (result.pairs[0].confused_a, result.pairs[0].confused_b) == (4, 9)
+    assert not result.passed and result.failures == (change,)
+    assert main(["diff", str(a), str(b)]) == 1
+    assert "FAIL a -> b c1-2 (static)" in capsys.readouterr().out
+    # the gap between the intervals is 0.6 - 0.4 = 0.2: a tolerance of 0.25 covers it, 0.15 does not
+    assert main(["diff", str(a), str(b), "--tolerance", "0.25"]) == 0
+    assert main(["diff", str(a), str(b), "--tolerance", "0.15"]) == 1
+    # the other way round the finding got better
+    assert diff_runs(b, a).findings[0].status == "better" and main(["diff", str(b), str(a)]) == 0
+
+
+def test_wilson_interval_used_when_the_summary_has_none(tmp_path):
+    a = _run(tmp_path, "a", [_pair("a", "b", 2, [_patch("p", 0.5, n=10, verdict="confirmed")])])
+    b = _run(tmp_path, "b", [_pair("a", "b", 2, [_patch("p", 0.95, n=20, verdict="confirmed")])])
+    (change,) = diff_runs(a, b).findings
+    assert (change.rate_a.lo, change.rate_a.hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert change.rate_b.lo == pytest.approx(wilson_interval(0.95, 20)[0])
+    assert change.status == "worse"  # 0.7639 (B's lower bound) > 0.7634 (A's upper bound)
+
+
+def test_overlapping_intervals_are_not_a_regression(tmp_path):
+    a = _run(tmp_path, "a", [_pair("a", "b", 2, [_patch("p", 0.4, n=10, verdict="confirmed")])])
+    b = _run(tmp_path, "b", [_pair("a", "b", 2, [_patch("p", 0.6, n=10, verdict="confirmed")])])
+    result = diff_runs(a, b)
+    assert result.findings[0].status == "within" and result.passed
+
+
+def test_pairs_and_findings_that_appear_or_go_away(tmp_path):
+    a = _run(tmp_path, "a", [_pair("a", "b", 3, [_patch("p", 0.2, verdict="not_confirmed")]),
+                             _pair("c", "a", 5, [_patch("q", 0.5, verdict="confirmed")])])
+    b = _run(tmp_path, "b", [_pair("a", "b", 3, [_patch("p", 0.2, verdict="confirmed"), _patch("new", 0.3)]),
+                             _pair("b", "c", 1)])
+    result = diff_runs(a, b)
+    assert [(p.a, p.b, p.status) for p in result.pairs] == [("a", "b", "kept"), ("c", "a", "went_away"),
+                                                            ("b", "c", "appeared")]
+    by_key = {(f.pair, f.key): f for f in result.findings}
+    assert by_key[("c -> a", "q (static)")].status == "only_a" and by_key[("c -> a", "q (static)")].confirmed_a
+    assert by_key[("a -> b", "new (static)")].status == "only_b" and not by_key[("a -> b", "new (static)")].is_finding
+    newly = by_key[("a -> b", "p (static)")]
+    assert (newly.confirmed_a, newly.confirmed_b, newly.status) == (False, True, "within")
+    assert result.passed  # nothing measured in both got worse
+    assert not diff_runs(a, b, fail_on_new=True).passed  # B confirms p, which A did not
+    assert main(["diff", str(a), str(b), "--fail-on-new"]) == 1
+
+
+def test_findings_key_to_their_patch_and_placement(tmp_path):
+    patches = [_patch("c1-2", 0.2, placement="static", verdict="not_confirmed"),
+               _patch("c1-2", 0.6, placement="dynamic", verdict="confirmed")]
+    finding = _finding("c1-2", 0.6, [0.45, 0.73])
+    del finding["flip_rate_ci"]  # n_images then comes from the matching patch (40) for a Wilson interval
+    a = _run(tmp_path, "a", [_pair("a", "b", 3, patches, [finding])])
+    result = diff_runs(a, a)
+    by_key = {f.key: f for f in result.findings}
+    assert by_key["c1-2 (dynamic)"].confirmed_a and not by_key["c1-2 (static)"].confirmed_a
+    assert by_key["c1-2 (dynamic)"].rate_a.n_images == 40
+    assert by_key["c1-2 (dynamic)"].rate_a.lo == pytest.approx(wilson_interval(0.6, 40)[0])
+    assert all(f.status == "within" for f in result.findings) and result.passed
+
+
+def test_writes_escaped_offline_html_and_json(tmp_path):
+    evil = "<script>alert(1)</script>"
+    a = _run(tmp_path, "a", [_pair(evil, "b", 3, [_patch("p", 0.1, verdict="confirmed", ci=[0.05, 0.2])])],
+             classes=(evil, "b"))
+    b = _run(tmp_path, "b", [_pair(evil, "b", 3, [_patch("p", 0.9, verdict="confirmed", ci=[0.8, 0.95])])],
+             classes=(evil, "b"))
+    (a / "index.html").write_text("<html></html>")
+    out = tmp_path / "diff"
+    assert main(["diff", str(a), str(b), "--out", str(out)]) == 1
+    page = (out / "index.html").read_text()
+    assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert "default-src 'none'" in page and 'href="../a/index.html"' in page
+    data = json.loads((out / "diff.json").read_text())
+    assert data["passed"] is False and data["num_failed"] == 1
+    assert data["findings"][0]["rate_b"] == {"value": 0.9, "lo": 0.8, "hi": 0.95, "n_images": 40}
+    assert data["findings"][0]["failed"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["diff.json", "index.html"]  # no temporary files left
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    good = _run(tmp_path, "good", [])
+    assert main(["diff", str(tmp_path / "missing"), str(good)]) == 2
+    assert "No summary.json" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "summary.json").write_text("{not json")
+    assert main(["diff", str(broken), str(good)]) == 2
+    future = tmp_path / "future"
+    future.mkdir()
+    (future / "summary.json").write_text(json.dumps({"schema_version": 2, "pairs": []}))
+    assert main(["diff", str(future), str(good)]) == 2
+    assert "schema_version 2" in capsys.readouterr().err
+    assert main(["diff", str(good)]) == 2  # usage error
+    with pytest.raises(DebugAtlasError, match="tolerance"):
+        diff_runs(good, good, tolerance=-0.1)
+
+
+def test_summaries_without_verdicts_say_so(tmp_path):
+    a = _run(tmp_path, "a", [_pair("a", "b", 3, [_patch("p", 0.1)])])
+    b = _run(tmp_path, "b", [_pair("a", "b", 3, [_patch("p", 0.9)])], classes=("a", "b"))
+    result = diff_runs(a, b)
+    assert result.passed and result.findings[0].status == "worse" and not result.findings[0].is_finding
+    assert any("no finding counts as confirmed" in n for n in result.notes)
+    assert any("differ in classes" in n for n in result.notes)
