@@ -100,6 +100,9 @@ class Atlas:
     min_count:  cells with fewer samples are not valid.
     valid:      [G, G] bool, counts >= min_count.
     layout_params: plain-value description of how `xy` was made.
+    random_counts: [G, G] int64 samples per cell chosen by the uniformly random sampling rule
+                (`ActivationSet.rule` 0); equals `counts` when every sample was random. Guided
+                samples sit where attribution is high, so the unbiased density is drawn from these.
     """
 
     grid_size: int
@@ -114,6 +117,18 @@ class Atlas:
     min_count: int
     valid: np.ndarray
     layout_params: dict = field(default_factory=dict)
+    random_counts: np.ndarray | None = None
+
+    def density(self) -> np.ndarray:
+        """[G, G] float64 share of the uniformly random samples that fall in each cell (sums to 1).
+
+        What a user is shown as "how common is this feature": attribution-guided samples are
+        left out (they over-represent decisive features by design). Without any random sample
+        (guided fraction 1) the share of all samples is returned.
+        """
+        counts = self.counts if self.random_counts is None or self.random_counts.sum() == 0 else self.random_counts
+        total = counts.sum()
+        return counts / total if total else np.zeros(counts.shape, dtype=np.float64)
 
     def valid_cells(self) -> list[tuple[int, int]]:
         """Cells (i, j) with at least `min_count` samples, in row-major order of (i, j)."""
@@ -229,6 +244,8 @@ def build_atlas(
 
     flat = cells[:, 0] * g + cells[:, 1]
     counts = np.bincount(flat, minlength=g * g).astype(np.int64)
+    randomly = acts.random_mask().numpy()[index]
+    random_counts = np.bincount(flat[randomly], minlength=g * g).astype(np.int64)
     hist = np.bincount(flat * k_hist + labels, minlength=g * g * k_hist).astype(np.int64)
     denom = np.maximum(counts, 1)[:, None]
     mean_act = (_group_sums(vectors, flat, g * g) / denom).astype(np.float32)
@@ -248,6 +265,7 @@ def build_atlas(
         min_count=int(min_count),
         valid=valid.reshape(g, g),
         layout_params=dict(layout_params or {}),
+        random_counts=random_counts.reshape(g, g),
     )
 
 

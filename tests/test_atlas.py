@@ -279,3 +279,24 @@ def test_comparison_atlas_umap_one_dimensional(fake_umap):
     assert atlas.layout_params["n_components"] == 1
     assert atlas.layout_params["n_neighbors"] == atlas.sample_index.size - 1
     assert 0 <= atlas.xy.min() and atlas.xy.max() <= 1
+
+
+def test_density_counts_random_samples_only_and_cells_are_unchanged():
+    acts, attr = make_acts(n=8)
+    # four points in cell (0, 0), four in (1, 1) of a 2x2 grid; three of the latter chosen by attribution
+    xy = np.array([[0.1, 0.1]] * 4 + [[0.9, 0.9]] * 4)
+    plain = build_atlas(xy, acts, attr, grid_size=2)
+    acts.rule = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1], dtype=torch.int8)
+    guided = build_atlas(xy, acts, attr, grid_size=2)
+    assert guided.counts.tolist() == plain.counts.tolist() == [[4, 0], [0, 4]]
+    assert np.array_equal(guided.mean_activation, plain.mean_activation)
+    assert guided.exemplars == plain.exemplars
+    assert guided.random_counts.tolist() == [[4, 0], [0, 1]]
+    assert guided.density().tolist() == [[0.8, 0.0], [0.0, 0.2]]
+    assert plain.density().tolist() == [[0.5, 0.0], [0.0, 0.5]]
+    acts.rule = torch.ones(8, dtype=torch.int8)  # no random sample at all: share of every sample
+    assert build_atlas(xy, acts, attr, grid_size=2).density().tolist() == [[0.5, 0.0], [0.0, 0.5]]
+    # a class-filtered subset counts the random samples among its own members
+    acts.rule = torch.tensor([1, 0, 0, 0, 0, 1, 1, 1], dtype=torch.int8)
+    sub = build_atlas(xy[[0, 1, 5]], acts, attr, grid_size=2, sample_index=[0, 1, 5])
+    assert sub.random_counts.tolist() == [[1, 0], [0, 0]] and sub.counts.tolist() == [[2, 0], [0, 1]]
