@@ -73,6 +73,100 @@ def most_confused_pairs(cm: Any, n: int = 3) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for _, _, a, b in sorted(pairs)[: int(n)]]
 
 
+PAIR_KINDS = ("confused", "near_miss")
+NEAR_MISS_DESCRIPTION = (
+    "A near miss (A, B) is a pair without confusions whose margin is smallest: the highest mean "
+    "softmax probability of B over the images of A that the model classifies correctly."
+)
+
+
+@dataclass(frozen=True)
+class PickedPair:
+    """A pair (a true, b predicted) chosen for study.
+
+    kind: "confused" (count > 0 images of a predicted b) or "near_miss" (see NEAR_MISS_DESCRIPTION);
+    count: confusions a -> b; mean_p_b: mean P(b) over correctly classified images of a (None
+    when no probabilities were given or a has no correctly classified image).
+    """
+
+    a: int
+    b: int
+    kind: str
+    count: int
+    mean_p_b: float | None = None
+
+
+def near_miss_pairs(probs: Any, labels: Any, preds: Any, exclude=(), n: int = 3) -> list[tuple[int, int, float]]:
+    """The `n` pairs (a, b, mean P(b)) with the highest mean softmax P(b) over the images of a
+    that the model classifies correctly (a != b, pairs in `exclude` skipped).
+
+    probs: [N, K] softmax probabilities; labels, preds: [N]. Classes without a correctly
+    classified image give no pair. Sorted by mean P(b) (descending), then (a, b).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise DebugAtlasError(f"`n={n!r}` must be an int >= 0.")
+    p = _as_numpy(probs, "probs", np.float64)
+    if p.ndim != 2 or not np.isfinite(p).all():
+        raise DebugAtlasError(f"`probs` has shape {p.shape} or holds NaN/Inf; expected finite [N, K] probabilities.")
+    k = p.shape[1]
+    y, pred = _int_array(labels, "labels"), _int_array(preds, "preds")
+    if not y.size == pred.size == p.shape[0]:
+        raise DebugAtlasError(
+            f"`probs` has {p.shape[0]} rows, `labels` {y.size} and `preds` {pred.size}. HINT: one row per image."
+        )
+    confusion_matrix(y, pred, k)  # checks the class ranges
+    correct = y == pred
+    skip = {(int(a), int(b)) for a, b in exclude}
+    rows = []
+    for a in range(k):
+        mine = correct & (y == a)
+        if not mine.any():
+            continue
+        mean = p[mine].mean(axis=0)
+        rows += [(-float(mean[b]), a, b) for b in range(k) if b != a and (a, b) not in skip]
+    return [(a, b, -m) for m, a, b in sorted(rows)[: int(n)]]
+
+
+def pick_pairs(cm: Any, n: int = 3, probs: Any = None, labels: Any = None, preds: Any = None) -> list[PickedPair]:
+    """The pairs to study for `pairs="auto"`: the most confused (`most_confused_pairs`), then, when
+    fewer than `n` have confusions and probabilities are given, the near misses (`near_miss_pairs`).
+    """
+    m = _as_numpy(cm, "cm", np.float64)
+    confused = most_confused_pairs(cm, n)
+    means: dict = {}
+    if probs is not None:
+        if labels is None or preds is None:
+            raise DebugAtlasError("`probs` needs `labels` and `preds` too. HINT: pass all three or none.")
+        k = m.shape[0]
+        if _as_numpy(probs, "probs", np.float64).shape[-1] != k:
+            raise DebugAtlasError(f"`probs` has {np.shape(probs)[-1]} classes and `cm` {k}. HINT: one column per class.")
+        means = {(a, b): p for a, b, p in near_miss_pairs(probs, labels, preds, (), k * (k - 1))}
+    out = [PickedPair(a, b, "confused", int(m[a, b]), means.get((a, b))) for a, b in confused]
+    if probs is not None and len(out) < n:
+        extra = near_miss_pairs(probs, labels, preds, exclude=confused, n=n - len(out))
+        out += [PickedPair(a, b, "near_miss", int(m[a, b]), p) for a, b, p in extra]
+    return out
+
+
+def softmax_probs(model, dataset, ids: Any, batch_size: int = 256, device=None) -> np.ndarray:
+    """Softmax probabilities [N, K] float32 of `model` on the images `dataset[i]` for i in `ids`.
+
+    For `near_miss_pairs`; the model is left as found (mode, requires_grad).
+    """
+    from .core.datasets import load_images
+    from .core.model import as_logits, model_device, preserved_model_state
+
+    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    device = torch.device(device) if device is not None else model_device(model)
+    out = []
+    with preserved_model_state(model), torch.no_grad():
+        model.eval()
+        for start in range(0, len(ids), int(batch_size)):
+            images = load_images(dataset, ids[start:start + int(batch_size)]).to(device)
+            out.append(as_logits(model(images)).float().softmax(-1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
 @dataclass
 class ConfusingCell:
     """A candidate cell for the pair (A, B), see `SCORE_DESCRIPTION`.

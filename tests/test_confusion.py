@@ -150,3 +150,70 @@ def test_ties_broken_by_count_a():
     # count_a 3 first; then count_a 2 with 4 samples before count_a 2 with 2 samples
     assert [r.cell for r in ranked] == [(1, 1), (0, 1), (0, 0)]
     assert all(r.score == 1.0 for r in ranked)
+
+
+# -- near misses: the closest calls when the model makes too few mistakes -----------------------
+from debugatlas.confusion import PickedPair, near_miss_pairs, pick_pairs, softmax_probs  # noqa: E402
+from debugatlas.data import TensorImageDataset  # noqa: E402
+
+PROBS = np.array([[0.7, 0.2, 0.1], [0.6, 0.1, 0.3],      # class 0: mean P(1) 0.15, P(2) 0.2
+                  [0.1, 0.8, 0.1], [0.3, 0.6, 0.1],      # class 1: mean P(0) 0.2,  P(2) 0.1
+                  [0.05, 0.45, 0.5], [0.15, 0.05, 0.8],  # class 2: mean P(0) 0.1,  P(1) 0.25
+                  [0.1, 0.9, 0.0]])                      # a 0 read as 1: not counted in the means
+LABELS, PREDS = [0, 0, 1, 1, 2, 2, 0], [0, 0, 1, 1, 2, 2, 1]
+
+
+def test_near_miss_pairs_hand_computed():
+    got = near_miss_pairs(PROBS, LABELS, PREDS, n=3)
+    assert [(a, b) for a, b, _ in got] == [(2, 1), (0, 2), (1, 0)]  # the 0.2 tie goes to the smaller (a, b)
+    assert [p for _, _, p in got] == pytest.approx([0.25, 0.2, 0.2])
+    rest = near_miss_pairs(PROBS, LABELS, PREDS, exclude=[(2, 1)], n=10)
+    assert [(a, b) for a, b, _ in rest] == [(0, 2), (1, 0), (0, 1), (1, 2), (2, 0)]
+    assert rest[2][2] == pytest.approx(0.15)
+    assert near_miss_pairs(PROBS, LABELS, PREDS, n=0) == []
+    with pytest.raises(DebugAtlasError, match="one row per image"):
+        near_miss_pairs(PROBS[:3], LABELS, PREDS)
+    with pytest.raises(DebugAtlasError, match="probs"):
+        near_miss_pairs(PROBS[0], LABELS[:1], PREDS[:1])
+
+
+def test_pick_pairs_fills_up_with_near_misses():
+    cm = confusion_matrix(LABELS, PREDS, 3)
+    picked = pick_pairs(cm, 3, PROBS, LABELS, PREDS)
+    assert picked[0] == PickedPair(0, 1, "confused", 1, pytest.approx(0.15))
+    assert [(p.a, p.b, p.kind, p.count) for p in picked[1:]] == [(2, 1, "near_miss", 0), (0, 2, "near_miss", 0)]
+    assert pick_pairs(cm, 3) == [PickedPair(0, 1, "confused", 1, None)]  # no probabilities: as before
+    assert [p.kind for p in pick_pairs(cm, 1, PROBS, LABELS, PREDS)] == ["confused"]
+    with pytest.raises(DebugAtlasError, match="labels"):
+        pick_pairs(cm, 3, PROBS)
+
+
+class NearestCentre(torch.nn.Module):
+    """logits = -|x - centre_k|^2 over three 2-d centres; 0 and 1 are close, 2 is far."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("centres", torch.tensor([[0.2, 0.2], [0.6, 0.2], [0.9, 0.9]]))
+        self.scale = torch.nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, x):
+        return -self.scale * ((x.flatten(1)[:, None, :] - self.centres) ** 2).sum(-1)
+
+
+def test_near_misses_on_a_model_with_full_accuracy():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(20)
+    model = NearestCentre().train()
+    points = model.centres[labels] + 0.05 * (torch.rand(60, 2, generator=gen) - 0.5)
+    data = TensorImageDataset(points.view(60, 1, 1, 2), labels.tolist(), ["a", "b", "c"])
+    probs = softmax_probs(model, data, range(60), batch_size=16)
+    preds = probs.argmax(1)
+    assert (preds == labels.numpy()).all() and model.training  # 100 % accuracy; the model left as found
+    cm = confusion_matrix(labels, preds, 3)
+    assert most_confused_pairs(cm, 3) == []  # `pairs="auto"` used to study nothing here
+    picked = pick_pairs(cm, 3, probs, labels, preds)
+    assert [p.kind for p in picked] == ["near_miss"] * 3
+    assert {(p.a, p.b) for p in picked[:2]} == {(0, 1), (1, 0)}  # the close centres are the closest calls
+    for p in picked:
+        assert p.mean_p_b == pytest.approx(float(probs[labels.numpy() == p.a, p.b].mean()), rel=1e-6)
+    assert picked[0].mean_p_b >= picked[1].mean_p_b >= picked[2].mean_p_b > 0
