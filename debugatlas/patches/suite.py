@@ -167,7 +167,7 @@ class PatchSuite:
                 "`PatchSuite.save` or `analyze()` (it contains suite.json)."
             )
         if not path.is_file():
-            raise DebugAtlasError(f"{str(path)!r} is missing. HINT: pass a folder written by `PatchSuite.save`.")
+            raise DebugAtlasError(f"{str(path)!r} is missing. HINT: {_suite_hint(directory)}")
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -195,6 +195,19 @@ class PatchSuite:
             raise DebugAtlasError(
                 f"{str(path)!r} is incomplete or malformed ({type(exc).__name__}: {exc}). HINT: save the suite again."
             ) from exc
+
+
+def _suite_hint(directory: Path) -> str:
+    """What to pass instead of a folder without suite.json: its `suite/` folder when it is a run directory."""
+    found = sorted(p.parent for p in (*directory.glob(f"*/{SUITE_FILE}"), *directory.glob(f"*/*/{SUITE_FILE}")))
+    if (directory / "suite").is_dir() or (directory / "summary.json").is_file():
+        where = directory / "suite"
+        inside = ", ".join(str(p.relative_to(where)) for p in found if where in p.parents) or "none found"
+        return (f"{str(directory)!r} looks like a run directory of `analyze()`; its patch suites are in "
+                f"{str(where)!r} (suites: {inside}). Pass `--suite {where}` (or `PatchSuite.load` one of them).")
+    if found:
+        return f"suite.json files were found in sub-folders: {[str(p) for p in found[:5]]}; pass one of those."
+    return "pass a folder written by `PatchSuite.save` (or the `suite/` folder of a run directory)."
 
 
 def _load_patch(directory: Path, entry: dict) -> Patch:
@@ -287,22 +300,7 @@ def build_suite(
 
 def summary_patch_entries(suite: PatchSuite, prefix: str = "patches/",
                           placements: Sequence[str] | None = None) -> list[dict]:
-    """The `patches` list of a pair in summary.json: one dict per kept patch x placement.
+    """The `patches` rows of a pair in summary.json (see `artifacts.summary.patch_entries`)."""
+    from ..artifacts.summary import patch_entries
 
-    Keys: id, cell, file (`prefix + id + ".png"`), target, size_frac, placement, n_images,
-    flip_rate, noise_flip_rate, natural_flip_rate, plus source, resize, best_flip_rate,
-    p_b_before, p_b_after.
-    """
-    entries = []
-    for patch in suite.patches:
-        for placement in placements or suite.placements:
-            r = suite.baseline.get(patch.id, placement).to_dict()
-            entries.append({
-                "id": patch.id, "cell": None if patch.cell is None else list(patch.cell),
-                "file": f"{prefix}{patch.id}.png", "target": suite.b, "size_frac": r["size_frac"],
-                "placement": placement, "n_images": r["n_images"], "flip_rate": r["flip_rate"],
-                "noise_flip_rate": r["noise_flip_rate"], "natural_flip_rate": r["natural_flip_rate"],
-                "source": patch.source, "resize": patch.resize, "best_flip_rate": r["best_flip_rate"],
-                "p_b_before": r["p_b_before"], "p_b_after": r["p_b_after"],
-            })
-    return entries
+    return patch_entries(suite, prefix, placements)
