@@ -23,6 +23,9 @@ HOSTILE_CLASS = "<script>alert(1)</script>"
 HOSTILE_LAYER = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_TEXT = "</script><script>window.__pwned=1</script><!--"
 CLASSES = [str(d) for d in range(9)] + [HOSTILE_CLASS]
+VERDICTS = ("confirmed", "natural", "not_confirmed")
+FINDING_STATEMENT = ("Pasting this feature on 3s makes the model say 8 in 65 % of them [55–74 %], "
+                     "against 5 % for noise and 10 % for a crop of a real 8.")
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -86,20 +89,22 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
             })
         entry = {"grid_size": grid, "cells": cells}
         if grid <= 10:
-            entry.update(grid_image=image, image=image)
+            entry.update(icon_image=image, image=image)
         elif grid <= 20:
-            entry.update(grid_image=image)
+            entry.update(icon_image=image)
         else:
             entry.update(image=image)
         atlases.append(entry)
 
-    def pair(a: str, b: str, n: int) -> tuple[dict, dict]:
+    def pair(a: str, b: str, n: int, confirmed: bool) -> tuple[dict, dict]:
         stem = f"pair{n}"
         for name in ("filtered_a", "filtered_b", "comparison"):
             files[f"{stem}_{name}.png"] = _atlas_png(rng, 10, rng.random((10, 10)) < 0.6, px=320)
         cells = [{"cell": [int(c), 3], "score": float(3 - 0.4 * c), "count": int(40 - 3 * c),
                   "attribution_a": float(0.5 - 0.1 * c), "attribution_b": float(0.9 - 0.2 * c),
                   "icon": icons[c % 6], "exemplars": exemplars[c:c + 6]} for c in range(5)]
+        cells.append({"cell": [7, 7], "score": -0.25, "count": 9, "attribution_a": 0.3,
+                      "attribution_b": 0.1, "icon": icons[0], "exemplars": exemplars[:2]})
         misclassified = []
         for m in range(6):
             image, heat = f"examples/{stem}_{m}.png", f"examples/{stem}_{m}_heat.png"
@@ -119,29 +124,50 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
                               "natural_flip_rate": 0.08 + boost / 3, "p_b_before": 0.02,
                               "p_b_after": flip * 0.9, "n_images": 80, "file": file})
                 if placement != "random":
+                    verdict = VERDICTS[c] if confirmed else "not_confirmed"
                     patches.append({"id": f"{stem}-{c}-{placement}", "cell": [c, 3], "file": file,
                                     "target": b, "size_frac": 0.2, "placement": placement,
                                     "n_images": 80, "flip_rate": flip, "noise_flip_rate": 0.05,
-                                    "natural_flip_rate": 0.1})
+                                    "natural_flip_rate": 0.1, "verdict": verdict,
+                                    "flip_rate_ci": [max(0.0, flip - 0.1), min(1.0, flip + 0.1)],
+                                    "p_value": 0.0004 if verdict == "confirmed" else 0.4})
+        findings, rd_findings = [], []
+        if confirmed:
+            crops = [f"exemplars/{stem}_finding_{m}.png" for m in range(3)]
+            for path in crops:
+                files[path] = _blob(rng, 24, 1)
+            findings = [
+                {"cell": [0, 3], "statement": FINDING_STATEMENT, "patch": f"{stem}-0-dynamic",
+                 "flip_rate": 0.65, "flip_rate_ci": [0.55, 0.74], "noise_flip_rate": 0.05,
+                 "natural_flip_rate": 0.1, "exemplar_ids": [11, 12], "icon": icons[0],
+                 "suspected_shortcut": False},
+                {"cell": [1, 3], "patch": f"{stem}-1-static", "flip_rate": 0.3,
+                 "flip_rate_ci": [0.21, 0.41], "noise_flip_rate": 0.02, "natural_flip_rate": 0.04,
+                 "exemplar_ids": [21, 22, 23], "icon": icons[1], "suspected_shortcut": True},
+            ]
+            rd_findings = [{"cell": [0, 3], "exemplars": crops, "patch_image": f"patches/{stem}_cell0.png"}]
         rd = {"a": a, "b": b, "confused": int(cm[CLASSES.index(a), CLASSES.index(b)]),
               "notes": [f"only {n + 5} misclassified images of {a}"],
               "filtered_a": f"{stem}_filtered_a.png", "filtered_b": f"{stem}_filtered_b.png",
               "comparison": f"{stem}_comparison.png", "cells": cells,
-              "misclassified": misclassified, "patch_table": table}
-        sm = {"a": a, "b": b, "patches": patches, "confusing_cells": [
+              "misclassified": misclassified, "patch_table": table, "findings": rd_findings}
+        sm = {"a": a, "b": b, "kind": "confused" if confirmed else "near_miss", "patches": patches,
+              "findings": findings, "confusing_cells": [
             {"cell": c["cell"], "score": c["score"], "count": c["count"],
              "attribution_a": c["attribution_a"], "attribution_b": c["attribution_b"],
              "exemplar_ids": [1, 2, 3], "icon": c["icon"]} for c in cells]}
         return rd, sm
 
-    rd1, sm1 = pair("3", "8", 1)
-    rd2, sm2 = pair(HOSTILE_CLASS, "4", 2)
+    rd1, sm1 = pair("3", "8", 1, confirmed=True)
+    cm[9, 4] = 0
+    rd2, sm2 = pair(HOSTILE_CLASS, "4", 2, confirmed=False)
     summary = {
         "schema_version": 1, "layer": HOSTILE_LAYER, "num_samples": 4321, "accuracy": 0.9123,
         "classes": CLASSES, "confusion_matrix": cm.tolist(), "pairs": [sm1, sm2],
         "timings_s": {"capture": 1.2, "attribution": 3.4, "layout": 8.9, "render": 20.5,
                       "patches": 6.1, "total": 40.1},
-        "config": {"grid_sizes": list(grid_sizes), "note": HOSTILE_TEXT},
+        "config": {"grid_sizes": list(grid_sizes), "note": HOSTILE_TEXT,
+                   "split": {"seed": 0, "selection": 0.5, "confirmation": 0.5}},
         "versions": {"debugatlas": "0.1.0", "torch": "2.x", "python": "3.11"},
     }
     report_data = {
@@ -201,7 +227,7 @@ def test_atlas_blob_is_compact_and_indexed(full):
     assert [v for _, v in attr] == sorted((v for _, v in attr), reverse=True)
     assert exemplars[0].startswith("exemplars/crop%20") and "%23" in exemplars[0]
     assert blob["initial"] == 1
-    assert [g["grid_image"] for g in blob["grids"]] == ["atlas_10.png", "atlas_20.png"]
+    assert [g["icon_image"] for g in blob["grids"]] == ["atlas_10.png", "atlas_20.png"]
 
 
 def test_no_network_urls_and_a_strict_policy(full):
@@ -222,7 +248,7 @@ def test_every_section_is_rendered(full):
         assert f">{heading}</h" in html, heading
     assert "Not in this report" not in html
     assert "debugatlas check --suite suite/ --model m:f --data d/" in html
-    assert html.count('<th scope="colgroup"') == 6
+    assert html.count('<table class="data patches">') == 2
     assert "image missing" not in html and "file not found" not in html
 
 
@@ -248,13 +274,19 @@ def test_missing_sections_are_named_not_broken(tmp_path):
     assert "Exemplar crops were not saved" in html
 
 
-def test_icon_atlas_backs_the_main_grid(tmp_path):
-    _png(tmp_path / "icon_atlas.png", np.ones((40, 40, 3)))
+def test_feature_icons_view_shows_the_icon_atlas_not_the_class_colours(tmp_path):
+    # As a run directory writes it: a class-colour grid picture for every grid, icons for the main one.
+    for name in ("icon_atlas.png", "atlas_10_grid.png", "atlas_20_grid.png"):
+        _png(tmp_path / name, np.ones((40, 40, 3)))
     rd = {"icon_atlas": "icon_atlas.png",
-          "atlases": [{"grid_size": g, "image": None, "cells": [{"cell": [1, 1], "count": 3}]}
-                      for g in (10, 20)]}
-    blob = _json_blob(render_report({"config": {"grid_size": 20}}, rd, tmp_path))
-    assert [g["grid_image"] for g in blob["grids"]] == [None, "icon_atlas.png"]
+          "atlases": [{"grid_size": g, "image": None, "grid_image": f"atlas_{g}_grid.png",
+                       "cells": [{"cell": [1, 1], "count": 3}]} for g in (10, 20)]}
+    html = render_report({"config": {"grid_size": 20}}, rd, tmp_path)
+    blob = _json_blob(html)
+    assert [g["icon_image"] for g in blob["grids"]] == [None, "icon_atlas.png"]
+    assert "20×20 grid only" in blob["grids"][0]["icon_image_problem"]
+    assert "atlas_10_grid.png" not in json.dumps(blob) and "atlas_20_grid.png" not in json.dumps(blob)
+    assert 'src="atlas_10_grid.png"' in html  # still shown in the gallery of grid sizes
     assert blob["initial"] == 1 and blob["grids"][1]["cells"] == [[1, 1, 3, [], [], [], None]]
 
 
@@ -290,3 +322,128 @@ def test_failed_render_leaves_the_old_report_intact(tmp_path, monkeypatch):
         write_report(tmp_path, {"layer": "newer"}, {})
     assert good.read_text(encoding="utf-8") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
+
+
+def _section(html: str, section_id: str) -> str:
+    start = html.index(f'<section id="{section_id}"')
+    return html[start:html.index("</section>", start)]
+
+
+def test_findings_lead_the_page_with_statement_pictures_and_suspects(full):
+    _, _, _, html = full
+    main = html[html.index("<main>"):]
+    assert main.index('id="findings"') < main.index('id="overview"') < main.index('id="pairs"')
+    findings = _section(html, "findings")
+    assert "2</b> confirmed findings in 1 of 2 studied pairs" in findings
+    assert "1</b> of them flagged as a suspected shortcut" in findings
+    assert FINDING_STATEMENT in findings
+    # The suspect has no statement: the sentence is written from its numbers, and it comes first.
+    written = ("Pasting this feature on images of 3 makes the model say 8 in 30 % of them [21–41 %], "
+               "against 2 % for noise and 4 % for a crop of a real 8.")
+    assert written in findings
+    assert findings.index("Suspected shortcuts") < findings.index(written) < findings.index(FINDING_STATEMENT)
+    # report_data's crops and patch image for cell (0, 3); the summary patch's file for the suspect.
+    assert 'src="exemplars/pair1_finding_0.png"' in findings
+    assert 'src="patches/pair1_cell0.png"' in findings and 'src="patches/pair1_cell1.png"' in findings
+    assert "held-out images" in findings and "confirmation: 0.5" in findings
+
+
+def test_near_miss_and_nothing_confirmed_are_said_plainly(full):
+    _, _, _, html = full
+    findings = _section(html, "findings")
+    hostile = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"Nothing confirmed for {hostile} → 4: of 6 patch tests, 6 not confirmed." in findings
+    assert findings.count('class="badge kind-near-miss"') == 1
+    assert f"{hostile} → 4 (near miss)</a>" in html
+    assert html.count('class="badge kind-near-miss"') == 2  # Findings and the pair's own heading
+
+
+def test_no_findings_says_nothing_confirmed(tmp_path):
+    patches = [{"id": f"p{n}", "placement": "static", "flip_rate": 0.5, "noise_flip_rate": 0.1,
+                "natural_flip_rate": 0.6, "verdict": "natural"} for n in range(3)]
+    summary = {"classes": ["cat", "dog"], "config": {},
+               "pairs": [{"a": "cat", "b": "dog", "findings": [], "patches": patches}]}
+    findings = _section(render_report(summary, {}, tmp_path), "findings")
+    assert "Nothing confirmed: no patch test in the 1 studied pair beat both of its controls." in findings
+    assert "Nothing confirmed for cat → dog: of 3 patch tests, 3 natural." in findings
+    assert "This run recorded no held-out split" in findings
+    assert "nothing was tested" in _section(render_report({}, {}, tmp_path), "findings")
+
+
+def test_a_finding_whose_verdict_is_not_confirmed_is_not_shown(tmp_path):
+    summary = {"pairs": [{"a": "cat", "b": "dog", "findings": [
+        {"cell": [1, 1], "statement": "SHOWN", "verdict": "confirmed"},
+        {"cell": [2, 2], "statement": "HIDDEN", "verdict": "natural"}]}]}
+    findings = _section(render_report(summary, {}, tmp_path), "findings")
+    assert "SHOWN" in findings and "HIDDEN" not in findings
+    assert "1</b> confirmed finding in 1 of 1 studied pair." in findings
+
+
+def test_user_strings_in_findings_are_escaped(tmp_path):
+    summary = {"pairs": [{"a": HOSTILE_CLASS, "b": HOSTILE_LAYER, "kind": "near_miss", "findings": [
+        {"cell": [1, 1], "statement": HOSTILE_TEXT, "patch": HOSTILE_TEXT, "suspected_shortcut": True},
+        {"cell": [2, 2], "flip_rate": 0.5}]}]}
+    html = render_report(summary, {}, tmp_path)
+    for raw in (HOSTILE_CLASS, HOSTILE_LAYER, HOSTILE_TEXT):
+        assert raw not in html
+    findings = _section(html, "findings")
+    assert "&lt;/script&gt;&lt;script&gt;window.__pwned=1&lt;/script&gt;&lt;!--" in findings
+    assert ("Pasting this feature on images of &lt;script&gt;alert(1)&lt;/script&gt; makes the model "
+            "say &lt;img src=x onerror=&#34;window.__pwned=1&#34;&gt; in 50 % of them.") in findings
+    assert html.count("<script") == 2
+
+
+def test_only_confirmed_patch_rows_are_coloured_as_findings(full):
+    _, _, _, html = full
+    rows = re.findall(r'<tr class="row-([a-z_]+)">\s*<td>.*?</td>\s*<td>([^<]*)', html, re.S)
+    by_candidate = {candidate.strip(): kind for kind, candidate in rows}
+    assert by_candidate == {"pair1-0-static": "confirmed", "pair1-0-dynamic": "confirmed",
+                            "pair1-1-static": "natural", "pair1-1-dynamic": "natural",
+                            "pair1-2-static": "not_confirmed", "pair1-2-dynamic": "not_confirmed",
+                            **{f"pair2-{c}-{p}": "not_confirmed" for c in range(3)
+                               for p in ("static", "dynamic")}}
+    first = html[html.index('<tr class="row-confirmed">'):]
+    assert "[35–55 %]" in first[:first.index("</tr>")] and "&lt; 0.001" in first[:first.index("</tr>")]
+
+
+def test_confirmed_rows_come_first_and_the_rest_fold_away(tmp_path):
+    patches = [{"id": f"p{n}", "flip_rate": n / 20, "verdict": "not_confirmed"} for n in range(11)]
+    patches[9]["verdict"] = "confirmed"
+    summary = {"pairs": [{"a": "cat", "b": "dog", "patches": patches}]}
+    html = render_report(summary, {}, tmp_path)
+    shown, folded = html.split("more patch tests</summary>")
+    candidates = re.findall(r'<tr class="row-[a-z_]+">\s*<td>.*?</td>\s*<td>([^<]*)', shown, re.S)
+    assert [c.strip() for c in candidates] == ["p9", "p0", "p1", "p2", "p3", "p4", "p5", "p6"]
+    assert "<summary>3 more patch tests</summary>" in html
+    assert re.findall(r'<tr class="row-[a-z_]+">\s*<td>.*?</td>\s*<td>([^<]*)', folded, re.S)[:3] == ["p7", "p8", "p10"]
+
+
+def test_cells_with_score_zero_or_less_are_not_listed(full, tmp_path):
+    _, _, _, html = full
+    pairs = _section(html, "pairs")
+    assert "(7, 7)" not in pairs and pairs.count("1 ranked cell with a score of 0 or less") == 2
+    summary = {"pairs": [{"a": "cat", "b": "dog", "confusing_cells": [
+        {"cell": [1, 2], "score": 0.5}, {"cell": [3, 4], "score": 0.0}, {"cell": [5, 6], "score": -1.0}]}]}
+    pairs = _section(render_report(summary, {}, tmp_path), "pairs")
+    assert "(1, 2)" in pairs and "(3, 4)" not in pairs and "(5, 6)" not in pairs
+    assert "2 ranked cells with a score of 0 or less" in pairs
+    summary["pairs"][0]["confusing_cells"] = [{"cell": [3, 4], "score": -0.1}]
+    assert "No cell pushes cat toward dog" in render_report(summary, {}, tmp_path)
+
+
+def test_statement_gauge_and_interval_helpers():
+    from debugatlas.report import _findings
+
+    assert _findings.statement("2", "3", 0.41, (0.33, 0.49), 0.02, 0.09) == (
+        "Pasting this feature on images of 2 makes the model say 3 in 41 % of them [33–49 %], "
+        "against 2 % for noise and 9 % for a crop of a real 3.")
+    assert _findings.statement("a", "b", 0.5, None, None, 0.25) == (
+        "Pasting this feature on images of a makes the model say b in 50 % of them, "
+        "against 25 % for a crop of a real b.")
+    assert _findings.interval([0.2, 0.1]) is None and _findings.interval([0.1, float("nan")]) is None
+    assert _findings.interval((0, 1)) == (0.0, 1.0) and _findings.interval("01") is None
+    assert _findings.gauge(0.41, (0.33, 0.49), 0.02, 1.5) == {
+        "flip": 41.0, "lo": 33.0, "width": 16.0, "noise": 2.0, "natural": 100.0}
+    rows = [{"verdict": _findings.verdict(v)} for v in ("not_confirmed", None, "confirmed", "natural", "natural")]
+    assert _findings.verdict_counts(rows) == [("confirmed", 1), ("natural", 2), ("not confirmed", 1),
+                                              ("no verdict", 1)]

@@ -27,7 +27,7 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is missing; install it with `pip install playwright`")
 
-SECTION_HEADINGS = ("Run", "Confusion matrix", "Confused pairs", "Patch suite and CI check",
+SECTION_HEADINGS = ("Findings", "Run", "Confusion matrix", "Confused pairs", "Patch suite and CI check",
                     "Activation atlas")
 PAIR_HEADINGS = ("Class-filtered atlases", "Comparison atlas", "Confusing features, ranked",
                  "Patch tests")
@@ -209,3 +209,25 @@ def test_atlas_tooltip_exemplars_and_grid_sizes(visit, tmp_path):
     assert not visit.console_errors, visit.console_errors
     assert not visit.dialogs and page.evaluate("() => window.__pwned === undefined")
     assert all(u.startswith("file:") for u in visit.requests)
+
+
+def test_findings_open_the_page_and_the_icons_view_shows_icons(visit):
+    page = visit.page
+    top = page.evaluate("() => document.getElementById('findings').getBoundingClientRect().top")
+    assert 0 <= top < 200, "the Findings section is not the first thing on the page"
+    if page.locator("#atlas-canvas").count() == 0:
+        pytest.skip("this report has no atlas")
+    data = page.evaluate("() => JSON.parse(document.getElementById('atlas-data').textContent)")
+    buttons = page.locator("#atlas-controls button[data-grid]")
+    icons = page.locator('#atlas-controls button[data-mode="image"]')
+    for index, grid in enumerate(data["grids"]):
+        buttons.nth(index).click()
+        if grid["icon_image"]:
+            icons.click()
+            assert icons.get_attribute("aria-pressed") == "true"
+            assert page.get_attribute("#atlas-bg", "src") == grid["icon_image"]
+            assert page.is_visible("#atlas-bg") and not page.is_visible("#atlas-note")
+        else:
+            assert icons.is_disabled() and not page.is_visible("#atlas-bg")
+            assert "No feature icons for this grid" in page.inner_text("#atlas-note")
+    assert not visit.console_errors, visit.console_errors

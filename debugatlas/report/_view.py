@@ -7,57 +7,22 @@ line in `absent`, which the page shows in its header and in the section concerne
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-PLACEMENTS = ("static", "dynamic", "random")
+from . import _findings
+from ._values import as_float, as_int, as_text, mapping, sequence
+from ._values import cell as as_cell
+
+PATCH_ROWS_SHOWN = 8
 MATRIX_MAX_CLASSES = 40
 TOP_PAIRS = 10
 MAX_EXEMPLARS = 8
 MAX_MISCLASSIFIED = 32
 _CELL_TOP_CLASSES = 12
-
-
-def as_float(value: Any) -> float | None:
-    """`value` as a finite float, else None (bools, strings, NaN and inf are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
-def as_int(value: Any) -> int | None:
-    """`value` as an int when it is a whole finite number, else None."""
-    number = as_float(value)
-    return int(number) if number is not None and number == int(number) else None
-
-
-def as_text(value: Any) -> str:
-    """A user-provided value as display text (escaped later by the template)."""
-    return "" if value is None else str(value)
-
-
-def _mapping(value: Any) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _sequence(value: Any) -> Sequence:
-    return value if isinstance(value, (list, tuple)) else []
-
-
-def _cell(value: Any) -> tuple[int, int] | None:
-    items = _sequence(value)
-    if len(items) != 2:
-        return None
-    i, j = as_int(items[0]), as_int(items[1])
-    return None if i is None or j is None else (i, j)
 
 
 class Images:
@@ -110,9 +75,9 @@ def _colour(rate: float, hue: str) -> tuple[str, str]:
 
 def confusion(summary: Mapping, classes: list[str]) -> dict | None:
     """Rows of coloured cells, or None when the matrix is missing or not K×K."""
-    rows = _sequence(summary.get("confusion_matrix"))
+    rows = sequence(summary.get("confusion_matrix"))
     k = len(rows)
-    matrix = [[as_int(v) for v in _sequence(row)] for row in rows]
+    matrix = [[as_int(v) for v in sequence(row)] for row in rows]
     if k == 0 or any(len(row) != k or None in row for row in matrix):
         return None
     names = classes if len(classes) == k else [str(i) for i in range(k)]
@@ -142,13 +107,16 @@ def confusion(summary: Mapping, classes: list[str]) -> dict | None:
 
 
 def _patch_entry(raw: Mapping, images: Images, fallback_name: str) -> dict:
+    flip, ci = as_float(raw.get("flip_rate")), _findings.interval(raw.get("flip_rate_ci"))
+    noise, natural = as_float(raw.get("noise_flip_rate")), as_float(raw.get("natural_flip_rate"))
     return {
         "candidate": as_text(raw.get("candidate", raw.get("id", fallback_name))),
         "source": as_text(raw.get("source", "")),
         "placement": as_text(raw.get("placement", "")) or "unspecified",
-        "flip_rate": as_float(raw.get("flip_rate")),
-        "noise_flip_rate": as_float(raw.get("noise_flip_rate")),
-        "natural_flip_rate": as_float(raw.get("natural_flip_rate")),
+        "flip_rate": flip, "noise_flip_rate": noise, "natural_flip_rate": natural, "ci": ci,
+        "p_value": as_float(raw.get("p_value")),
+        "verdict": _findings.verdict(raw.get("verdict")),
+        "gauge": _findings.gauge(flip, ci, noise, natural),
         "p_b_before": as_float(raw.get("p_b_before")),
         "p_b_after": as_float(raw.get("p_b_after")),
         "n_images": as_int(raw.get("n_images")),
@@ -157,30 +125,29 @@ def _patch_entry(raw: Mapping, images: Images, fallback_name: str) -> dict:
     }
 
 
-def _patch_rows(entries: list[dict]) -> tuple[list[str], list[dict]]:
-    """Pivot entries into one row per (candidate, source) with a column group per placement."""
-    present = {e["placement"] for e in entries}
-    placements = [p for p in PLACEMENTS if p in present] + sorted(present - set(PLACEMENTS))
-    rows: dict[tuple[str, str], dict] = {}
-    for entry in entries:
-        row = rows.setdefault((entry["candidate"], entry["source"]), {
-            "candidate": entry["candidate"], "source": entry["source"], "file": entry["file"],
-            "by_placement": {},
-        })
-        row["by_placement"].setdefault(entry["placement"], entry)
-        row["file"] = row["file"] or entry["file"]
-    return placements, list(rows.values())
+def _patch_rows(entries: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows shown, rows folded away): confirmed first, then natural, not confirmed, no verdict.
+
+    Within a verdict the order of the summary is kept. Every confirmed row is shown, and at least
+    `PATCH_ROWS_SHOWN` rows in all; the rest go into a collapsed list.
+    """
+    order = [*_findings.VERDICTS, "other"]
+    rank = {key: n for n, key in enumerate(order)}
+    ordered = sorted(entries, key=lambda e: rank[e["verdict"]["key"]] if e["verdict"] else len(order))
+    confirmed = sum(1 for e in entries if e["verdict"] and e["verdict"]["key"] == "confirmed")
+    shown = max(PATCH_ROWS_SHOWN, confirmed)
+    return ordered[:shown], ordered[shown:]
 
 
 def _ranked_cells(raw_cells: Sequence, images: Images, from_summary: bool) -> list[dict]:
     cells = []
-    for rank, raw in enumerate(_sequence(raw_cells), start=1):
-        raw = _mapping(raw)
-        cell = _cell(raw.get("cell"))
-        exemplars = [images(p) for p in _sequence(raw.get("exemplars"))[:MAX_EXEMPLARS]]
-        ids = [as_int(i) for i in _sequence(raw.get("exemplar_ids"))]
+    for rank, raw in enumerate(sequence(raw_cells), start=1):
+        raw = mapping(raw)
+        cell = as_cell(raw.get("cell"))
+        exemplars = [images(p) for p in sequence(raw.get("exemplars"))[:MAX_EXEMPLARS]]
+        ids = [as_int(i) for i in sequence(raw.get("exemplar_ids"))]
         cells.append({
-            "rank": rank,
+            "rank": rank, "key": cell,
             "cell": f"({cell[0]}, {cell[1]})" if cell else "—",
             "score": as_float(raw.get("score")),
             "count": as_int(raw.get("count")),
@@ -201,35 +168,54 @@ def _ranked_cells(raw_cells: Sequence, images: Images, from_summary: bool) -> li
     return cells
 
 
+def _listed_cells(cells: list[dict]) -> tuple[list[dict], int]:
+    """Cells that push toward B (score > 0, or no score recorded), renumbered; and how many were dropped."""
+    listed = [c for c in cells if c["score"] is None or c["score"] > 0]
+    for rank, c in enumerate(listed, start=1):
+        c["rank"] = rank
+    return listed, len(cells) - len(listed)
+
+
 def pair_view(index: int, names: tuple[str, str], rd: Mapping, sm: Mapping,
               images: Images, matrix: dict | None) -> dict:
-    """Everything the page shows about one confused pair; `rd` from report_data, `sm` from summary."""
+    """Everything the page shows about one studied pair; `rd` from report_data, `sm` from summary."""
     a, b = names
-    from_summary = not _sequence(rd.get("cells"))
+    from_summary = not sequence(rd.get("cells"))
     cells = _ranked_cells(sm.get("confusing_cells") if from_summary else rd.get("cells"),
                           images, from_summary)
-    raw_patches = rd.get("patch_table") if _sequence(rd.get("patch_table")) else sm.get("patches")
-    entries = [_patch_entry(_mapping(p), images, f"patch {n}")
-               for n, p in enumerate(_sequence(raw_patches), start=1)]
-    placements, rows = _patch_rows(entries)
+    crops_by_cell = {c["key"]: c["exemplars"] for c in cells if c["key"] is not None}
+    cells, dropped = _listed_cells(cells)
+    sm_patches = [mapping(p) for p in sequence(sm.get("patches"))]
+    with_verdicts = any(p.get("verdict") is not None for p in sm_patches)
+    use_table = sequence(rd.get("patch_table")) and not with_verdicts
+    raw_patches = rd.get("patch_table") if use_table else sm_patches
+    entries = [_patch_entry(mapping(p), images, f"patch {n}")
+               for n, p in enumerate(sequence(raw_patches), start=1)]
+    shown, folded = _patch_rows(entries)
+    patches_by_id = {as_text(p.get("id")): p for p in sm_patches if p.get("id") is not None}
     confused = as_int(rd.get("confused"))
     if confused is None and matrix is not None:
         confused = matrix["lookup"].get((a, b))
-    notes = [as_text(n) for n in [*_sequence(rd.get("notes")), *_sequence(sm.get("notes"))] if n]
+    notes = [as_text(n) for n in [*sequence(rd.get("notes")), *sequence(sm.get("notes"))] if n]
     misclassified = []
-    all_mis = _sequence(rd.get("misclassified"))
+    all_mis = sequence(rd.get("misclassified"))
     for raw in all_mis[:MAX_MISCLASSIFIED]:
-        raw = _mapping(raw)
+        raw = mapping(raw)
         misclassified.append({"id": as_int(raw.get("id")), "p_b": as_float(raw.get("p_b")),
                               "image": images(raw.get("image")), "heatmap": images(raw.get("heatmap"))})
+    kind = as_text(sm.get("kind") or rd.get("kind")) or "confused"
+    found = _findings.findings(a, b, sm, rd, images, crops_by_cell, patches_by_id)
     return {
         "anchor": f"pair-{index}", "a": a, "b": b, "confused": confused,
+        "kind": kind, "near_miss": kind == "near_miss",
         "notes": list(dict.fromkeys(notes)),
+        "findings": found, "finding_cells": [f["cell"] for f in found],
+        "verdict_counts": _findings.verdict_counts(entries),
         "filtered_a": images(rd.get("filtered_a")), "filtered_b": images(rd.get("filtered_b")),
         "comparison": images(rd.get("comparison")),
-        "cells": cells, "cells_from_summary": from_summary and bool(cells),
+        "cells": cells, "cells_dropped": dropped, "cells_from_summary": from_summary and bool(cells),
         "misclassified": misclassified, "misclassified_total": len(all_mis),
-        "placements": placements, "patch_rows": rows, "patch_entries": entries,
+        "patch_rows": shown, "patch_rows_folded": folded, "patch_entries": entries,
     }
 
 
@@ -238,8 +224,8 @@ def pairs(summary: Mapping, report_data: Mapping, images: Images, matrix: dict |
     def key(raw: Mapping) -> tuple[str, str]:
         return as_text(raw.get("a")), as_text(raw.get("b"))
 
-    rd_pairs = [_mapping(p) for p in _sequence(report_data.get("pairs"))]
-    sm_pairs = {key(_mapping(p)): _mapping(p) for p in _sequence(summary.get("pairs"))}
+    rd_pairs = [mapping(p) for p in sequence(report_data.get("pairs"))]
+    sm_pairs = {key(mapping(p)): mapping(p) for p in sequence(summary.get("pairs"))}
     order = [key(p) for p in rd_pairs] + [k for k in sm_pairs if k not in {key(p) for p in rd_pairs}]
     by_rd = {key(p): p for p in rd_pairs}
     seen, views = set(), []
@@ -257,28 +243,29 @@ def _round(value: float) -> float:
 
 
 def _atlas_entries(report_data: Mapping, main_grid: int | None) -> list[tuple[int, Mapping, Any]]:
-    """(grid size, entry, grid image path) per usable atlas entry, smallest grid first.
+    """(grid size, entry, icon image path) per usable atlas entry, smallest grid first.
 
-    The grid image is the entry's `grid_image`, else the top-level `icon_atlas` for the entry whose
-    size is `main_grid` (the grid the icons were rendered for).
+    The icon image is the entry's `icon_image`, else the top-level `icon_atlas` for the entry whose
+    size is `main_grid` (the grid the icons were rendered for). An entry's `grid_image` is never
+    taken for icons: it may be a picture of class colours, which the interactive atlas draws itself.
     """
     entries = []
-    for raw in _sequence(report_data.get("atlases")):
-        raw = _mapping(raw)
+    for raw in sequence(report_data.get("atlases")):
+        raw = mapping(raw)
         size = as_int(raw.get("grid_size"))
         if size is None or size <= 0:
             continue
-        grid_image = raw.get("grid_image")
-        if not grid_image and size == main_grid:
-            grid_image = report_data.get("icon_atlas")
-        entries.append((size, raw, grid_image))
+        icon_image = raw.get("icon_image")
+        if not icon_image and size == main_grid:
+            icon_image = report_data.get("icon_atlas")
+        entries.append((size, raw, icon_image))
     return sorted(entries, key=lambda e: e[0])
 
 
 def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_grid: int | None) -> dict:
     """The compact JSON the interactive atlas reads.
 
-    {"classes": [name], "grids": [{"grid_size", "grid_image" (src or null), "grid_image_problem",
+    {"classes": [name], "grids": [{"grid_size", "icon_image" (src or null), "icon_image_problem",
     "cells": [[i, j, count, [[class index, count]], [[class index, mean attribution]],
     [exemplar src], icon src]]}], "initial": index of the grid shown first (`main_grid` when
     present, else the size nearest 20)}; class index -1 stands for "other classes" in the class mix.
@@ -294,28 +281,33 @@ def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_gr
         return index[name]
 
     grids = []
-    for size, raw, grid_image in _atlas_entries(report_data, main_grid):
+    for size, raw, icon_image in _atlas_entries(report_data, main_grid):
         cells = []
-        for cell in _sequence(raw.get("cells")):
-            cell = _mapping(cell)
-            ij = _cell(cell.get("cell"))
+        for cell in sequence(raw.get("cells")):
+            cell = mapping(cell)
+            ij = as_cell(cell.get("cell"))
             if ij is None or not (0 <= ij[0] < size and 0 <= ij[1] < size):
                 continue
-            mix = sorted(((class_index(k), as_int(v) or 0) for k, v in _mapping(cell.get("classes")).items()),
+            mix = sorted(((class_index(k), as_int(v) or 0) for k, v in mapping(cell.get("classes")).items()),
                          key=lambda kv: -kv[1])
             mix = [list(kv) for kv in mix if kv[1] > 0]
             if len(mix) > _CELL_TOP_CLASSES:
                 mix = mix[:_CELL_TOP_CLASSES] + [[-1, sum(n for _, n in mix[_CELL_TOP_CLASSES:])]]
-            attr = [(class_index(k), as_float(v)) for k, v in _mapping(cell.get("attribution")).items()]
+            attr = [(class_index(k), as_float(v)) for k, v in mapping(cell.get("attribution")).items()]
             attr = sorted((kv for kv in attr if kv[1] is not None), key=lambda kv: -abs(kv[1]))
             attr = sorted(([k, _round(v)] for k, v in attr[:_CELL_TOP_CLASSES]), key=lambda kv: -kv[1])
-            exemplars = [images.src(p) for p in _sequence(cell.get("exemplars"))[:MAX_EXEMPLARS]]
+            exemplars = [images.src(p) for p in sequence(cell.get("exemplars"))[:MAX_EXEMPLARS]]
             cells.append([ij[0], ij[1], as_int(cell.get("count")) or 0, mix, attr,
                           [e for e in exemplars if e], images.src(cell.get("icon"))])
-        image = images(grid_image)
-        grids.append({"grid_size": size, "grid_image": image["src"] if image else None,
-                      "grid_image_problem": image["reason"] if image else "no grid image was given",
-                      "cells": cells})
+        image = images(icon_image)
+        if image:
+            problem = image["reason"]
+        elif main_grid is not None and size != main_grid:
+            problem = f"icons are rendered for the {main_grid}×{main_grid} grid only"
+        else:
+            problem = "no icon atlas was rendered"
+        grids.append({"grid_size": size, "icon_image": image["src"] if image else None,
+                      "icon_image_problem": problem, "cells": cells})
     sizes = [g["grid_size"] for g in grids]
     initial = (sizes.index(main_grid) if main_grid in sizes
                else min(range(len(grids)), key=lambda k: abs(sizes[k] - 20), default=0))
@@ -323,11 +315,11 @@ def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_gr
 
 
 def atlas_gallery(report_data: Mapping, images: Images, main_grid: int | None) -> list[dict]:
-    """One picture per grid size for the static gallery: the entry's `image`, else its grid image."""
+    """One picture per grid size for the static gallery: the entry's `image`, `grid_image` or icons."""
     gallery = []
-    for size, raw, grid_image in _atlas_entries(report_data, main_grid):
-        picture = images(raw.get("image")) or images(grid_image)
-        gallery.append({"size": size, "image": picture, "cells": len(_sequence(raw.get("cells")))})
+    for size, raw, icon_image in _atlas_entries(report_data, main_grid):
+        picture = images(raw.get("image")) or images(raw.get("grid_image")) or images(icon_image)
+        gallery.append({"size": size, "image": picture, "cells": len(sequence(raw.get("cells")))})
     return gallery
 
 
@@ -335,7 +327,7 @@ def overview(summary: Mapping, report_data: Mapping) -> dict:
     """Header rows (versions included), timings with bar widths and the config as pretty JSON."""
     accuracy = as_float(summary.get("accuracy"))
     samples = as_int(summary.get("num_samples"))
-    seed = as_int(report_data.get("seed", _mapping(summary.get("config")).get("seed")))
+    seed = as_int(report_data.get("seed", mapping(summary.get("config")).get("seed")))
     rows = [
         ("Model", as_text(report_data.get("model")) or None),
         ("Layer", as_text(summary.get("layer")) or None),
@@ -343,16 +335,17 @@ def overview(summary: Mapping, report_data: Mapping) -> dict:
         ("Samples", f"{samples:,}" if samples is not None else None),
         ("Accuracy", f"{100 * accuracy:.2f} %" if accuracy is not None else None),
         ("Seed", str(seed) if seed is not None else None),
+        ("Held-out split", held_out(summary)),
         ("Schema version", as_text(summary.get("schema_version")) or None),
     ]
-    timings = [(as_text(k), as_float(v)) for k, v in _mapping(summary.get("timings_s")).items()]
+    timings = [(as_text(k), as_float(v)) for k, v in mapping(summary.get("timings_s")).items()]
     timings = [(k, v) for k, v in timings if v is not None]
     total = next((v for k, v in timings if k == "total"), None)
     stages = [(k, v) for k, v in timings if k != "total"]
     longest = max([v for _, v in stages] + [total or 0.0, 1e-9])
-    versions = sorted((as_text(k), as_text(v)) for k, v in _mapping(summary.get("versions")).items())
+    versions = sorted((as_text(k), as_text(v)) for k, v in mapping(summary.get("versions")).items())
     rows.append(("Versions", " · ".join(f"{k} {v}" for k, v in versions) or None))
-    config = _mapping(summary.get("config"))
+    config = mapping(summary.get("config"))
     return {
         "rows": rows,
         "timings": [{"stage": k, "seconds": v, "width": 100.0 * v / longest} for k, v in stages],
@@ -367,3 +360,19 @@ def suite(report_data: Mapping) -> dict | None:
     if not isinstance(raw, Mapping) or not (raw.get("dir") or raw.get("check_command")):
         return None
     return {"dir": as_text(raw.get("dir")), "check_command": as_text(raw.get("check_command"))}
+
+
+def held_out(summary: Mapping) -> str | None:
+    """The recorded selection/confirmation split (summary `config.split`) as one line, else None."""
+    split = mapping(summary.get("config")).get("split")
+    if isinstance(split, Mapping) and split:
+        parts = []
+        for key, value in split.items():
+            if isinstance(value, (list, tuple)):
+                value = f"{len(value)} images" if len(value) > 6 else ", ".join(map(str, value))
+            elif isinstance(value, Mapping):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
+            parts.append(f"{as_text(key)}: {as_text(value)}")
+        return " · ".join(parts)
+    text = as_text(split) if isinstance(split, (str, int, float)) and not isinstance(split, bool) else ""
+    return text or None

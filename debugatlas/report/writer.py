@@ -16,11 +16,12 @@ styles, and exactly one script (by its SHA-256 hash); everything else, network i
 `report_data` (every key optional; a missing or empty one is named on the page as absent)::
 
     {"title", "model", "data", "seed", "score_description",
-     "icon_atlas": path,          # grid image of the main grid (summary config["grid_size"])
-     "atlases": [{"grid_size", "image": path, "grid_image": path,
+     "icon_atlas": path,          # icon atlas of the main grid (summary config["grid_size"])
+     "atlases": [{"grid_size", "image": path, "grid_image": path, "icon_image": path,
                   "cells": [{"cell": [i, j], "count", "classes": {name: int},
                              "attribution": {name: float}, "exemplars": [path], "icon": path}]}],
-     "pairs": [{"a", "b", "confused", "notes": [str], "filtered_a", "filtered_b", "comparison",
+     "pairs": [{"a", "b", "kind", "confused", "notes": [str], "filtered_a", "filtered_b", "comparison",
+                "findings": [{"cell": [i, j], "exemplars": [path], "patch_image": path}],
                 "cells": [{"cell", "score", "count", "count_a", "attribution_a", "attribution_b",
                            "icon", "exemplars": [path]}],
                 "misclassified": [{"id", "image", "heatmap", "p_b"}],
@@ -30,14 +31,27 @@ styles, and exactly one script (by its SHA-256 hash); everything else, network i
      "suite": {"dir", "check_command"} | None}
 
 Pairs come from report_data in its order, then any pair only the summary names; a pair without
-report_data `cells` / `patch_table` shows the summary's `confusing_cells` / `patches`.
+report_data `cells` shows the summary's `confusing_cells`. Patch rows come from the summary's
+`patches` (with `verdict`, `flip_rate_ci`, `p_value`); report_data's `patch_table` is used only
+when the summary's rows carry no verdict. Cells with a score <= 0 are not listed.
 
-Atlas images: `grid_image` must cover exactly the G×G grid with cell `[i, j]` at column i (left
-to right) and row j (row 0 at the top), as `render.draw_icon_atlas` draws it; it is the
-background of the interactive grid, which is drawn in the same orientation. `image` is any
-picture of that atlas (a figure with title and legend is fine); it is shown in the gallery of
-grid sizes. A misclassified example's `heatmap` is drawn on top of its `image`: give it
-transparency, or make it a finished overlay.
+Findings (the page opens with them) are the summary's `pairs[].findings` (schema 1 extended:
+`cell`, `statement`, `patch` (a patch id), `flip_rate`, `flip_rate_ci`, `noise_flip_rate`,
+`natural_flip_rate`, `exemplar_ids`, `icon`, `suspected_shortcut`); an entry whose `verdict` is
+present and not "confirmed" is skipped. report_data's `pairs[].findings` adds the pictures, matched
+by `cell`: `exemplars` (crops of real images, best first) and `patch_image` (the pasted patch). A
+finding without them takes the exemplar crops of the same cell in the pair's `cells`, and the
+`file` of the summary patch whose `id` is the finding's `patch`. With no `statement`, the sentence
+is written from the numbers. `kind: "near_miss"` (summary or report_data) marks a pair that was
+studied although no image of A was classified as B.
+
+Atlas images: `icon_image` (or, for the main grid, the top-level `icon_atlas`) must cover exactly
+the G×G grid with cell `[i, j]` at column i (left to right) and row j (row 0 at the top), as
+`render.draw_icon_atlas` draws it; it is the background of the interactive grid's "feature icons"
+view, which is drawn in the same orientation. `image` (else `grid_image`) is any picture of that
+atlas (a figure with title and legend is fine); it is shown in the gallery of grid sizes. A
+misclassified example's `heatmap` is drawn on top of its `image`: give it transparency, or make it
+a finished overlay.
 """
 from __future__ import annotations
 
@@ -45,7 +59,6 @@ import base64
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -54,8 +67,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from ..artifacts.atomic import write_text
 from ..core.errors import DebugAtlasError
-from . import _view
+from . import _findings, _view
 
 __all__ = ["render_report", "write_report", "script_json"]
 
@@ -108,6 +122,8 @@ def _environment() -> jinja2.Environment:
     env.filters["signed"] = lambda v: "—" if v is None else f"{v:+.3g}"
     env.filters["seconds"] = lambda v: "—" if v is None else (f"{v:.2f} s" if v < 100 else f"{v:,.0f} s")
     env.filters["count"] = lambda v: "—" if v is None else f"{v:,}"
+    env.filters["interval"] = lambda ci: "" if ci is None else f"[{100 * ci[0]:.0f}–{100 * ci[1]:.0f} %]"
+    env.filters["pvalue"] = lambda v: "—" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}")
     return env
 
 
@@ -137,6 +153,7 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
     main_grid = _view.as_int(config.get("grid_size")) if isinstance(config, Mapping) else None
     blob = _view.atlas_blob(report_data, classes, images, main_grid)
     suite = _view.suite(report_data)
+    headline = _findings.headline(pairs)
     anchors = {(p["a"], p["b"]): p["anchor"] for p in pairs}
     if matrix is not None:
         for top in matrix["top_pairs"]:
@@ -159,6 +176,8 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
         "classes": classes,
         "matrix": matrix,
         "pairs": pairs,
+        "headline": headline,
+        "held_out": _view.held_out(summary),
         "atlas_grids": [g["grid_size"] for g in blob["grids"]],
         "atlas_gallery": _view.atlas_gallery(report_data, images, main_grid),
         "atlas_initial": blob["initial"],
@@ -173,23 +192,6 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
     return _environment().get_template("index.html").render(**context)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(handle.name, mode)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: str | os.PathLike, summary: Mapping,
                  report_data: Mapping | None = None) -> Path:
     """Render the report and write `out_dir/index.html` atomically; return its path.
@@ -201,5 +203,5 @@ def write_report(out_dir: str | os.PathLike, summary: Mapping,
     out.mkdir(parents=True, exist_ok=True)
     html = render_report(summary, report_data, out)
     target = out / "index.html"
-    _atomic_write_text(target, html)
+    write_text(target, html)
     return target

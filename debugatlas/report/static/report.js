@@ -156,15 +156,15 @@
     press("data-grid", index);
     var imageButton = controls.querySelector('button[data-mode="image"]');
     note.hidden = true;
-    if (grid.grid_image) {
+    if (grid.icon_image) {
       state.imageOk = true;
       imageButton.disabled = false;
-      bg.src = grid.grid_image;
+      bg.src = grid.icon_image;
     } else {
       state.imageOk = false;
       imageButton.disabled = true;
       bg.removeAttribute("src");
-      note.textContent = "No feature icons for this grid (" + (grid.grid_image_problem || "not rendered") + "); cells are coloured instead.";
+      note.textContent = "No feature icons for this grid (" + (grid.icon_image_problem || "not rendered") + "); cells are coloured instead.";
       note.hidden = false;
     }
     setMode(state.wanted);
@@ -176,7 +176,7 @@
     if (!bg.getAttribute("src")) { return; }
     state.imageOk = false;
     controls.querySelector('button[data-mode="image"]').disabled = true;
-    note.textContent = "The atlas image could not be loaded; cells are coloured instead.";
+    note.textContent = "The icon atlas could not be loaded; cells are coloured instead.";
     note.hidden = false;
     setMode(state.wanted);
   });
