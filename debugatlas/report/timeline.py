@@ -1,0 +1,208 @@
+"""The run timeline: one offline `index.html` beside the `epoch_<n>/` reports of a training run.
+
+Per confused pair it plots, over the analysed epochs, how many images of A the model took for B
+and the flip rate of the best confirmed finding (with the best patch of any verdict, dashed), so a
+reader sees *when* the model picked up a shortcut; a table links each epoch's report.
+
+What it reads from a summary.json is read defensively (`pair_outcomes`): `pairs[].findings[]` and
+`patches[].verdict` may be absent (older runs), and any rate may be `None` (no image of A was
+classified correctly, so nothing could flip). A missing value is a gap in the plot and "—" in the
+table, never a zero.
+
+The page has no script: a Content-Security-Policy meta tag allows inline styles and images of the
+page's own origin and `file:` only; every class name and path is escaped (Jinja2 autoescape).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PairOutcome", "pair_outcomes", "epoch_entry", "render_timeline", "write_timeline"]
+
+CSP = "; ".join(["default-src 'none'", "img-src 'self' file:", "style-src 'unsafe-inline'",
+                 "base-uri 'none'", "form-action 'none'"])
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """What one analysis found for a pair A→B, as plain numbers (None: not measured).
+
+    confused: images of A predicted as B. confirmed: confirmed findings. best_flip_rate: the highest
+    flip rate of any patch of the pair; confirmed_flip_rate: the highest of a confirmed finding;
+    confirmed_margin: that finding's flip rate minus the larger of its two controls (noise patch,
+    natural crop of B).
+    """
+
+    a: str
+    b: str
+    confused: int | None
+    confirmed: int
+    best_flip_rate: float | None
+    confirmed_flip_rate: float | None
+    confirmed_margin: float | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.a}→{self.b}"
+
+
+def _rate(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _confirmed_findings(pair: Mapping) -> list[Mapping]:
+    """Confirmed findings of a pair: `findings[]` (a finding's own or its patch's verdict), else the
+    patches whose verdict is "confirmed"."""
+    patches = [p for p in pair.get("patches") or [] if isinstance(p, Mapping)]
+    verdicts = {p.get("id"): p.get("verdict") for p in patches if isinstance(p.get("id"), str)}
+    findings = pair.get("findings")
+    if isinstance(findings, list):
+        out = []
+        for finding in findings:
+            if not isinstance(finding, Mapping):
+                continue
+            patch = finding.get("patch")
+            verdict = finding.get("verdict") or (verdicts.get(patch) if isinstance(patch, str) else None)
+            if (verdict or "confirmed") == "confirmed":
+                out.append(finding)
+        return out
+    return [p for p in patches if p.get("verdict") == "confirmed"]
+
+
+def _margin(finding: Mapping) -> float | None:
+    rate = _rate(finding.get("flip_rate"))
+    controls = [c for c in (_rate(finding.get("noise_flip_rate")), _rate(finding.get("natural_flip_rate")))
+                if c is not None]
+    return None if rate is None or not controls else rate - max(controls)
+
+
+def _best(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def pair_outcomes(summary: Mapping) -> list[PairOutcome]:
+    """One `PairOutcome` per entry of a summary's `pairs`, in its order; malformed entries skipped."""
+    out = []
+    for pair in summary.get("pairs") or []:
+        if not isinstance(pair, Mapping) or "a" not in pair or "b" not in pair:
+            continue
+        confirmed = _confirmed_findings(pair)
+        best = max(confirmed, key=lambda f: _rate(f.get("flip_rate")) or -1.0, default=None)
+        confused = pair.get("confused")
+        out.append(PairOutcome(
+            a=str(pair["a"]), b=str(pair["b"]),
+            confused=int(confused) if _rate(confused) is not None else None,
+            confirmed=len(confirmed),
+            best_flip_rate=_best(_rate(p.get("flip_rate")) for p in pair.get("patches") or []
+                                 if isinstance(p, Mapping)),
+            confirmed_flip_rate=None if best is None else _rate(best.get("flip_rate")),
+            confirmed_margin=None if best is None else _margin(best),
+        ))
+    return out
+
+
+def epoch_entry(summary: Mapping, epoch: int, href: str | None) -> dict[str, Any]:
+    """The timeline's record of one analysed epoch, in plain values (kept in checkpoint state).
+
+    href: the epoch's report relative to the timeline (e.g. "epoch_3/index.html"), or None.
+    """
+    return {"epoch": int(epoch), "href": href, "accuracy": _rate(summary.get("accuracy")),
+            "pairs": [asdict(o) for o in pair_outcomes(summary)]}
+
+
+# -- the page -------------------------------------------------------------------------------------
+_W, _H, _PAD = 320, 150, 34
+
+
+def _chart(epochs: list[int], values: list[float | None], top: float | None) -> dict[str, Any]:
+    """Coordinates of one line over the epochs: segments broken at missing values, and points."""
+    present = [v for v in values if v is not None]
+    top = top if top is not None else float(max([1.0] + present))
+    lo, hi = min(epochs), max(epochs)
+
+    def xy(epoch: int, value: float) -> tuple[float, float]:
+        x = _PAD + (0.5 if hi == lo else (epoch - lo) / (hi - lo)) * (_W - _PAD - 14)
+        y = 10 + (1 - value / top) * (_H - 36) if top > 0 else _H - 26
+        return round(x, 1), round(y, 1)
+
+    segments, current, points = [], [], []
+    for epoch, value in zip(epochs, values):
+        if value is None:
+            if current:
+                segments.append(current)
+            current = []
+            continue
+        point = xy(epoch, value)
+        current.append(point)
+        points.append({"x": point[0], "y": point[1], "epoch": epoch, "value": value})
+    if current:
+        segments.append(current)
+    step = max(1, math.ceil(len(epochs) / 10))
+    ticks = [{"x": xy(e, 0.0)[0], "label": e} for e in epochs[::step]]
+    return {"ticks": ticks, "segments": [" ".join(f"{x},{y}" for x, y in s) for s in segments], "points": points, "top": top,
+            "missing": len(values) - len(present)}
+
+
+def _pair_views(entries: Sequence[Mapping]) -> list[dict[str, Any]]:
+    order: dict[tuple[str, str], None] = {}
+    for entry in entries:
+        for pair in entry.get("pairs") or []:
+            order.setdefault((str(pair["a"]), str(pair["b"])), None)
+    epochs = [int(e["epoch"]) for e in entries]
+    views = []
+    for a, b in order:
+        rows = []
+        for entry in entries:
+            match = next((p for p in entry.get("pairs") or [] if (str(p["a"]), str(p["b"])) == (a, b)), None)
+            rows.append({"epoch": int(entry["epoch"]), "href": entry.get("href"), "present": match is not None,
+                         **{k: (match or {}).get(k) for k in ("confused", "confirmed", "best_flip_rate",
+                                                               "confirmed_flip_rate", "confirmed_margin")}})
+        views.append({
+            "a": a, "b": b, "rows": rows,
+            "confused": _chart(epochs, [r["confused"] for r in rows], None),
+            "confirmed": _chart(epochs, [r["confirmed_flip_rate"] for r in rows], 1.0),
+            "best": _chart(epochs, [r["best_flip_rate"] for r in rows], 1.0),
+        })
+    return views
+
+
+def render_timeline(entries: Sequence[Mapping], title: str = "debugatlas run") -> str:
+    """The timeline page for `entries` (see `epoch_entry`), sorted by epoch, as an HTML string."""
+    import jinja2
+
+    entries = [{**e, "href": _safe_href(e.get("href"))} for e in sorted(entries, key=lambda e: int(e["epoch"]))]
+    env = jinja2.Environment(loader=jinja2.PackageLoader(__package__, "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f} %"
+    env.filters["pts"] = lambda v: "—" if v is None else f"{100 * v:+.1f} pts"
+    env.filters["count"] = lambda v: "—" if v is None else f"{v:,}"
+    return env.get_template("timeline.html").render(
+        title=title, csp=CSP, entries=entries, pairs=_pair_views(entries), width=_W, height=_H, pad=_PAD,
+        epochs=[int(e["epoch"]) for e in entries])
+
+
+def _safe_href(href: Any) -> str | None:
+    """A relative link inside the run folder, or None (absolute, with a scheme, or leaving it)."""
+    if not isinstance(href, str) or not href or ":" in href or href.startswith(("/", "\\")):
+        return None
+    return None if ".." in Path(href).parts else href
+
+
+def relative_href(report_dir: str | os.PathLike, timeline_dir: str | os.PathLike) -> str | None:
+    """`<report_dir>/index.html` relative to the timeline's folder, or None when it is not below it."""
+    rel = os.path.relpath(Path(report_dir) / "index.html", Path(timeline_dir))
+    return None if rel.startswith("..") or os.path.isabs(rel) else Path(rel).as_posix()
+
+
+def write_timeline(dirpath: str | os.PathLike, entries: Sequence[Mapping], title: str = "debugatlas run") -> Path:
+    """Write `<dirpath>/index.html` atomically; returns its path."""
+    from ..artifacts.atomic import write_text
+
+    return write_text(Path(dirpath) / "index.html", render_timeline(entries, title))

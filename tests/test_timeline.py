@@ -1,0 +1,103 @@
+"""The run timeline: what it reads from summaries (missing fields and None rates), the page's
+escaping, links, gaps and policy, and its atomic write."""
+from __future__ import annotations
+
+import html as html_lib
+import re
+
+import pytest
+
+from debugatlas.report.timeline import (PairOutcome, epoch_entry, pair_outcomes, relative_href, render_timeline,
+                                        write_timeline)
+
+
+def _pair(a="grid", b="stripes", confused=12, patches=(), findings=None):
+    pair = {"a": a, "b": b, "confused": confused, "patches": list(patches)}
+    if findings is not None:
+        pair["findings"] = findings
+    return pair
+
+
+PATCHES = [{"id": "p1", "flip_rate": 0.62, "noise_flip_rate": 0.05, "natural_flip_rate": 0.20, "verdict": "confirmed"},
+           {"id": "p2", "flip_rate": 0.70, "noise_flip_rate": 0.65, "natural_flip_rate": 0.10, "verdict": "natural"},
+           {"id": "p3", "flip_rate": None, "noise_flip_rate": None, "natural_flip_rate": None}]
+
+
+def test_outcomes_from_findings_use_their_verdicts_and_margin_over_the_larger_control():
+    findings = [{"patch": "p1", "flip_rate": 0.62, "noise_flip_rate": 0.05, "natural_flip_rate": 0.20},
+                {"patch": "p2", "flip_rate": 0.70, "noise_flip_rate": 0.65, "natural_flip_rate": 0.10}]
+    (o,) = pair_outcomes({"pairs": [_pair(patches=PATCHES, findings=findings)]})
+    # p2's patch verdict is "natural", so only p1 counts; margin 0.62 - max(0.05, 0.20) = 0.42
+    assert o == PairOutcome("grid", "stripes", 12, 1, 0.70, 0.62, pytest.approx(0.42))
+    assert o.name == "grid→stripes"
+
+
+def test_outcomes_without_findings_count_confirmed_patches_and_old_summaries_count_none():
+    (o,) = pair_outcomes({"pairs": [_pair(patches=PATCHES)]})
+    assert (o.confirmed, o.confirmed_flip_rate, o.best_flip_rate) == (1, 0.62, 0.70)
+    old = [{k: v for k, v in p.items() if k != "verdict"} for p in PATCHES]
+    (o,) = pair_outcomes({"pairs": [_pair(patches=old)]})
+    assert (o.confirmed, o.confirmed_flip_rate, o.confirmed_margin, o.best_flip_rate) == (0, None, None, 0.70)
+
+
+def test_missing_rates_are_none_never_zero_and_bad_entries_are_skipped():
+    none_only = [{"id": "p", "flip_rate": None, "noise_flip_rate": None, "natural_flip_rate": None}]
+    summary = {"pairs": [_pair(patches=none_only, findings=[{"flip_rate": None}]), {"a": "x"}, "junk",
+                         _pair(a="a", b="b", confused=None, patches=[{"flip_rate": float("nan")}])]}
+    first, second = pair_outcomes(summary)
+    assert (first.best_flip_rate, first.confirmed, first.confirmed_flip_rate, first.confirmed_margin) == (
+        None, 1, None, None)
+    assert (second.confused, second.best_flip_rate) == (None, None)
+    assert pair_outcomes({}) == []
+
+
+def _entries():
+    s0 = {"accuracy": 0.3, "pairs": [_pair(confused=40, patches=[PATCHES[2]])]}
+    s1 = {"accuracy": 0.7, "pairs": [_pair(confused=25, patches=PATCHES[:2]),
+                                     _pair(a="<script>alert(1)</script>", b="b&c", confused=3)]}
+    s2 = {"accuracy": 0.9, "pairs": [_pair(confused=10, patches=PATCHES[:1])]}
+    return [epoch_entry(s2, 2, "epoch_2/index.html"), epoch_entry(s0, 0, "epoch_0/index.html"),
+            epoch_entry(s1, 1, "epoch_1/index.html")]
+
+
+def test_page_plots_each_pair_over_the_epochs_with_gaps_and_links():
+    html = render_timeline(_entries(), title="run <1>")
+    assert re.findall(r'<a href="(epoch_\d/index.html)">epoch', html) == [
+        "epoch_0/index.html", "epoch_1/index.html", "epoch_2/index.html"]  # sorted by epoch
+    grid = html[html.index("<h2>grid → stripes</h2>"):]
+    grid = grid[:grid.index("</section>")]
+    lines = re.findall(r'<polyline points="([^"]+)"', grid)
+    confused = [tuple(map(float, p.split(","))) for p in lines[0].split()]
+    # confusions 40, 25, 10 on a 0..40 axis: three points, left to right, falling
+    assert len(confused) == 3 and confused[0][0] < confused[1][0] < confused[2][0]
+    assert confused[0][1] < confused[1][1] < confused[2][1]
+    assert (confused[1][1] - confused[0][1]) == pytest.approx(confused[2][1] - confused[1][1], abs=0.2)
+    # the confirmed flip rate is missing at epoch 0: its line starts at epoch 1
+    confirmed = lines[-1].split()
+    assert len(confirmed) == 2 and float(confirmed[0].split(",")[0]) == confused[1][0]
+    assert "62.0 %" in grid and "+42.0 pts" in grid and "—" in grid
+    other = html[html.index("&lt;script&gt;alert(1)&lt;/script&gt; → b&amp;c"):]
+    assert other.count("not among the analysed pairs") == 2
+    assert "<script" not in html and "run &lt;1&gt;" in html
+
+
+def test_page_denies_scripts_and_network_and_links_only_inside_the_run():
+    entries = _entries()
+    entries[0]["href"] = "javascript:alert(1)"
+    entries[1]["href"] = "../../etc/passwd"
+    html = render_timeline(entries)
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
+    csp = html_lib.unescape(csp)
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert "javascript:" not in html and "passwd" not in html
+    # only epoch 1 keeps its link: in the epoch table and in the rows of its two pairs
+    assert re.findall(r'href="([^"]+)"', html) == ["epoch_1/index.html"] * 3
+
+
+def test_relative_href_and_atomic_write(tmp_path):
+    assert relative_href(tmp_path / "atlas" / "epoch_3", tmp_path / "atlas") == "epoch_3/index.html"
+    assert relative_href(tmp_path / "elsewhere", tmp_path / "atlas") is None
+    path = write_timeline(tmp_path / "atlas", _entries(), title="t")
+    assert path == tmp_path / "atlas" / "index.html" and path.read_text().startswith("<!DOCTYPE html>")
+    assert [p.name for p in path.parent.iterdir()] == ["index.html"]  # no temporary file left
+    assert render_timeline([]).count("No epoch has been analysed yet") == 1
