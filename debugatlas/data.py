@@ -115,8 +115,35 @@ def digits(size: int = 24, val_fraction: float = 0.3, seed: int = 0,
     return train, val
 
 
-def image_folder(root: str | Path, size: int | None = None, grayscale: bool = False):
-    """An ImageFolder (`root/<class>/*.png|jpg`) yielding [C, H, W] float images in [0, 1]."""
+IMAGE_READ_ERRORS = (OSError, SyntaxError, ValueError)  # PIL's UnidentifiedImageError and truncation are OSErrors
+
+
+def _unreadable(path: str | Path, exc: BaseException) -> DebugAtlasError:
+    return DebugAtlasError(
+        f"Image file {str(path)!r} could not be read ({type(exc).__name__}: {exc}). "
+        "HINT: remove or replace that file (it is corrupt, truncated or not an image); "
+        "`debugatlas.data.verify_image_files(root)` lists every unreadable file at once."
+    )
+
+
+def load_rgb(path: str | Path):
+    """Open an image file as an RGB PIL image; an unreadable file is a `DebugAtlasError` naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except IMAGE_READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def image_folder(root: str | Path, size: int | None = None, grayscale: bool = False, verify: bool = False):
+    """An ImageFolder (`root/<class>/*.png|jpg`) yielding [C, H, W] float images in [0, 1].
+
+    A file that cannot be read raises `DebugAtlasError` naming it when its item is loaded; `verify`
+    checks every file's header up front instead (see `verify_image_files`).
+    """
     from torchvision import datasets, transforms
 
     root = Path(root)
@@ -131,18 +158,55 @@ def image_folder(root: str | Path, size: int | None = None, grayscale: bool = Fa
         steps.append(transforms.Resize((size, size)))
     steps.append(transforms.ToTensor())
     try:
-        return datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+        dataset = datasets.ImageFolder(str(root), transform=transforms.Compose(steps), loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DebugAtlasError(f"Could not read images from {str(root)!r}: {exc}") from exc
+    if verify:
+        verify_image_files(dataset)
+    return dataset
+
+
+def verify_image_files(data, limit: int = 20) -> int:
+    """Check that every image file of an ImageFolder (or a folder path) opens; returns how many were checked.
+
+    Cheap: PIL reads each header and checks its structure (`Image.verify`) without decoding pixels,
+    so a file cut short inside its pixel data may still pass and fail later, when its item is loaded.
+    Every unreadable file (up to `limit` named) is reported in one `DebugAtlasError`.
+    """
+    from PIL import Image
+
+    if isinstance(data, (str, Path)):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        files = sorted(str(f) for f in Path(data).rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
+    else:
+        files = [path for path, _ in getattr(data, "samples", [])]
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except IMAGE_READ_ERRORS as exc:
+            bad.append((path, exc))
+    if bad:
+        shown = "; ".join(f"{p!r} ({type(e).__name__}: {e})" for p, e in bad[:limit])
+        more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+        raise DebugAtlasError(
+            f"{len(bad)} of {len(files)} image files could not be read: {shown}{more}. "
+            "HINT: remove or replace those files."
+        )
+    return len(files)
 
 
 def class_names(dataset, class_names: Sequence[str] | None = None, num_classes: int | None = None) -> list[str]:
-    """Class names from the argument, `dataset.classes`, or "0".."K-1"."""
+    """Class names from the argument, `dataset.classes`, or "0".."K-1"; duplicates are an error."""
+    from .core.inputs import check_class_names
+
     if class_names is not None:
-        return [str(c) for c in class_names]
+        return check_class_names(class_names)
     names = getattr(dataset, "classes", None)
     if names is not None:
-        return [str(c) for c in names]
+        return check_class_names(names)
     if num_classes is None:
         raise DebugAtlasError("No class names: pass `class_names=` or a dataset with `.classes`.")
     return [str(i) for i in range(num_classes)]
@@ -185,9 +249,9 @@ def folder_split(root: str | Path, n_train: int | None = None, n_val: int = 1000
     seeded permutation. Images are [3, H, W] float32 in [0, 1]. A `shortcut` poisons the training
     split, and with `poison_val` the validation split too (as in `digits()`).
     """
-    from PIL import Image
-
     root = Path(root)
+    if not root.is_dir():
+        raise DebugAtlasError(f"{str(root)!r} is not a directory. HINT: lay it out as <class>/<image files>.")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         raise DebugAtlasError(f"{str(root)!r} has no class folders. HINT: lay it out as <class>/<image files>.")
@@ -197,12 +261,17 @@ def folder_split(root: str | Path, n_train: int | None = None, n_val: int = 1000
             if f.suffix.lower() in (".jpg", ".jpeg", ".png"):
                 files.append(f)
                 labels.append(k)
+    if not 0 < n_val < len(files):
+        raise DebugAtlasError(
+            f"`folder_split(n_val={n_val})` with {len(files)} image files leaves no images for "
+            f"{'validation' if n_val <= 0 else 'training'}. HINT: choose 0 < n_val < {len(files)}."
+        )
     order = np.random.default_rng(seed).permutation(len(files))
     val_idx = order[:n_val]
     train_idx = order[n_val:] if n_train is None else order[n_val:n_val + n_train]
 
     def load(idx: np.ndarray) -> tuple[torch.Tensor, list[int]]:
-        arrays = [np.asarray(Image.open(files[i]).convert("RGB"), dtype=np.uint8) for i in idx]
+        arrays = [np.asarray(load_rgb(files[i]), dtype=np.uint8) for i in idx]
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
         return images, [labels[i] for i in idx]
 
