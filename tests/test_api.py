@@ -134,12 +134,16 @@ def test_models_with_more_than_100_classes_attribute_the_studied_pairs(trained_c
 
 
 def test_layout_options_reach_the_layout_and_bad_ones_are_refused():
-    from debugatlas.pipeline import AnalysisConfig
-    from debugatlas.pipeline.stages import layout_options
+    from torch import nn
+
+    from debugatlas.pipeline import AnalysisConfig, RunContext
+    from debugatlas.pipeline.views import layout_options
 
     config = AnalysisConfig.from_options({"layout_backend": "umap-learn", "layout_pca_dims": 16})
-    options = layout_options(config, "cpu")
-    assert options["backend"] == "umap-learn" and options["pca_dims"] == 16 and options["device"] == "cpu"
+    model = nn.Sequential(nn.Linear(2, 2))
+    ctx = RunContext(model, "0", model[0], [], torch.device("cpu"), 0, config)
+    options = layout_options(ctx)
+    assert options["backend"] == "umap-learn" and options["pca_dims"] == 16 and options["device"] == torch.device("cpu")
     with pytest.raises(DebugAtlasError, match="layout_backend"):
         AnalysisConfig.from_options({"layout_backend": "cuml"})
     with pytest.raises(DebugAtlasError, match="layout_pca_dims"):

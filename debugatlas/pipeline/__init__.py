@@ -1,5 +1,7 @@
-"""The pipeline: `analyze()` runs the stages in order on one run context."""
-from .analyze import AnalysisResult, PairFinding, analyze
+"""The pipeline: `analyze()` runs the stages in order on one `RunContext`, passing frozen records."""
+from .analyze import analyze
 from .config import AnalysisConfig
+from .context import RunContext
+from .records import AnalysisResult, PairFinding
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "PairFinding", "analyze"]
+__all__ = ["AnalysisConfig", "AnalysisResult", "PairFinding", "RunContext", "analyze"]

@@ -6,6 +6,8 @@ from typing import Any
 
 from ..core.errors import DebugAtlasError
 
+FILTERED_LAYOUTS = ("shared", "own")
+
 
 @dataclass
 class AnalysisConfig:
@@ -16,7 +18,9 @@ class AnalysisConfig:
     default), layout_backend ("auto" | "umap-learn" | "torch" | "torchdr", see `layout.Layout`;
     the layout runs on the analysis device), layout_pca_dims (project on that many principal
     components first). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
-    min_count, n_exemplars, filter_top_n. Confusion: n_pairs, top_cells.
+    min_count, n_exemplars, filter_top_n, filtered_layout ("shared": the class-filtered and comparison
+    atlases keep the main layout's coordinates and grid; "own": each is laid out again, as in the
+    paper). Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
     Patches: patches, patch_cells, patch_sizes, crop_sizes, n_random, max_patch_images.
     Report: n_examples (misclassified examples with pixel attributions per pair).
@@ -39,6 +43,7 @@ class AnalysisConfig:
     min_count: int = 3
     n_exemplars: int = 8
     filter_top_n: int = 2000
+    filtered_layout: str = "shared"
     n_pairs: int = 3
     top_cells: int = 32
     render: bool = True
@@ -85,6 +90,8 @@ class AnalysisConfig:
             self.grid_sizes = (self.grid_size,) + self.grid_sizes
         if any(g < 1 for g in self.grid_sizes):
             raise DebugAtlasError(f"`grid_sizes={self.grid_sizes!r}` must be integers >= 1.")
+        if self.filtered_layout not in FILTERED_LAYOUTS:
+            raise DebugAtlasError(f"`filtered_layout={self.filtered_layout!r}` is not one of {list(FILTERED_LAYOUTS)}.")
         from ..layout import BACKENDS
 
         if self.layout_backend not in BACKENDS:

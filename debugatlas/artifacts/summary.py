@@ -1,0 +1,95 @@
+"""summary.json: its schema version, the patch rows taken from a suite, reading and writing it."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..core.errors import DebugAtlasError
+from .atomic import write_text
+from .paths import SUMMARY_FILE
+
+SCHEMA_VERSION = 1
+TIMED_STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
+_PACKAGES = ("debugatlas", "torch", "torchvision", "captum", "umap-learn", "numpy", "pytorch-lightning")
+
+
+def versions() -> dict[str, str]:
+    """Python and the installed versions of the packages a run depends on."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def patch_entries(suite, prefix: str, placements: Sequence[str] | None = None) -> list[dict]:
+    """The `patches` list of a pair: one row per kept patch x placement, best first.
+
+    `prefix`: the folder of the suite's patch PNGs relative to the run directory, ending in "/"
+    (`paths.suite_dir(k) + "/patches/"` for the k-th pair of a run).
+    Keys: id, cell, file, target, size_frac, placement, n_images, flip_rate, noise_flip_rate,
+    natural_flip_rate, plus source, resize, best_flip_rate, p_b_before, p_b_after.
+    """
+    entries = []
+    for patch in suite.patches:
+        for placement in placements or suite.placements:
+            r = suite.baseline.get(patch.id, placement).to_dict()
+            entries.append({
+                "id": patch.id, "cell": None if patch.cell is None else list(patch.cell),
+                "file": f"{prefix}{patch.id}.png", "target": suite.b, "size_frac": r["size_frac"],
+                "placement": placement, "n_images": r["n_images"], "flip_rate": r["flip_rate"],
+                "noise_flip_rate": r["noise_flip_rate"], "natural_flip_rate": r["natural_flip_rate"],
+                "source": patch.source, "resize": patch.resize, "best_flip_rate": r["best_flip_rate"],
+                "p_b_before": r["p_b_before"], "p_b_after": r["p_b_after"],
+            })
+    return entries
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become None, tuples lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def dumps(summary: dict) -> str:
+    """summary.json's text (strict JSON: no NaN)."""
+    return json.dumps(_plain(summary), indent=1, allow_nan=False)
+
+
+def write_summary(run_dir: str | Path, summary: dict) -> Path:
+    """Write `run_dir/summary.json` atomically."""
+    return write_text(Path(run_dir) / SUMMARY_FILE, dumps(summary))
+
+
+def read_summary(path: str | Path) -> dict:
+    """A summary.json (its path, or the run directory holding it), checked for its schema version."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SUMMARY_FILE
+    if not path.is_file():
+        raise DebugAtlasError(
+            f"{str(path)!r} does not exist. HINT: pass a run directory written by `analyze()` or its summary.json."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DebugAtlasError(f"{str(path)!r} is not valid JSON ({exc}). HINT: rerun the analysis.") from exc
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise DebugAtlasError(
+            f"{str(path)!r} has schema_version {version!r}; this debugatlas reads {SCHEMA_VERSION}. "
+            "HINT: rerun the analysis with this version of debugatlas."
+        )
+    return data

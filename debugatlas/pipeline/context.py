@@ -1,0 +1,73 @@
+"""`RunContext`: what every stage of one analysis needs, passed as one value instead of long argument lists."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..core.datasets import load_images
+from ..core.progress import progress_bar
+from .config import AnalysisConfig
+
+log = logging.getLogger("debugatlas")
+
+
+class StageTimer:
+    """Wall-clock seconds per stage name, summed over repeated entries."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 3)
+            log.info("debugatlas: %s took %.2f s", name, self.times[name])
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One analysis run.
+
+    model:  the network as analysed, in [0, 1] pixel space (wrapped by `Normalized` when the run
+            normalises), on `device`.
+    layer:  the analysed layer's name in `model.named_modules()`; module: that layer.
+    dataset: yields (image [C, H, W] in [0, 1], label); sample ids index into it.
+    class_names: one name per model output. seed: every random choice of the run derives from it.
+    progress: show progress bars. timer: seconds per stage (summary.json's `timings_s`).
+    """
+
+    model: nn.Module
+    layer: str
+    module: nn.Module
+    dataset: Any
+    device: torch.device
+    seed: int
+    config: AnalysisConfig
+    class_names: tuple[str, ...] = ()
+    progress: bool = False
+    timer: StageTimer = field(default_factory=StageTimer)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def images(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """The dataset images with these ids, [N, C, H, W] float32 on the CPU."""
+        return load_images(self.dataset, ids)
+
+    def bar(self, desc: str):
+        """A `progress(done, total)` callback for one stage, or None when progress is off."""
+        return progress_bar(self.progress, desc)
+
+    def stage(self, name: str):
+        """Context manager timing one stage."""
+        return self.timer.stage(name)
