@@ -1,7 +1,9 @@
-"""The CI gate: rerun saved patch suites against a checkpoint; fail when a confusion comes back.
+"""The CI gate: rerun saved patch suites against a checkpoint; fail when a confirmed confusion comes back.
 
 `check_suite` measures and returns a `CheckReport`; `main` is `debugatlas check` (exit 0 when every
 check holds, 1 when one fails, 2 for bad input); `assert_suite_holds` is the pytest form.
+Rates are compared by their Wilson 95 % intervals (`GATE_RULE`), so a rerun on other images of
+the same classes does not fail by chance.
 """
 from __future__ import annotations
 
@@ -19,17 +21,28 @@ import torch
 from torch import nn
 
 from .core.errors import DebugAtlasError
+from .patches.stats import wilson_interval
 from .patches.suite import SUITE_FILE, PatchSuite, SuiteRun
 
 _EPS = 1e-9
+STATUSES = ("ok", "failed", "reported", "nothing_to_measure")
+GATE_RULE = (
+    "Gated: patches whose baseline verdict is 'confirmed' (every patch of a suite without verdicts); "
+    "others are reported. A flip rate fails when its Wilson 95 % interval lies above the baseline's "
+    "by more than the tolerance (new lower bound > baseline upper bound + tolerance), or above "
+    "max_flip_rate when given. Accuracy fails when its interval lies below the baseline's by more "
+    "than the tolerance (or below min_accuracy); a pair's confusion rate (A predicted B) like a flip "
+    "rate (or above max_confusion). No correctly classified image of A: 'nothing to measure'."
+)
 
 
 @dataclass
 class CheckRow:
-    """One check: `measured` must be <= `limit` (>= for accuracy). `limit` None: reported only.
+    """One check: `measured` against `limit` (see `GATE_RULE`). `limit` None: nothing to hold it to.
 
     kind: "flip_rate", "accuracy" or "confusion"; pair: "A->B" or None; message: why it failed,
-    or the reference values (baseline, controls) when it held.
+    or the reference values (baseline, controls) when it held. status: one of STATUSES, derived
+    from `passed` unless "reported" (measured, not gated) or "nothing_to_measure" (with its reason).
     """
 
     name: str
@@ -39,6 +52,13 @@ class CheckRow:
     passed: bool
     message: str = ""
     pair: str | None = None
+    status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "ok" if self.passed else "failed"
+        if self.status not in STATUSES:
+            raise DebugAtlasError(f"`CheckRow(status={self.status!r})` is not one of {list(STATUSES)}.")
 
     def to_dict(self) -> dict:
         """Plain values (NaN becomes None)."""
@@ -75,7 +95,8 @@ class CheckReport:
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
         head = ("check", "measured", "limit", "result", "note")
-        lines = [(r.name, num(r.measured), num(r.limit), "ok" if r.passed else "FAIL", r.message) for r in self.rows]
+        shown = {"ok": "ok", "failed": "FAIL", "reported": "info", "nothing_to_measure": "skip"}
+        lines = [(r.name, num(r.measured), num(r.limit), shown[r.status], r.message) for r in self.rows]
         widths = [max(len(head[i]), *(len(line[i]) for line in lines)) if lines else len(head[i]) for i in range(4)]
         fmt = lambda cols: "  ".join(  # noqa: E731
             [cols[0].ljust(widths[0]), cols[1].rjust(widths[1]), cols[2].rjust(widths[2]),
@@ -83,30 +104,65 @@ class CheckReport:
         out = [fmt(head), fmt(tuple("-" * w for w in widths) + ("----",))] + [fmt(line) for line in lines]
         verdict = "PASSED" if self.passed else "FAILED"
         out.append(f"{verdict}: {len(self.rows) - len(self.failures)} of {len(self.rows)} checks hold")
+        skipped = sum(r.status == "nothing_to_measure" for r in self.rows)
+        reported = sum(r.status == "reported" for r in self.rows)
+        if skipped or reported:
+            out[-1] += f" ({reported} reported only, {skipped} with nothing to measure)"
         return "\n".join(out)
 
     def to_junit_xml(self) -> str:
         """JUnit XML: one testsuite, one testcase per check, a <failure> for each failed one."""
         failures = str(len(self.failures))
+        skipped = str(sum(r.status == "nothing_to_measure" for r in self.rows))
         root = ET.Element("testsuites", name="debugatlas check", tests=str(len(self.rows)), failures=failures)
         suite = ET.SubElement(root, "testsuite", name="debugatlas check", tests=str(len(self.rows)),
-                              failures=failures, errors="0", skipped="0")
+                              failures=failures, errors="0", skipped=skipped)
         for row in self.rows:
             classname = "debugatlas.check" + (f".{row.pair.replace('.', '_')}" if row.pair else "")
             case = ET.SubElement(suite, "testcase", classname=classname, name=row.name, time="0")
             if not row.passed:
                 failure = ET.SubElement(case, "failure", message=row.message or "check failed", type=row.kind)
                 failure.text = f"measured {row.measured} limit {row.limit}: {row.message}"
+            elif row.status == "nothing_to_measure":
+                ET.SubElement(case, "skipped", message=row.message)
+            elif row.message:
+                ET.SubElement(case, "system-out").text = row.message
         return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 
-def _baseline_rates(baseline: dict | None, suite: PatchSuite) -> dict[tuple[str, str], float]:
-    """(patch id, placement) -> baseline flip rate, from a summary.json dict or a patches list."""
+@dataclass(frozen=True)
+class _Reference:
+    """A baseline value with its 95 % interval; n None when unknown (the interval is the point)."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int | None
+    origin: str
+    verdict: str | None = None
+
+    def text(self) -> str:
+        span = "" if self.n is None else f" [{self.lo:.2f}-{self.hi:.2f}]"
+        return f"{self.origin} {self.value:.4f}{span}"
+
+
+def _reference(value: float, n, ci, origin: str, verdict: str | None = None) -> _Reference:
+    value = float(value)
+    if ci is not None:
+        lo, hi = float(ci[0]), float(ci[1])
+    elif n is not None and int(n) > 0 and not math.isnan(value):
+        lo, hi = wilson_interval(min(int(n), max(0, round(value * int(n)))), int(n))
+    else:
+        lo = hi = value
+    return _Reference(value, lo, hi, None if n is None else int(n), origin, verdict)
+
+
+def _baseline_pair(baseline: dict | None, suite: PatchSuite) -> dict | None:
+    """The summary.json pair entry of the suite's (a, b), a bare {"patches": [...]}, or None."""
     if baseline is None:
-        return {}
+        return None
     if not isinstance(baseline, dict):
         raise DebugAtlasError(f"`baseline` is a {type(baseline).__name__}; expected the dict of a summary.json.")
-    entries = baseline.get("patches")
     if "pairs" in baseline:
         pairs = [p for p in baseline["pairs"] if str(p.get("a")) == suite.a and str(p.get("b")) == suite.b]
         if not pairs:
@@ -115,16 +171,54 @@ def _baseline_rates(baseline: dict | None, suite: PatchSuite) -> dict[tuple[str,
                 f"The baseline has no pair ({suite.a!r}, {suite.b!r}); it has {found}. "
                 "HINT: pass the summary.json written with this suite."
             )
-        entries = pairs[0].get("patches", [])
-    if not isinstance(entries, list):
+        return pairs[0]
+    if not isinstance(baseline.get("patches"), list):
         raise DebugAtlasError(
             "The baseline has neither `pairs` nor a `patches` list. HINT: pass a summary.json written by analyze()."
         )
+    return baseline
+
+
+def _baseline_patches(pair: dict | None) -> dict[tuple[str, str], _Reference]:
+    """(patch id, placement) -> baseline flip rate with its interval and verdict, from summary.json."""
+    if pair is None:
+        return {}
+    entries = pair.get("patches", [])
+    if not isinstance(entries, list):
+        raise DebugAtlasError("The baseline pair's `patches` is not a list. HINT: pass a summary.json written by analyze().")
     try:
-        return {(str(e["id"]), str(e.get("placement", "static"))): float(e["flip_rate"])
+        return {(str(e["id"]), str(e.get("placement", "static"))):
+                _reference(float(e["flip_rate"]), e.get("n_images"), e.get("flip_rate_ci"), "baseline", e.get("verdict"))
                 for e in entries if e.get("flip_rate") is not None}
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise DebugAtlasError(f"A baseline patch entry is malformed ({exc}). HINT: each needs id and flip_rate.") from exc
+
+
+def _suite_reference(suite: PatchSuite, patch_id: str, placement: str) -> _Reference:
+    r = suite.baseline.get(patch_id, placement)
+    ci = r.flip_rate_ci if r.flip_rate_ci is not None or r.n_images == 0 else None
+    return _reference(r.flip_rate, r.n_images, ci, "suite baseline", r.verdict)
+
+
+def _pair_references(baseline: dict | None, suite: PatchSuite) -> tuple[_Reference | None, _Reference | None]:
+    """Baseline accuracy and a->b confusion rate: from summary.json, else the suite's metadata."""
+    meta = suite.metadata or {}
+    accuracy = confusion = None
+    if baseline is not None and baseline.get("accuracy") is not None:
+        accuracy = _reference(baseline["accuracy"], baseline.get("num_images"), None, "baseline")
+    elif meta.get("accuracy") is not None:
+        accuracy = _reference(meta["accuracy"], meta.get("num_images"), None, "suite baseline")
+    cm = baseline.get("confusion_matrix") if baseline is not None else None
+    if cm is not None:
+        try:
+            row = [float(v) for v in cm[suite.a_index]]
+            if sum(row) > 0:
+                confusion = _reference(row[suite.b_index] / sum(row), int(sum(row)), None, "baseline")
+        except (TypeError, ValueError, IndexError) as exc:
+            raise DebugAtlasError(f"The baseline's confusion_matrix is malformed ({exc}).") from exc
+    if confusion is None and meta.get("confusion_rate") is not None:
+        confusion = _reference(meta["confusion_rate"], meta.get("num_a"), None, "suite baseline")
+    return accuracy, confusion
 
 
 def _as_suites(suite) -> list[PatchSuite]:
@@ -160,12 +254,16 @@ def check_suite(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> CheckReport:
-    """Rerun the suite(s) on `model` and `dataset` and check every patch under every placement.
+    """Rerun the suite(s) on `model` and `dataset`; gate the confirmed findings (see `GATE_RULE`).
 
-    Flip-rate limit: `max_flip_rate` when given; otherwise the patch's baseline flip rate (from
-    `baseline`, a summary.json dict, else the suite's own) + `tolerance`. Also checks the accuracy
-    on `dataset` (>= `min_accuracy`) and per pair the rate of images of A predicted B
-    (<= `max_confusion`); without a limit those are reported only.
+    Gated patches: those whose baseline verdict is "confirmed" (all of them in a suite without
+    verdicts); the others are measured and reported. A gated patch fails when its new flip rate
+    exceeds `max_flip_rate`, or else when its Wilson 95 % interval lies above the baseline's
+    (`baseline`, a summary.json dict, else the suite's own) by more than `tolerance`. Accuracy and
+    each pair's rate of A predicted B: against `min_accuracy` / `max_confusion` when given, else
+    against the baseline's the same way (a drop / rise beyond the intervals and `tolerance` fails),
+    else reported. A pair with no correctly classified image of A has nothing to measure: one row
+    with that status and its reason, not a failure.
     """
     if max_flip_rate is not None and baseline is not None:
         raise DebugAtlasError("Pass `max_flip_rate` or `baseline`, not both. HINT: choose one rule.")
@@ -175,52 +273,102 @@ def check_suite(
             raise DebugAtlasError(f"`{label}={value!r}` must be a rate in [0, 1].")
     rows: list[CheckRow] = []
     runs: list[SuiteRun] = []
+    accuracy_ref = None
     for s in _as_suites(suite):
         run = s.run(model, dataset, batch_size=batch_size, device=device)
         runs.append(run)
         pair = f"{s.a}->{s.b}"
-        external = _baseline_rates(baseline, s)
-        for patch in s.patches:
-            for placement in s.placements:
-                rows.append(_flip_row(s, run, pair, patch.id, placement, max_flip_rate, external, tolerance))
-        ok = max_confusion is None or run.confusion_rate <= max_confusion + _EPS
-        rows.append(CheckRow(f"{pair} confusion", "confusion", run.confusion_rate, max_confusion, ok,
-                             "" if ok else f"{run.confusion_rate:.4f} of images of {s.a!r} predicted {s.b!r} "
-                                           f"> {max_confusion}", pair))
-    accuracy = runs[0].accuracy
-    ok = min_accuracy is None or accuracy >= min_accuracy - _EPS
-    rows.insert(0, CheckRow("accuracy", "accuracy", accuracy, min_accuracy, ok,
-                            "" if ok else f"accuracy {accuracy:.4f} < {min_accuracy}"))
+        entry = _baseline_pair(baseline, s)
+        external = _baseline_patches(entry)
+        pair_accuracy, pair_confusion = _pair_references(baseline, s)
+        accuracy_ref = accuracy_ref or pair_accuracy
+        if run.evaluation.n_images == 0:
+            rows.append(CheckRow(
+                f"{pair} patches", "flip_rate", None, None, True,
+                f"nothing to measure: none of the {run.num_a} images of {s.a!r} is classified as {s.a!r} by this "
+                "checkpoint, so no patch can flip one (the accuracy and confusion checks still apply)",
+                pair, "nothing_to_measure"))
+        else:
+            for patch in s.patches:
+                for placement in s.placements:
+                    ref = external.get((patch.id, placement)) or _suite_reference(s, patch.id, placement)
+                    verdict = ref.verdict if ref.verdict is not None else s.baseline.get(patch.id, placement).verdict
+                    rows.append(_flip_row(s, run, pair, patch.id, placement, max_flip_rate, ref, verdict, tolerance))
+        rows.append(_confusion_row(s, run, pair, max_confusion, pair_confusion, tolerance))
+    rows.insert(0, _accuracy_row(runs[0], min_accuracy, accuracy_ref, tolerance))
     settings = {"max_flip_rate": max_flip_rate, "tolerance": tolerance, "min_accuracy": min_accuracy,
-                "max_confusion": max_confusion,
+                "max_confusion": max_confusion, "rule": GATE_RULE,
                 "baseline": "given" if baseline is not None else ("none" if max_flip_rate is not None else "suite")}
     return CheckReport(rows, runs, settings)
 
 
 def _flip_row(s: PatchSuite, run: SuiteRun, pair: str, patch_id: str, placement: str,
-              max_flip_rate: float | None, external: dict, tolerance: float) -> CheckRow:
+              max_flip_rate: float | None, ref: _Reference, verdict: str | None, tolerance: float) -> CheckRow:
     result = run.evaluation.get(patch_id, placement)
     name = f"{pair} {patch_id} {placement}"
-    controls = f"noise {_fmt(result.noise_flip_rate)}, natural {_fmt(result.natural_flip_rate)}"
+    n = result.n_images
+    lo, hi = wilson_interval(result.flips, n)
+    new = f"{result.flip_rate:.4f} [{lo:.2f}-{hi:.2f}]"
+    context = (f"noise {_fmt(result.noise_flip_rate)}, natural {_fmt(result.natural_flip_rate)}; n={n}"
+               + ("" if verdict is None else f"; baseline verdict {verdict}"))
+    gated = verdict is None or verdict == "confirmed"
+    if not gated:
+        return CheckRow(name, "flip_rate", result.flip_rate, None, True,
+                        f"reported, not gated (baseline verdict {verdict}): new {new} vs {ref.text()}; {context}",
+                        pair, "reported")
     if max_flip_rate is not None:
-        limit, reference = float(max_flip_rate), "max_flip_rate"
+        ok = result.flip_rate <= max_flip_rate + _EPS
+        message = (f"flip rate {new} vs max_flip_rate {max_flip_rate}" if ok else
+                   f"flip rate {new} > max_flip_rate {max_flip_rate}")
+        return CheckRow(name, "flip_rate", result.flip_rate, float(max_flip_rate), ok, f"{message}; {context}", pair)
+    if math.isnan(ref.value) or ref.n == 0:
+        return CheckRow(name, "flip_rate", result.flip_rate, None, True,
+                        f"nothing to measure: the {ref.origin} counted no image for this patch; {context}",
+                        pair, "nothing_to_measure")
+    limit = ref.hi + tolerance
+    ok = lo <= limit + _EPS
+    if ok:
+        message = f"new {new} vs {ref.text()} + tolerance {tolerance}"
     else:
-        if (patch_id, placement) in external:
-            base, origin = external[(patch_id, placement)], "baseline"
-        else:
-            base, origin = s.baseline.get(patch_id, placement).flip_rate, "suite baseline"
-        limit, reference = base + tolerance, f"{origin} {_fmt(base)} + {tolerance}"
-        if math.isnan(base):
-            return CheckRow(name, "flip_rate", result.flip_rate, None, False,
-                            f"the {origin} has no flip rate for this patch (no image counted when it was "
-                            "measured). HINT: rebuild the suite, or pass --max-flip-rate", pair)
-    if result.n_images == 0:
-        return CheckRow(name, "flip_rate", result.flip_rate, limit, False,
-                        f"no image of {s.a!r} is classified correctly, nothing to measure", pair)
-    ok = result.flip_rate <= limit + _EPS
-    verdict = "" if ok else f"flip rate {result.flip_rate:.4f} > "
-    return CheckRow(name, "flip_rate", result.flip_rate, limit, ok,
-                    f"{verdict}{reference}; {controls}; n={result.n_images}", pair)
+        message = (f"flip rate {new}: its 95 % interval lies above the {ref.text()} by more than "
+                   f"the tolerance {tolerance} ({lo:.4f} > {ref.hi:.4f} + {tolerance})")
+    return CheckRow(name, "flip_rate", result.flip_rate, limit, ok, f"{message}; {context}", pair)
+
+
+def _accuracy_row(run: SuiteRun, min_accuracy: float | None, ref: _Reference | None, tolerance: float) -> CheckRow:
+    acc, n = run.accuracy, run.num_images
+    lo, hi = wilson_interval(round(acc * n), n)
+    if min_accuracy is not None:
+        ok = acc >= min_accuracy - _EPS
+        return CheckRow("accuracy", "accuracy", acc, min_accuracy, ok,
+                        "" if ok else f"accuracy {acc:.4f} < {min_accuracy}")
+    if ref is None:
+        return CheckRow("accuracy", "accuracy", acc, None, True, "reported (no baseline accuracy)", status="reported")
+    limit = ref.lo - tolerance
+    ok = hi >= limit - _EPS
+    new = f"{acc:.4f} [{lo:.2f}-{hi:.2f}]"
+    message = (f"new {new} vs {ref.text()} - tolerance {tolerance}" if ok else
+               f"accuracy {new}: its 95 % interval lies below the {ref.text()} by more than the tolerance {tolerance}")
+    return CheckRow("accuracy", "accuracy", acc, limit, ok, message)
+
+
+def _confusion_row(s: PatchSuite, run: SuiteRun, pair: str, max_confusion: float | None,
+                   ref: _Reference | None, tolerance: float) -> CheckRow:
+    rate, name = run.confusion_rate, f"{pair} confusion"
+    lo, hi = wilson_interval(round(rate * run.num_a), run.num_a)
+    new = f"{rate:.4f} [{lo:.2f}-{hi:.2f}]"
+    if max_confusion is not None:
+        ok = rate <= max_confusion + _EPS
+        return CheckRow(name, "confusion", rate, max_confusion, ok,
+                        "" if ok else f"{rate:.4f} of images of {s.a!r} predicted {s.b!r} > {max_confusion}", pair)
+    if ref is None:
+        return CheckRow(name, "confusion", rate, None, True, "reported (no baseline confusion rate)", pair, "reported")
+    limit = ref.hi + tolerance
+    ok = lo <= limit + _EPS
+    message = (f"new {new} vs {ref.text()} + tolerance {tolerance}" if ok else
+               f"{new} of images of {s.a!r} predicted {s.b!r}: its 95 % interval lies above the {ref.text()} "
+               f"by more than the tolerance {tolerance}")
+    return CheckRow(name, "confusion", rate, limit, ok, message, pair)
 
 
 def _fmt(value: float | None) -> str:
@@ -238,16 +386,19 @@ def assert_suite_holds(suite_or_dir, model: nn.Module, dataset, **limits) -> Che
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="debugatlas check",
-        description="Rerun a saved patch suite against a checkpoint (exit 0: all hold, 1: a check failed, 2: bad input).",
+        description="Rerun a saved patch suite against a checkpoint and gate its confirmed findings "
+                    "(exit 0: all hold, 1: a check failed, 2: bad input).",
     )
     parser.add_argument("--suite", required=True, help="suite folder (suite.json), or a folder of suite folders")
     parser.add_argument("--model", required=True, help="pkg.module:factory building the model")
     parser.add_argument("--weights", help="state_dict file saved with torch.save")
     parser.add_argument("--data", required=True, help="ImageFolder root: <class>/<image files>")
     rule = parser.add_mutually_exclusive_group()
-    rule.add_argument("--max-flip-rate", type=float, help="absolute limit on every patch's flip rate")
-    rule.add_argument("--baseline", help="summary.json whose flip rates (+ tolerance) are the limits")
-    parser.add_argument("--tolerance", type=float, default=0.05, help="allowed rise over the baseline (0.05)")
+    rule.add_argument("--max-flip-rate", type=float, help="absolute limit on every gated patch's flip rate")
+    rule.add_argument("--baseline", help="summary.json whose rates, accuracy and confusions are the reference "
+                                         "(default: the suite's own baseline)")
+    parser.add_argument("--tolerance", type=float, default=0.05,
+                        help="allowed gap between the new and the baseline 95 %% intervals (0.05)")
     parser.add_argument("--min-accuracy", type=float)
     parser.add_argument("--max-confusion", type=float, help="limit on the rate of images of A predicted B")
     parser.add_argument("--json", help="write the report as JSON here")

@@ -1,6 +1,8 @@
 """The CI gate: check_suite rows and limits, report formats, and `debugatlas check` exit codes."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 
@@ -16,6 +18,7 @@ from debugatlas.check import assert_suite_holds, check_suite, main
 from debugatlas.data import PlantedShortcut, TensorImageDataset, digits, image_folder
 from debugatlas.models import small_digits_cnn, train_classifier
 from debugatlas.patches import Patch, to_uint8
+from debugatlas.patches.stats import judge_evaluation, wilson_interval
 from debugatlas.patches.suite import PatchSuite, build_suite, summary_patch_entries
 
 
@@ -91,22 +94,99 @@ def test_limits_fail_and_report_formats(region_suite):
 
 def test_regressed_model_fails_against_baseline(region_suite):
     suite, data = region_suite
-    report = check_suite(suite, RegionModel(scale=1.5), data)  # region evidence for b grows
-    assert not report.passed
-    assert all(row.measured > row.limit for row in report.failures)
-    summary = {"pairs": [{"a": "a", "b": "b", "patches": summary_patch_entries(suite)}]}
+    summary = {"accuracy": 11 / 13, "num_images": 13, "confusion_matrix": [[8, 2, 0], [0, 3, 0], [0, 0, 0]],
+               "pairs": [{"a": "a", "b": "b", "patches": summary_patch_entries(suite)}]}
     assert check_suite(suite, RegionModel(), data, baseline=summary).passed
+    small = check_suite(suite, RegionModel(scale=10), data, baseline=summary)
+    # scale 10 reads every a with a region mean above 0.05 as b: 6 of 10 a ([0.31-0.83]) and
+    # accuracy 7 / 13; measured on 10 and 13 images, neither interval clears the baseline's + 0.05
+    assert small.passed
+    rows = {row.name: row for row in small.rows}
+    assert rows["a->b confusion"].measured == pytest.approx(0.6) and rows["accuracy"].measured == pytest.approx(7 / 13)
+    big = dict(summary, accuracy=0.95, num_images=400, confusion_matrix=[[180, 20, 0], [0, 30, 0], [0, 0, 0]])
+    report = check_suite(suite, RegionModel(scale=10), data, baseline=big)  # region evidence for b grows
+    assert not report.passed
+    rows = {row.name: row for row in report.rows}
+    acc_lo, acc_hi = wilson_interval(380, 400)
+    assert rows["accuracy"].limit == pytest.approx(acc_lo - 0.05) and wilson_interval(7, 13)[1] < acc_lo - 0.05
+    assert not rows["accuracy"].passed and "interval lies below" in rows["accuracy"].message
+    assert rows["a->b confusion"].limit == pytest.approx(wilson_interval(20, 200)[1] + 0.05)
+    assert not rows["a->b confusion"].passed and "interval lies above" in rows["a->b confusion"].message
     for entry in summary["pairs"][0]["patches"]:
-        entry["flip_rate"] = 0.0
+        entry.update(flip_rate=0.0, n_images=400, flip_rate_ci=None)
     lowered = check_suite(suite, RegionModel(), data, baseline=summary, tolerance=0.1)
-    assert {row.name for row in lowered.failures} == {
-        r.name for r in lowered.rows if r.kind == "flip_rate" and r.measured > 0.1}
+    # a baseline of 0 / 400 has the interval [0, 0.0095]: a new rate fails when its own interval
+    # (n = 5 counted images) starts above 0.0095 + 0.1
+    expect = set()
+    for r in lowered.runs[0].evaluation.candidates():
+        if wilson_interval(r.flips, r.n_images)[0] > wilson_interval(0, 400)[1] + 0.1:
+            expect.add(f"a->b {r.patch_id} {r.placement}")
+    assert expect and {row.name for row in lowered.failures} == expect
+    xml = ET.fromstring(lowered.to_junit_xml())
+    assert all("95 % interval lies above" in f.get("message") for f in xml.iter("failure"))
     with pytest.raises(DebugAtlasError, match="no pair"):
         check_suite(suite, RegionModel(), data, baseline={"pairs": [{"a": "x", "b": "y", "patches": []}]})
     with pytest.raises(DebugAtlasError, match="not both"):
         check_suite(suite, RegionModel(), data, max_flip_rate=0.1, baseline=summary)
     with pytest.raises(DebugAtlasError, match="tolerance"):
         check_suite(suite, RegionModel(), data, tolerance=2.0)
+
+
+def test_only_confirmed_findings_are_gated(region_suite):
+    suite, data = region_suite
+    judged = judge_evaluation(suite.baseline)
+    # the large white square flips all 8 counted images under dynamic placement, and so does the
+    # crop of a real b: "natural"; nothing else flips more than its controls
+    assert judged.get("white-r", "dynamic").verdict == "natural"
+    assert {r.verdict for r in judged.candidates()} == {"natural", "not_confirmed"}
+    gated = copy.copy(suite)
+    gated.baseline = dataclasses.replace(judged, results=[
+        dataclasses.replace(r, verdict="confirmed") if r.patch_id == "white-r" and r.placement != "dynamic" else r
+        for r in judged.results])
+    report = check_suite(gated, RegionModel(scale=2.5), data, max_flip_rate=0.0)
+    statuses = {row.name: row.status for row in report.rows if row.kind == "flip_rate"}
+    assert statuses == {"a->b white-r static": "ok", "a->b white-r random": "failed",
+                        "a->b white-r dynamic": "reported", "a->b white2 static": "reported",
+                        "a->b white2 dynamic": "reported", "a->b white2 random": "reported"}
+    reported = [row for row in report.rows if row.status == "reported"]
+    assert all(row.passed and row.limit is None for row in reported)
+    assert "not gated (baseline verdict natural)" in {r.name: r for r in reported}["a->b white-r dynamic"].message
+    assert {row.name for row in report.failures} == {"a->b white-r random"}
+    # an old suite (no verdicts) gates every patch, as before
+    old = check_suite(suite, RegionModel(scale=2.5), data, max_flip_rate=0.0)
+    assert all(r.status in ("ok", "failed") for r in old.rows if r.kind == "flip_rate")
+    assert len(old.failures) > len(report.failures)
+
+
+class NeverA(nn.Module):
+    """Reads every image as b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0.0, 1.0, -1.0]).expand(len(x), 3) + self.w
+
+
+def test_nothing_to_measure_is_its_own_status(region_suite):
+    suite, data = region_suite
+    report = check_suite(suite, NeverA(), data, max_confusion=1.0)
+    assert report.passed
+    rows = {row.name: row for row in report.rows}
+    assert "a->b patches" in rows and not any(r.kind == "flip_rate" and r.name != "a->b patches" for r in report.rows)
+    row = rows["a->b patches"]
+    assert row.status == "nothing_to_measure" and "none of the 10 images of 'a'" in row.message
+    assert rows["a->b confusion"].measured == 1.0
+    assert "1 with nothing to measure" in report.table().splitlines()[-1]
+    xml = ET.fromstring(report.to_junit_xml())
+    assert xml.find("testsuite").get("skipped") == "1" and xml.find(".//skipped") is not None
+    assert json.loads(json.dumps(report.to_dict()))["checks"][1]["status"] == "nothing_to_measure"
+    # against the suite's own baseline (2 of 10 a read as b) the confusion check is what fails
+    meta = copy.copy(suite)
+    meta.metadata = {"accuracy": 11 / 13, "num_images": 13, "confusion_rate": 0.2, "num_a": 10}
+    failed = check_suite(meta, NeverA(), data)
+    assert {r.name for r in failed.failures} == {"accuracy", "a->b confusion"}
 
 
 # -- the command line on a checkpoint with and without a planted trigger -------------------------
@@ -136,13 +216,14 @@ def cli_setup(tmp_path_factory):
         raise AssertionError("the planted model did not learn the trigger with any of 3 training seeds")
     torch.save(planted.state_dict(), root / "planted.pt")
     counts = {}
-    for i in range(len(val)):
+    for i in range(len(val)):  # 25 images per class in data/, the next 25 in other/
         image, label = val[i]
-        if counts.get(label, 0) >= 25:
+        if counts.get(label, 0) >= 50:
             continue
         counts[label] = counts.get(label, 0) + 1
-        (root / "data" / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(to_uint8(image)[:, :, 0]).save(root / "data" / str(label) / f"{i:04d}.png")
+        folder = root / ("data" if counts[label] <= 25 else "other") / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(to_uint8(image)[:, :, 0]).save(folder / f"{i:04d}.png")
     dataset = image_folder(root / "data", size=24, grayscale=True)
     labels = np.array(dataset.targets)
     images_a = load_images(dataset, np.nonzero(labels == A)[0])
@@ -233,3 +314,67 @@ def test_suite_load_then_check_in_python(cli_setup):
     planted.load_state_dict(torch.load(root / "planted.pt"))
     with pytest.raises(AssertionError, match="trigger"):
         assert_suite_holds(PatchSuite.load(root / "suites" / f"{A}-{TARGET}"), planted, dataset)
+
+
+@pytest.fixture(scope="module")
+def planted_suite(cli_setup):
+    """The trigger measured on the planted checkpoint, judged, with the run's accuracy as metadata."""
+    root, _ = cli_setup
+    planted = small_digits_cnn()
+    planted.load_state_dict(torch.load(root / "planted.pt"))
+    dataset = image_folder(root / "data", size=24, grayscale=True)
+    labels = np.array(dataset.targets)
+    images_a = load_images(dataset, np.nonzero(labels == A)[0])
+    images_b = load_images(dataset, np.nonzero(labels == TARGET)[0])
+    trigger = PlantedShortcut(target=TARGET, fraction=1.0, size=5).pattern(1)
+    placebo = images_a[0, :, 8:14, 8:14]  # a crop of an image of A itself
+    patches = [Patch("trigger", None, "icon", trigger, resize=False),
+               Patch("placebo", None, "exemplar", placebo, resize=False)]
+    suite = build_suite(planted, images_a, images_b, A, TARGET, patches, dataset.classes, sizes=(0.25,),
+                        n_random=6, keep=None)
+    suite.baseline = judge_evaluation(suite.baseline, n_screened=len(patches))
+    run = suite.run(planted, dataset)
+    suite.metadata = {"accuracy": run.accuracy, "num_images": run.num_images,
+                      "confusion_rate": run.confusion_rate, "num_a": run.num_a}
+    suite.save(root / "planted-suites" / f"{A}-{TARGET}")
+    return root, suite, planted
+
+
+def test_planted_trigger_confirmed_and_a_rerun_on_other_images_passes(planted_suite, capsys):
+    root, suite, planted = planted_suite
+    trigger = suite.baseline.get("trigger", "random")
+    assert trigger.verdict == "confirmed", trigger
+    assert trigger.flip_rate_ci[0] > max(trigger.noise_flip_rate, trigger.natural_flip_rate)
+    assert suite.baseline.get("placebo", "random").verdict != "confirmed"
+    other = image_folder(root / "other", size=24, grayscale=True)
+    report = check_suite(suite, planted, other)
+    assert report.passed, report.table()
+    rows = {row.name: row for row in report.rows}
+    assert rows[f"{A}->{TARGET} trigger random"].status == "ok"
+    assert rows[f"{A}->{TARGET} placebo random"].status == "reported"
+    assert rows["accuracy"].limit is not None and rows[f"{A}->{TARGET} confusion"].limit is not None
+    args = ["--suite", str(root / "planted-suites"), "--model", "debugatlas.models:small_digits_cnn",
+            "--weights", str(root / "planted.pt"), "--data", str(root / "other")]
+    assert main(args) == 0, capsys.readouterr().out
+
+
+def test_regressed_checkpoint_fails_on_accuracy_by_default(planted_suite, capsys):
+    root, suite, planted = planted_suite
+    damaged = small_digits_cnn()
+    damaged.load_state_dict(planted.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in damaged.parameters():
+            param.add_(0.5 * param.std() * torch.randn(param.shape, generator=gen))
+    torch.save(damaged.state_dict(), root / "damaged.pt")
+    other = image_folder(root / "other", size=24, grayscale=True)
+    report = check_suite(suite, damaged, other)
+    assert not report.passed
+    accuracy = {row.name: row for row in report.rows}["accuracy"]
+    assert not accuracy.passed and accuracy.measured < suite.metadata["accuracy"] - 0.2, accuracy
+    args = ["--suite", str(root / "planted-suites"), "--model", "debugatlas.models:small_digits_cnn",
+            "--weights", str(root / "damaged.pt"), "--data", str(root / "other"), "--junit", str(root / "dmg.xml")]
+    assert main(args) == 1
+    assert "accuracy" in capsys.readouterr().out
+    failure = ET.parse(root / "dmg.xml").getroot().find(".//testcase[@name='accuracy']/failure")
+    assert failure is not None and "interval lies below" in failure.get("message")
