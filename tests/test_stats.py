@@ -9,7 +9,7 @@ import scipy.stats
 
 from debugatlas.core import DebugAtlasError
 from debugatlas.patches.stats import (
-    TrialCounts, fisher_greater, holm, judge, judge_evaluation, wilson_interval,
+    TrialCounts, finding_statement, fisher_greater, holm, judge, judge_evaluation, wilson_interval,
 )
 from debugatlas.patches.types import PatchEvaluation, PatchResult
 
@@ -109,3 +109,10 @@ def test_judge_evaluation_fills_results_and_round_trips():
     assert back.get("trig", "random") == trig
     old = {k: v for k, v in trig.to_dict().items() if k not in ("verdict", "p_value", "flip_rate_ci")}
     assert PatchResult.from_dict(old).verdict is None  # results saved before verdicts still load
+
+
+def test_finding_statement():
+    text = finding_statement("2", "3", 0.41, (0.33, 0.49), 0.02, 0.09)
+    assert text == ("Pasting this feature on images of 2 makes the model say 3 in 41 % of them [33–49 %], "
+                    "against 2 % for noise and 9 % for a crop of a real 3.")
+    assert finding_statement("cat", "dog", 0.5, (0.3, 0.7), None, None).endswith("[30–70 %].")
