@@ -309,9 +309,10 @@ def _flip_row(s: PatchSuite, run: SuiteRun, pair: str, patch_id: str, placement:
     n = result.n_images
     lo, hi = wilson_interval(result.flips, n)
     new = f"{result.flip_rate:.4f} [{lo:.2f}-{hi:.2f}]"
-    context = (f"noise {_fmt(result.noise_flip_rate)}, natural {_fmt(result.natural_flip_rate)}; n={n}"
-               + ("" if verdict is None else f"; baseline verdict {verdict}"))
+    context = f"noise {_fmt(result.noise_flip_rate)}, natural {_fmt(result.natural_flip_rate)}; n={n}"
     gated = verdict is None or verdict == "confirmed"
+    if gated and verdict is not None:
+        context += f"; baseline verdict {verdict}"
     if not gated:
         return CheckRow(name, "flip_rate", result.flip_rate, None, True,
                         f"reported, not gated (baseline verdict {verdict}): new {new} vs {ref.text()}; {context}",
