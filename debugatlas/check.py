@@ -185,13 +185,18 @@ def _baseline_patches(pair: dict | None) -> dict[tuple[str, str], _Reference]:
         return {}
     entries = pair.get("patches", [])
     if not isinstance(entries, list):
-        raise DebugAtlasError("The baseline pair's `patches` is not a list. HINT: pass a summary.json written by analyze().")
+        raise DebugAtlasError(
+            "The baseline pair's `patches` is not a list. HINT: pass a summary.json written by analyze()."
+        )
     try:
         return {(str(e["id"]), str(e.get("placement", "static"))):
-                _reference(float(e["flip_rate"]), e.get("n_images"), e.get("flip_rate_ci"), "baseline", e.get("verdict"))
+                _reference(float(e["flip_rate"]), e.get("n_images"), e.get("flip_rate_ci"), "baseline",
+                           e.get("verdict"))
                 for e in entries if e.get("flip_rate") is not None}
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise DebugAtlasError(f"A baseline patch entry is malformed ({exc}). HINT: each needs id and flip_rate.") from exc
+        raise DebugAtlasError(
+            f"A baseline patch entry is malformed ({exc}). HINT: each needs id and flip_rate."
+        ) from exc
 
 
 def _suite_reference(suite: PatchSuite, patch_id: str, placement: str) -> _Reference:

@@ -139,7 +139,9 @@ def pick_pairs(cm: Any, n: int = 3, probs: Any = None, labels: Any = None, preds
             raise DebugAtlasError("`probs` needs `labels` and `preds` too. HINT: pass all three or none.")
         k = m.shape[0]
         if _as_numpy(probs, "probs", np.float64).shape[-1] != k:
-            raise DebugAtlasError(f"`probs` has {np.shape(probs)[-1]} classes and `cm` {k}. HINT: one column per class.")
+            raise DebugAtlasError(
+                f"`probs` has {np.shape(probs)[-1]} classes and `cm` {k}. HINT: one column per class."
+            )
         means = {(a, b): p for a, b, p in near_miss_pairs(probs, labels, preds, (), k * (k - 1))}
     out = [PickedPair(a, b, "confused", int(m[a, b]), means.get((a, b))) for a, b in confused]
     if probs is not None and len(out) < n:
