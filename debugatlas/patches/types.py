@@ -13,7 +13,7 @@ import torch
 
 from ..core.errors import DebugAtlasError
 
-SOURCES = ("icon", "icon_crop", "exemplar", "noise", "natural", "optimised")
+SOURCES = ("icon", "icon_crop", "exemplar", "noise", "natural", "optimised", "in_context")
 CONTROL_SOURCES = ("noise", "natural")
 PLACEMENTS = ("static", "dynamic", "random")
 DEFAULT_SIZES = (0.25, 0.35)  # side fractions: at most about 12 % of the image
