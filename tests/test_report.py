@@ -74,7 +74,7 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
     atlases = []
     for grid in grid_sizes:
         occupied = rng.random((grid, grid)) < 0.7
-        occupied[grid // 2, grid // 2] = True
+        occupied[grid // 2, grid // 2] = occupied[0, 3] = occupied[1, 3] = True  # findings' cells
         image = f"atlas_{grid}.png"
         files[image] = _atlas_png(rng, grid, occupied)
         cells = []
@@ -166,7 +166,7 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
         "classes": CLASSES, "confusion_matrix": cm.tolist(), "pairs": [sm1, sm2],
         "timings_s": {"capture": 1.2, "attribution": 3.4, "layout": 8.9, "render": 20.5,
                       "patches": 6.1, "total": 40.1},
-        "config": {"grid_sizes": list(grid_sizes), "note": HOSTILE_TEXT,
+        "config": {"grid_sizes": list(grid_sizes), "grid_size": 20, "note": HOSTILE_TEXT,
                    "split": {"seed": 0, "selection": 0.5, "confirmation": 0.5}},
         "versions": {"debugatlas": "0.1.0", "torch": "2.x", "python": "3.11"},
     }
@@ -447,3 +447,16 @@ def test_statement_gauge_and_interval_helpers():
     rows = [{"verdict": _findings.verdict(v)} for v in ("not_confirmed", None, "confirmed", "natural", "natural")]
     assert _findings.verdict_counts(rows) == [("confirmed", 1), ("natural", 2), ("not confirmed", 1),
                                               ("no verdict", 1)]
+
+
+def test_cells_of_confirmed_findings_are_marked_on_the_main_grid_only(full, tmp_path):
+    blob = _json_blob(full[3])
+    assert [g["marks"] for g in blob["grids"]] == [[], [[0, 3, "3 → 8"], [1, 3, "3 → 8"]]]
+    assert "Cells of confirmed findings are outlined in green." in full[3]
+    summary = {"config": {"grid_size": 4}, "pairs": [{"a": "x", "b": "y", "findings": [
+        {"cell": [1, 2]}, {"cell": [9, 9]}, {"cell": "bad"}]}]}
+    rd = {"atlases": [{"grid_size": g, "cells": []} for g in (4, 8)]}
+    html = render_report(summary, rd, tmp_path)
+    assert [g["marks"] for g in _json_blob(html)["grids"]] == [[[1, 2, "x → y"]], []]
+    summary["pairs"][0]["findings"] = []
+    assert "outlined in green" not in render_report(summary, rd, tmp_path)

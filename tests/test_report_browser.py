@@ -231,3 +231,34 @@ def test_findings_open_the_page_and_the_icons_view_shows_icons(visit):
             assert icons.is_disabled() and not page.is_visible("#atlas-bg")
             assert "No feature icons for this grid" in page.inner_text("#atlas-note")
     assert not visit.console_errors, visit.console_errors
+
+
+def test_finding_cells_are_outlined_and_named_on_the_atlas(visit):
+    page = visit.page
+    if page.locator("#atlas-canvas").count() == 0:
+        pytest.skip("this report has no atlas")
+    data = page.evaluate("() => JSON.parse(document.getElementById('atlas-data').textContent)")
+    marked = [(k, g) for k, g in enumerate(data["grids"]) if g["marks"]]
+    if not marked:
+        pytest.skip("no confirmed finding is marked on this report's atlas")
+    index, grid = marked[0]
+    i, j, label = grid["marks"][0]
+    page.locator("#atlas-controls button[data-grid]").nth(index).click()
+    page.locator("#atlas-canvas").scroll_into_view_if_needed()
+    box = page.locator("#atlas-canvas").bounding_box()
+    size = box["width"] / grid["grid_size"]
+    x, y = box["x"] + (i + 0.5) * size, box["y"] + (j + 0.5) * size
+    # Before any hover or click, only the outlines of marked cells are drawn over the icon atlas.
+    alpha = page.evaluate("""([i, j, n]) => {
+        const c = document.getElementById('atlas-canvas'), s = c.width / n, g = c.getContext('2d');
+        const at = (x, y) => g.getImageData(Math.floor(x * s), Math.floor(y * s), 1, 1).data[3];
+        return [at(i + 0.02, j + 0.5), at(i + 0.5, j + 0.5)];
+    }""", [i, j, grid["grid_size"]])
+    if page.locator('#atlas-controls button[data-mode="image"][aria-pressed="true"]').count():
+        assert alpha[0] > 0 and alpha[1] == 0, alpha
+    page.mouse.move(x, y)
+    page.locator("#atlas-tooltip").wait_for(state="visible", timeout=3000)
+    assert f"confirmed finding: {label}" in page.inner_text("#atlas-tooltip")
+    page.mouse.click(x, y)
+    assert f"confirmed finding: {label}" in page.inner_text("#atlas-panel")
+    assert not visit.console_errors, visit.console_errors

@@ -89,7 +89,7 @@ def findings(a: str, b: str, sm: Mapping, rd: Mapping, images, cell_exemplars: M
         ids = [int(i) for i in (_num(v) for v in _sequence(raw.get("exemplar_ids"))) if i is not None]
         text = raw.get("statement")
         out.append({
-            "cell": f"({key[0]}, {key[1]})" if key else "—",
+            "cell": f"({key[0]}, {key[1]})" if key else "—", "key": key,
             "statement": text if isinstance(text, str) and text.strip()
             else statement(a, b, flip, ci, noise, natural),
             "flip_rate": flip, "ci": ci, "noise": noise, "natural": natural,
@@ -124,6 +124,11 @@ def verdict_counts(rows: Sequence[Mapping]) -> list[tuple[str, int]]:
         counts[label] = counts.get(label, 0) + 1
     order = [label for label, _ in VERDICTS.values()]
     return sorted(counts.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+
+
+def atlas_marks(pairs: Sequence[Mapping]) -> list[tuple[tuple[int, int], str]]:
+    """(cell, "A → B") for every confirmed finding, to outline on the interactive atlas."""
+    return [(f["key"], f"{p['a']} → {p['b']}") for p in pairs for f in p["findings"] if f["key"]]
 
 
 def headline(pairs: Sequence[Mapping]) -> dict:

@@ -262,13 +262,16 @@ def _atlas_entries(report_data: Mapping, main_grid: int | None) -> list[tuple[in
     return sorted(entries, key=lambda e: e[0])
 
 
-def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_grid: int | None) -> dict:
+def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_grid: int | None,
+               marks: Sequence[tuple[tuple[int, int], str]] = ()) -> dict:
     """The compact JSON the interactive atlas reads.
 
     {"classes": [name], "grids": [{"grid_size", "icon_image" (src or null), "icon_image_problem",
     "cells": [[i, j, count, [[class index, count]], [[class index, mean attribution]],
-    [exemplar src], icon src]]}], "initial": index of the grid shown first (`main_grid` when
-    present, else the size nearest 20)}; class index -1 stands for "other classes" in the class mix.
+    [exemplar src], icon src]], "marks": [[i, j, label]]}], "initial": index of the grid shown
+    first (`main_grid` when present, else the size nearest 20)}; class index -1 stands for "other
+    classes" in the class mix. `marks` (cells of confirmed findings, e.g. "3 → 8") are placed on
+    the main grid only, the grid the ranked cells refer to.
     """
     names = list(classes)
     index = {name: k for k, name in enumerate(names)}
@@ -306,8 +309,10 @@ def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_gr
             problem = f"icons are rendered for the {main_grid}×{main_grid} grid only"
         else:
             problem = "no icon atlas was rendered"
+        grid_marks = [[i, j, as_text(label)] for (i, j), label in marks
+                      if size == main_grid and 0 <= i < size and 0 <= j < size]
         grids.append({"grid_size": size, "icon_image": image["src"] if image else None,
-                      "icon_image_problem": problem, "cells": cells})
+                      "icon_image_problem": problem, "cells": cells, "marks": grid_marks})
     sizes = [g["grid_size"] for g in grids]
     initial = (sizes.index(main_grid) if main_grid in sizes
                else min(range(len(grids)), key=lambda k: abs(sizes[k] - 20), default=0))

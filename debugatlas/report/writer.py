@@ -151,7 +151,7 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
     pairs = _view.pairs(summary, report_data, images, matrix)
     config = summary.get("config")
     main_grid = _view.as_int(config.get("grid_size")) if isinstance(config, Mapping) else None
-    blob = _view.atlas_blob(report_data, classes, images, main_grid)
+    blob = _view.atlas_blob(report_data, classes, images, main_grid, _findings.atlas_marks(pairs))
     suite = _view.suite(report_data)
     headline = _findings.headline(pairs)
     anchors = {(p["a"], p["b"]): p["anchor"] for p in pairs}
@@ -182,6 +182,7 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
         "atlas_gallery": _view.atlas_gallery(report_data, images, main_grid),
         "atlas_initial": blob["initial"],
         "atlas_json": script_json(blob),
+        "atlas_marked": any(g["marks"] for g in blob["grids"]),
         "score_description": _view.as_text(report_data.get("score_description")),
         "suite": suite,
         "absent_parts": absent,

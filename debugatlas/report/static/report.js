@@ -95,8 +95,20 @@
       ctx.imageSmoothingEnabled = false;
       ctx.drawImage(state.layer, 0, 0, canvas.width, canvas.height);
     }
+    (state.grid.marks || []).forEach(function (m) { outline(m[1] * state.n + m[0], "#34d17a", 2); });
     outline(state.selected, "#f5b301", 3);
     outline(state.hover, "#ffffff", 2);
+  }
+
+  function marksAt(pos) {
+    var i = pos % state.n, j = (pos - i) / state.n;
+    return (state.grid.marks || []).filter(function (m) { return m[0] === i && m[1] === j; })
+      .map(function (m) { return m[2]; });
+  }
+
+  function addMarks(node, pos) {
+    var labels = marksAt(pos);
+    if (labels.length) { node.appendChild(el("div", "finding-tag", "confirmed finding: " + labels.join(", "))); }
   }
 
   function resize() {
@@ -205,6 +217,7 @@
       return;
     }
     tooltip.appendChild(el("div", "tt-head", "Cell " + position(pos) + " · " + cell[2] + " sample" + (cell[2] === 1 ? "" : "s")));
+    addMarks(tooltip, pos);
     if (cell[3].length) {
       var total = mixTotal(cell);
       tooltip.appendChild(mixBar(cell));
@@ -261,6 +274,7 @@
     var cell = cellAt(pos);
     if (!cell) { panel.appendChild(el("h4", "", "Cell " + position(pos) + " is empty")); return; }
     panel.appendChild(el("h4", "", "Cell " + position(pos) + " · " + cell[2] + " sample" + (cell[2] === 1 ? "" : "s")));
+    addMarks(panel, pos);
     if (cell[6]) {
       panel.appendChild(el("div", "muted", "feature icon"));
       var icon = el("img", "icon"); icon.src = cell[6]; icon.alt = "feature icon";
