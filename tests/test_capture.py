@@ -262,3 +262,15 @@ def test_record_rejects_unknown_rules():
     with pytest.raises(DebugAtlasError, match="rule"):
         recorder.record(torch.zeros(1, 2, 3), torch.zeros(1, 2, 2, dtype=torch.long),
                         torch.tensor([[0, 7]]), [0], [0])
+
+
+def test_capture_with_guided_sampling_dispatches_to_the_gradient_pass():
+    from debugatlas.capture.guided import capture_guided
+
+    ds, _ = _bright_dataset()
+    via = capture(SquareNet(), ds, "feat", sampling="guided", samples_per_image=2, guided_fraction=0.5, seed=4,
+                  guided_classes=[1])
+    direct = capture_guided(SquareNet(), ds, "feat", samples_per_image=2, guided_fraction=0.5, seed=4, classes=[1])
+    assert torch.equal(via.positions, direct.positions) and torch.equal(via.rule, direct.rule)
+    with pytest.raises(DebugAtlasError, match="guided"):
+        capture(SquareNet(), ds, "feat", sampling="attribution")

@@ -27,6 +27,7 @@ from .activations import RULE_ATTRIBUTION, RULE_RANDOM, ActivationSet
 from .store import DiskVectors
 
 SAMPLING = ("random", "all", "center")
+GUIDED = "guided"  # `capture` only: attribution-guided sampling needs a gradient pass (see guided.py)
 
 
 def _interior(size: int, device=None) -> torch.Tensor:
@@ -369,14 +370,28 @@ def capture(
     progress: Callable[[int, int], None] | None = None,
     store_dir: str | Path | None = None,
     disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES,
+    guided_fraction: float = 0.5,
+    guided_classes: Sequence[int] = (),
 ) -> ActivationSet:
     """Run `model` over `dataset` in index order and sample activations of `layer`.
 
     Predictions are the argmax of the model's output. The model is left as found.
+    `sampling="guided"`: per image, round(samples_per_image * guided_fraction) positions at the
+    highest attribution toward its predicted class and `guided_classes`, the rest uniformly random;
+    `ActivationSet.rule` records which (see `capture.guided.capture_guided`).
     `store_dir`, `disk_threshold_bytes`: the on-disk store (see `ActivationRecorder`); the
     returned vectors then map a file that stays until the process ends or the directory is removed.
     """
     resolve_layer(model, layer)
+    if sampling not in (*SAMPLING, GUIDED):
+        raise DebugAtlasError(f"`capture(sampling={sampling!r})` is not one of {[*SAMPLING, GUIDED]}.")
+    if sampling == GUIDED:
+        from .guided import capture_guided
+
+        return capture_guided(model, dataset, layer, samples_per_image=samples_per_image,
+                              guided_fraction=guided_fraction, classes=guided_classes, cap=cap, seed=seed,
+                              batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                              store_dir=store_dir, disk_threshold_bytes=disk_threshold_bytes)
     recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed, dtype,
                                   store_dir=store_dir, disk_threshold_bytes=disk_threshold_bytes)
     device = torch.device(device) if device is not None else model_device(model)
