@@ -1,7 +1,10 @@
-"""AtlasCallback inside a real Lightning Trainer: fit, validate, resume, sanity check, bad layer."""
+"""AtlasCallback inside a real Lightning Trainer: fit, validate, resume, sanity check, bad layer,
+state per layer, failures that do not stop training, the run's timeline and its default folder."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 import pytorch_lightning as pl
@@ -16,7 +19,7 @@ FAST = {"layout": "pca", "render": False, "patches": False, "grid_sizes": (10,),
 
 
 def _trainer(tmp_path, callback, epochs=2, **kw):
-    return pl.Trainer(max_epochs=epochs, callbacks=[callback], default_root_dir=tmp_path, logger=False,
+    return pl.Trainer(max_epochs=epochs, callbacks=callback if isinstance(callback, list) else [callback], default_root_dir=tmp_path, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_train_batches=5,
                       num_sanity_val_steps=1, **kw)
 
@@ -35,7 +38,9 @@ def test_fit_writes_a_report_per_due_epoch_and_leaves_no_hooks(digits_data, tmp_
     callback = AtlasCallback("model.layer3", every_n_epochs=2, samples_per_image=2, **FAST)
     module = _module()
     _trainer(tmp_path, callback, epochs=4).fit(module, *_loaders(digits_data))
-    assert sorted(p.name for p in (tmp_path / "atlas").iterdir()) == ["epoch_1", "epoch_3"]
+    assert sorted(p.name for p in (tmp_path / "atlas").iterdir()) == ["epoch_1", "epoch_3", "index.html"]
+    timeline = (tmp_path / "atlas" / "index.html").read_text()
+    assert re.findall(r'href="(epoch_\d+/index.html)"', timeline)[:2] == ["epoch_1/index.html", "epoch_3/index.html"]
     summary = json.loads((tmp_path / "atlas" / "epoch_3" / "summary.json").read_text())
     # The sanity check did not leak samples: exactly the validation set, twice per image.
     assert summary["num_samples"] == 2 * len(digits_data[1]) and summary["num_images"] == len(digits_data[1])
@@ -98,7 +103,90 @@ def test_images_and_metrics_reach_tensorboard(digits_data, tmp_path):
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir)
     events.Reload()
-    assert {"atlas/atlas_10", "atlas/pair0_comparison"} <= set(events.Tags()["images"])
-    assert {"atlas/accuracy", "atlas/pair0_confused"} <= set(events.Tags()["scalars"])
+    pair = callback.last_result.summary["pairs"][0]
+    name = f"{pair['a']}→{pair['b']}"
+    assert {"atlas/atlas_10", f"atlas/{name}/comparison"} <= set(events.Tags()["images"])
+    assert {"atlas/accuracy", f"atlas/{name}/confused"} <= set(events.Tags()["scalars"])
+    assert events.Scalars(f"atlas/{name}/confused")[-1].value == pair["confused"]
     accuracy = events.Scalars("atlas/accuracy")[-1].value
     assert accuracy == pytest.approx(callback.last_result.summary["accuracy"], abs=1e-6)
+
+
+def test_two_callbacks_on_different_layers_keep_their_own_state(digits_data, tmp_path):
+    first = AtlasCallback("model.layer3", subdir="l3_{epoch}", **FAST)
+    second = AtlasCallback("model.layer2", every_n_epochs=2, subdir="l2_{epoch}", **FAST)
+    assert first.state_key != second.state_key
+    # the same settings give the same key whether pairs came from Python or from YAML
+    assert AtlasCallback("x", pairs=[("1", "7")]).state_key == AtlasCallback("x", pairs=[["1", "7"]]).state_key
+    trainer = _trainer(tmp_path, [first, second], epochs=2)
+    trainer.fit(_module(), *_loaders(digits_data))
+    assert (first.last_epoch_analyzed, second.last_epoch_analyzed) == (1, 1)
+    assert [r["epoch"] for r in first.runs] == [0, 1] and [r["epoch"] for r in second.runs] == [1]
+    ckpt = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)["callbacks"]
+    assert saved[first.state_key]["runs"][0]["dir"].endswith("l3_0")
+    assert [r["epoch"] for r in saved[second.state_key]["runs"]] == [1]
+    # restored in the other order: each callback gets its own state back
+    again = [AtlasCallback("model.layer2", every_n_epochs=2, subdir="l2_{epoch}", **FAST),
+             AtlasCallback("model.layer3", subdir="l3_{epoch}", **FAST)]
+    _trainer(tmp_path, again, epochs=2).fit(_module(), *_loaders(digits_data), ckpt_path=ckpt)
+    assert [r["epoch"] for r in again[0].runs] == [1] and [r["epoch"] for r in again[1].runs] == [0, 1]
+
+
+class _Broken(AtlasCallback):
+    def _analyze(self, *args, **kwargs) -> None:
+        raise RuntimeError("planted failure in the analysis")
+
+
+def test_a_failed_analysis_is_logged_and_training_goes_on(digits_data, tmp_path, caplog):
+    callback = _Broken("model.layer3", **FAST)
+    trainer = _trainer(tmp_path, callback, epochs=2)
+    with caplog.at_level(logging.ERROR, logger="debugatlas"):
+        trainer.fit(_module(), *_loaders(digits_data))
+    assert trainer.current_epoch == 2 and trainer.state.finished
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "could not analyse" in r.getMessage()]
+    assert len(errors) == 2 and "planted failure in the analysis" in errors[0].getMessage()
+    assert errors[0].exc_info is not None  # the traceback travels with the record
+    module = _module()
+    with pytest.raises(RuntimeError, match="planted failure"):
+        _trainer(tmp_path, _Broken("model.layer3", strict=True, **FAST), epochs=1).fit(module, *_loaders(digits_data))
+    assert all(not m._forward_hooks for m in module.modules())
+
+
+def test_a_fresh_model_that_predicts_one_class_trains_through(digits_data, tmp_path, caplog):
+    # Epoch 0 predicts class 0 for every image: no image of A is classified correctly, so every
+    # patch rate is None. The callback analyses, renders and patch-tests, and training goes on.
+    module = _module()
+    module.lr = 1e-4
+    with torch.no_grad():
+        module.model.fc.bias.copy_(torch.tensor([60.0] + [0.0] * 9))
+    options = dict(FAST, render=True, patches=True, render_steps=4, render_cells=2, patch_cells=2, n_random=1,
+                   max_patch_images=16, top_cells=4)
+    callback = AtlasCallback("model.layer3", strict=True, **options)
+    trainer = _trainer(tmp_path, callback, epochs=2, limit_val_batches=2)
+    with caplog.at_level(logging.INFO, logger="debugatlas"):
+        trainer.fit(module, *_loaders(digits_data))
+    summary = callback.last_result.summary
+    assert summary["accuracy"] < 0.2 and summary["pairs"] and all(p["b"] == "0" for p in summary["pairs"])
+    rates = [p.get("flip_rate") for pair in summary["pairs"] for p in pair["patches"]]
+    assert rates and all(r is None for r in rates)
+    assert [r["epoch"] for r in callback.runs] == [0, 1]
+    assert all(r["pairs"][0]["best_flip_rate"] is None for r in callback.runs)
+    said = [r.getMessage() for r in caplog.records if r.name == "debugatlas.lightning"]
+    assert any("epoch 1" in m and "done after" in m and "s left" in m for m in said)
+    assert "—" in (tmp_path / "atlas" / "index.html").read_text()  # missing rates shown as gaps
+
+
+def test_reports_go_under_the_loggers_version_folder(digits_data, tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    for _ in range(2):
+        callback = AtlasCallback("model.layer3", **FAST)
+        trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(tmp_path, name="runs"),
+                             enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
+                             enable_checkpointing=False, default_root_dir=tmp_path)
+        trainer.fit(_module(), *_loaders(digits_data))
+    for version in ("version_0", "version_1"):
+        assert (tmp_path / "runs" / version / "atlas" / "epoch_0" / "summary.json").is_file()
+        assert (tmp_path / "runs" / version / "atlas" / "index.html").is_file()

@@ -4,21 +4,27 @@ The only module that imports Lightning.
 
 Distributed (DDP): every rank captures its shard of the validation set with global dataset
 indices (read from the loader's `DistributedSampler`), the shards are gathered on every rank with
-`torch.distributed.all_gather_object` (in memory, also with the on-disk store), the sampler's
-padding repeats are dropped, rank 0 analyses and writes, and all ranks meet at a barrier. Random positions depend on (seed, image id), so any
-number of processes samples the same vectors. `cap` applies per rank while capturing and again
-to the merged set; the result equals a single-process run when no rank reaches `cap`. If rank 0's
-analysis fails, it broadcasts the failure before the barrier and every rank raises.
+`torch.distributed.all_gather_object` (shards differ in size, so the strategy's tensor
+`all_gather` does not fit; in memory, also with the on-disk store), the sampler's padding repeats
+are dropped, rank 0 analyses and writes, rank 0's outcome goes to every rank through
+`trainer.strategy.broadcast`, and all ranks meet at `trainer.strategy.barrier`. Random positions
+depend on (seed, image id), so any number of processes samples the same vectors. `cap` applies per
+rank while capturing and again to the merged set; the result equals a single-process run when no
+rank reaches `cap`.
+
+Never kills training: a failed analysis is logged with its cause and training goes on (with
+`strict=True` every rank raises it instead). Set-up mistakes (an unknown layer, a shuffled
+validation loader, batches that are not (images, labels)) still raise, before any work is lost.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from torch.utils.data import SequentialSampler
 
 from ..capture import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, ActivationSet, merge_shards
@@ -26,7 +32,7 @@ from ..core.errors import DebugAtlasError
 from ..core.model import resolve_layer
 from ..pipeline.config import AnalysisConfig
 
-log = logging.getLogger("debugatlas")
+log = logging.getLogger("debugatlas.lightning")
 
 
 class AtlasCallback(pl.Callback):
@@ -36,7 +42,9 @@ class AtlasCallback(pl.Callback):
         layer: name in `pl_module.named_modules()`.
         pairs: "auto" or [(A, B), ...] class names to compare.
         every_n_epochs: analyse after every n-th validation epoch (and after `trainer.validate()`).
-        dirpath: where `epoch_<n>/` folders go (default `<trainer.default_root_dir>/atlas`).
+        dirpath: where `epoch_<n>/` folders and the run's timeline `index.html` go; by default
+            `<save_dir>/<name>/<version>/atlas` of the trainer's first logger (as `ModelCheckpoint`
+            places checkpoints), or `<default_root_dir>/atlas` without a logger.
         sampling, samples_per_image, cap, seed: capture settings (see `capture.ActivationRecorder`).
         store_dir, disk_threshold_bytes: the on-disk vector store for large captures (used when the
             reservoir would exceed 256 MiB by default; None keeps it in memory).
@@ -45,6 +53,9 @@ class AtlasCallback(pl.Callback):
         subdir: folder under `dirpath` per analysis, formatted with `epoch` ("" writes into dirpath).
         run_analysis: False only captures; the ActivationSet is kept in `last_activations`.
         model_spec: "pkg.module:factory" of the wrapped classifier, for the report's check command.
+        strict: re-raise a failed analysis (on every rank) instead of logging it and training on.
+        timeline: keep `<dirpath>/index.html`, the run's epochs on one page (needs `{epoch}` in subdir).
+        options: `AnalysisConfig` options as one mapping (what a LightningCLI YAML config can pass).
         analysis_options: any `AnalysisConfig` option (render, patches, grid_size, ...).
     """
 
@@ -53,15 +64,26 @@ class AtlasCallback(pl.Callback):
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                  class_names: Sequence[str] | None = None, subdir: str = "epoch_{epoch}",
                  run_analysis: bool = True, model_spec: str | None = None, store_dir: str | Path | None = None,
-                 disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES, **analysis_options: Any) -> None:
+                 disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES, strict: bool = False,
+                 timeline: bool = True, options: Mapping[str, Any] | None = None, **analysis_options: Any) -> None:
         if not isinstance(layer, str) or not layer:
             raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise DebugAtlasError(f"`AtlasCallback(every_n_epochs={every_n_epochs!r})` must be an integer >= 1.")
         if sampling not in SAMPLING:
             raise DebugAtlasError(f"`AtlasCallback(sampling={sampling!r})` is not one of {list(SAMPLING)}.")
+        both = sorted(set(options or {}) & set(analysis_options))
+        if both:
+            raise DebugAtlasError(f"`AtlasCallback` got {both} both in `options=` and as keywords. HINT: pass each once.")
+        analysis_options = {**dict(options or {}), **analysis_options}
         AnalysisConfig.from_options(dict(analysis_options))
-        self.layer, self.pairs, self.every_n_epochs = layer, pairs, every_n_epochs
+        self.layer, self.every_n_epochs = layer, every_n_epochs
+        # YAML gives [[a, b]]: pairs are kept as tuples so the state key does not depend on it
+        if not (pairs is None or isinstance(pairs, (str, list, tuple))):
+            raise DebugAtlasError(f"`AtlasCallback(pairs={pairs!r})` must be 'auto' or a list of (A, B) class pairs.")
+        self.pairs = pairs if pairs is None or isinstance(pairs, str) else tuple(
+            tuple(p) if isinstance(p, list) else p for p in pairs)
+        self.strict, self.timeline = bool(strict), bool(timeline)
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.normalize, self.class_names, self.seed = normalize, class_names, int(seed)
         self.subdir, self.run_analysis = subdir, bool(run_analysis)
@@ -82,6 +104,12 @@ class AtlasCallback(pl.Callback):
         self._batch_ids: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
         self._active = False
+        self._warned: set[str] = set()
+
+    @property
+    def state_key(self) -> str:
+        """Checkpoint key: two callbacks on different layers (or pairs, or schedules) keep their own state."""
+        return self._generate_state_key(layer=self.layer, pairs=self.pairs, every_n_epochs=self.every_n_epochs)
 
     # -- checks that need the model ----------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -92,7 +120,18 @@ class AtlasCallback(pl.Callback):
             raise DebugAtlasError(f"`AtlasCallback(layer={self.layer!r})` found no such module in "
                                   f"{type(pl_module).__name__}. HINT: {hint}") from None
         if self.dirpath is None:
-            self.dirpath = Path(trainer.default_root_dir) / "atlas"
+            self.dirpath = Path(trainer.strategy.broadcast(str(self._default_dirpath(trainer))))
+
+    @staticmethod
+    def _default_dirpath(trainer: pl.Trainer) -> Path:
+        """`<save_dir>/<name>/<version>/atlas` of the first logger, as `ModelCheckpoint` resolves its folder."""
+        if not trainer.loggers:
+            return Path(trainer.default_root_dir) / "atlas"
+        logger = trainer.loggers[0]
+        save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+        version = logger.version
+        version = version if isinstance(version, str) else f"version_{version}"
+        return Path(save_dir) / str(logger.name) / version / "atlas"
 
     # -- capture ------------------------------------------------------------------------------------
     def _due(self, trainer: pl.Trainer) -> bool:
@@ -107,6 +146,8 @@ class AtlasCallback(pl.Callback):
         self._active = self._due(trainer)
         if not self._active:
             return
+        if trainer.world_size == 1:
+            self._val_dataset(trainer)  # refuses a shuffled loader now, not after the epoch
         self.recorder.reset()
         self._offset = 0
         self._index_map = self._sampler_indices(trainer) if trainer.world_size > 1 else None
@@ -172,25 +213,31 @@ class AtlasCallback(pl.Callback):
             return
         self._active = False
         epoch = int(trainer.current_epoch)
-        acts = self._gathered(trainer)
         error: BaseException | None = None
-        if trainer.is_global_zero:
+        try:
+            acts = self._gathered(trainer)  # a collective: every rank gets here, and fails alike
+        except DebugAtlasError as exc:
+            acts, error = None, exc
+        if trainer.is_global_zero and error is None:
             try:
                 dataset = self._val_dataset(trainer)
                 self.last_activations = acts
                 if self.run_analysis:
                     self._analyze(trainer, pl_module, dataset, acts, epoch)
-            except BaseException as exc:  # re-raised below, after the other ranks heard of it
+            except Exception as exc:  # noqa: BLE001 - the callback must not stop training
                 error = exc
-        failure = [f"{type(error).__name__}: {error}" if error is not None else None]
-        if _distributed(trainer):
-            dist.broadcast_object_list(failure, src=0)
+        failure = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
         trainer.strategy.barrier("debugatlas-analysis")
-        if error is not None:
-            raise error
-        if failure[0] is not None:
-            raise DebugAtlasError(f"`AtlasCallback` analysis failed on rank 0: {failure[0]} "
-                                  "HINT: see rank 0's traceback.")
+        if failure is None:
+            return
+        if self.strict:
+            if error is not None:
+                raise error
+            raise DebugAtlasError(f"`AtlasCallback` analysis failed on rank 0: {failure} HINT: see rank 0's traceback.")
+        if trainer.is_global_zero:
+            log.error("`AtlasCallback(layer=%r)` could not analyse epoch %d, training goes on: %s. HINT: pass "
+                      "`strict=True` to raise it.", self.layer, epoch, failure,
+                      exc_info=(type(error), error, error.__traceback__) if error is not None else None)
 
     def _gathered(self, trainer: pl.Trainer):
         """This rank's ActivationSet, or on several ranks the merged set (collectives on every rank)."""
@@ -199,12 +246,14 @@ class AtlasCallback(pl.Callback):
         except DebugAtlasError as exc:
             local, problem = None, str(exc)
         self.recorder.reset()
-        if not _distributed(trainer):
+        if trainer.world_size == 1:
             if problem is not None:
                 raise DebugAtlasError(problem)
             return local
+        import torch.distributed as dist  # objects of different sizes: the strategy gathers tensors only
+
         payload = None if local is None else _plain(local)
-        gathered: list = [None] * dist.get_world_size()
+        gathered: list = [None] * trainer.world_size
         dist.all_gather_object(gathered, (payload, problem))
         problems = [f"rank {k}: {p}" for k, (_, p) in enumerate(gathered) if p is not None]
         if len(problems) == len(gathered):
@@ -228,41 +277,27 @@ class AtlasCallback(pl.Callback):
 
     def _analyze(self, trainer, pl_module, dataset, acts, epoch: int) -> None:
         from ..pipeline import analyze
+        from ..report.timeline import epoch_entry, relative_href, write_timeline
+        from .loggers import log_analysis
+        from .progress import AnalysisProgress
 
         out = self.dirpath / self.subdir.format(epoch=epoch) if self.subdir else self.dirpath
-        result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
-                         out_dir=out, seed=self.seed, class_names=self.class_names, activations=acts,
-                         title=f"{type(pl_module).__name__}, epoch {epoch}", model_spec=self.model_spec,
-                         **self.capture_options, **self.analysis_options)
+        previous = self.runs[-1].get("timings_s") if self.runs else None
+        with AnalysisProgress(f"epoch {epoch}, layer {self.layer}, {len(acts):,} vectors", previous):
+            result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
+                             out_dir=out, seed=self.seed, class_names=self.class_names, activations=acts,
+                             title=f"{type(pl_module).__name__}, epoch {epoch}", model_spec=self.model_spec,
+                             **self.capture_options, **self.analysis_options)
         self.last_result = result
         self.last_epoch_analyzed = epoch
-        self.runs.append({"epoch": epoch, "dir": str(out)})
-        metrics = {"atlas/accuracy": result.summary["accuracy"], "atlas/num_samples": float(len(acts))}
-        for k, pair in enumerate(result.summary["pairs"][:3]):
-            metrics[f"atlas/pair{k}_confused"] = float(pair["confused"])
-            if pair["patches"]:
-                metrics[f"atlas/pair{k}_best_flip_rate"] = max(p["flip_rate"] for p in pair["patches"])
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            self._log_images(logger, out, result, trainer.global_step)
-
-    @staticmethod
-    def _log_images(logger, out: Path, result, step: int) -> None:
-        """The atlas, icon atlas and each pair's comparison atlas, to loggers that take images."""
-        experiment = getattr(logger, "experiment", None)
-        if not hasattr(experiment, "add_image"):
-            return
-        import numpy as np
-        from PIL import Image
-
-        names = ["icon_atlas.png", f"atlas_{result.config.grid_size}.png"]
-        for k in range(len(result.pairs)):
-            names += [f"pair{k}_comparison_icons.png", f"pair{k}_comparison.png"]
-        for name in names:
-            path = out / name
-            if path.exists():
-                image = np.asarray(Image.open(path).convert("RGB"))
-                experiment.add_image(f"atlas/{path.stem}", image, step, dataformats="HWC")
+        self.runs = [r for r in self.runs if r.get("epoch") != epoch]
+        self.runs.append({"dir": str(out), "timings_s": dict(result.summary.get("timings_s") or {}),
+                          **epoch_entry(result.summary, epoch, relative_href(out, self.dirpath))})
+        if self.timeline and self.subdir and "{epoch" in self.subdir:
+            write_timeline(self.dirpath, [r for r in self.runs if "pairs" in r],
+                           title=f"{type(pl_module).__name__}: atlas of {self.layer}")
+        log_analysis(trainer.loggers, out, result.summary, epoch=epoch, step=trainer.global_step,
+                     num_samples=len(acts), warned=self._warned)
 
     # -- cleanup and state ----------------------------------------------------------------------------
     def _remove_hooks(self) -> None:
@@ -285,12 +320,8 @@ class AtlasCallback(pl.Callback):
         self.runs = list(state_dict.get("runs", []))
 
 
-def _distributed(trainer: pl.Trainer) -> bool:
-    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
-
-
 def _plain(acts) -> dict[str, Any]:
     """The ActivationSet's fields as plain values and in-memory tensors, for pickling to other ranks."""
-    return {"vectors": torch.as_tensor(acts.vectors).clone(), "image_ids": acts.image_ids, "labels": acts.labels,
-            "preds": acts.preds, "positions": acts.positions, "layer": acts.layer,
-            "spatial_shape": acts.spatial_shape, "num_offered": acts.num_offered}
+    out = {f.name: getattr(acts, f.name) for f in fields(acts)}
+    out["vectors"] = torch.as_tensor(acts.vectors).clone()  # the on-disk store's memory map, read in
+    return out
