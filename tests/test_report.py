@@ -368,6 +368,9 @@ def test_no_findings_says_nothing_confirmed(tmp_path):
     assert "Nothing confirmed for cat → dog: of 3 patch tests, 3 natural." in findings
     assert "This run recorded no held-out split" in findings
     assert "nothing was tested" in _section(render_report({}, {}, tmp_path), "findings")
+    summary["pairs"][0]["patches"] = []
+    findings = _section(render_report(summary, {}, tmp_path), "findings")
+    assert "no patch test was run in this run" in findings and "beat both" not in findings
 
 
 def test_a_finding_whose_verdict_is_not_confirmed_is_not_shown(tmp_path):

@@ -138,4 +138,5 @@ def headline(pairs: Sequence[Mapping]) -> dict:
     suspects = [dict(f, a=p["a"], b=p["b"], anchor=p["anchor"])
                 for p in pairs for f in p["findings"] if f["suspected_shortcut"]]
     return {"confirmed": confirmed, "pairs_with_findings": with_findings, "pairs": len(pairs),
+            "tested": sum(len(p["patch_entries"]) for p in pairs),
             "near_misses": sum(1 for p in pairs if p["near_miss"]), "suspects": suspects}
