@@ -3,7 +3,7 @@
 Reads each run's summary.json (schema 1) and compares: the pairs studied (appeared, went away,
 confusions), every patch measured in either run matched by (pair, patch id, placement), which of
 them are confirmed findings in each run, their flip rates with 95 % intervals (`flip_rate_ci` when
-the summary has one, else a Wilson interval from `flip_rate` and `n_images`), and the accuracy.
+the summary has one, else `patches.stats.wilson_interval` from `flip_rate` and `n_images`), and the accuracy.
 
 A finding *got worse* when it is confirmed in either run and B's interval lies above A's by more
 than `tolerance` (B's lower bound minus A's upper bound > tolerance); *better* the other way round.
@@ -21,8 +21,6 @@ from typing import Any, Mapping
 
 from .core.errors import DebugAtlasError
 
-SUMMARY_FILE = "summary.json"
-_Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -148,32 +146,14 @@ def _rate_text(rate: Rate | None) -> str:
     return "absent" if rate is None else f"{rate.value:.3f} [{rate.lo:.3f}, {rate.hi:.3f}]"
 
 
-def wilson_interval(rate: float, n: int, z: float = _Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion `rate` observed on `n` trials (95 % by default)."""
-    if n <= 0:
-        return 0.0, 1.0
-    denom = 1.0 + z * z / n
-    centre = (rate + z * z / (2 * n)) / denom
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+def read_run(path: str | os.PathLike) -> dict:
+    """A run's summary.json (the run directory or the file), with a `pairs` list."""
+    from .artifacts.summary import read_summary
 
-
-def read_summary(path: str | os.PathLike) -> dict:
-    """The summary.json of a run directory (or the file itself), checked to be schema 1."""
-    path = Path(path)
-    file = path / SUMMARY_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise DebugAtlasError(f"No summary.json at {str(path)!r}. HINT: pass a run directory written by "
-                              "`debugatlas analyze` or AtlasCallback (it holds summary.json), or the file itself.")
-    try:
-        summary = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DebugAtlasError(f"{str(file)!r} is not valid JSON ({exc}).") from exc
-    if not isinstance(summary, dict) or not isinstance(summary.get("pairs", []), list):
-        raise DebugAtlasError(f"{str(file)!r} is not a debugatlas summary (no `pairs` list).")
-    if summary.get("schema_version") != 1:
-        raise DebugAtlasError(f"{str(file)!r} has schema_version {summary.get('schema_version')!r}; this "
-                              "version of debugatlas reads 1. HINT: compare runs written by the same version.")
+    summary = read_summary(path)
+    if not isinstance(summary.get("pairs", []), list):
+        raise DebugAtlasError(f"The summary at {str(path)!r} has no `pairs` list. HINT: pass a run directory "
+                              "written by `debugatlas analyze` or AtlasCallback.")
     return summary
 
 
@@ -194,7 +174,9 @@ def _rate(entry: Mapping, fallback_n: int | None = None) -> Rate | None:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
         lo, hi = float(ci[0]), float(ci[1])
     elif n:
-        lo, hi = wilson_interval(float(value), n)
+        from .patches.stats import wilson_interval
+
+        lo, hi = wilson_interval(round(float(value) * n), n)
     else:
         lo = hi = float(value)
     return Rate(float(value), lo, hi, n)
@@ -273,7 +255,7 @@ def diff_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, *, tolerance: 
     """Compare run B (later) with run A (earlier); see the module docstring for the rules."""
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not 0.0 <= tolerance <= 1.0:
         raise DebugAtlasError(f"`tolerance={tolerance!r}` must be a rate in [0, 1]. HINT: e.g. 0.05.")
-    sa, sb = read_summary(run_a), read_summary(run_b)
+    sa, sb = read_run(run_a), read_run(run_b)
     notes = []
     for field_name in ("layer", "classes"):
         if sa.get(field_name) != sb.get(field_name):

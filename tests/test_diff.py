@@ -7,7 +7,8 @@ import pytest
 
 from debugatlas.cli import main
 from debugatlas.core.errors import DebugAtlasError
-from debugatlas.diff import diff_runs, wilson_interval, write_diff
+from debugatlas.diff import diff_runs, write_diff
+from debugatlas.patches.stats import wilson_interval
 
 
 def _patch(pid, rate, n=40, placement="static", verdict=None, ci=None):
@@ -43,14 +44,6 @@ def _pair(a, b, confused, patches=(), findings=None):
     return pair
 
 
-def test_wilson_interval_matches_hand_computed_values():
-    lo, hi = wilson_interval(0.5, 10)  # 5 of 10: (0.5 ± 1.96·sqrt(0.025 + 0.0096)) / 1.384
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = wilson_interval(0.0, 20)  # 0 of 20: [0, z²/(n + z²)]
-    assert lo == 0.0 and hi == pytest.approx(3.8415 / 23.8415, abs=1e-4)
-    assert wilson_interval(0.3, 0) == (0.0, 1.0)
-
-
 def test_worse_confirmed_finding_fails_and_tolerance_lets_it_pass(tmp_path, capsys):
     a = _run(tmp_path, "a", [_pair("a", "b", 4, [_patch("c1-2", 0.3, verdict="confirmed", ci=[0.2, 0.4])],
                                    [_finding("c1-2", 0.3, [0.2, 0.4])])], accuracy=0.90)
@@ -76,8 +69,9 @@ def test_wilson_interval_used_when_the_summary_has_none(tmp_path):
     a = _run(tmp_path, "a", [_pair("a", "b", 2, [_patch("p", 0.5, n=10, verdict="confirmed")])])
     b = _run(tmp_path, "b", [_pair("a", "b", 2, [_patch("p", 0.95, n=20, verdict="confirmed")])])
     (change,) = diff_runs(a, b).findings
+    # 5 of 10: (0.5 ± 1.96·sqrt(0.025 + 0.0096)) / 1.384, by hand
     assert (change.rate_a.lo, change.rate_a.hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    assert change.rate_b.lo == pytest.approx(wilson_interval(0.95, 20)[0])
+    assert change.rate_b.lo == pytest.approx(wilson_interval(19, 20)[0])
     assert change.status == "worse"  # 0.7639 (B's lower bound) > 0.7634 (A's upper bound)
 
 
@@ -116,7 +110,7 @@ def test_findings_key_to_their_patch_and_placement(tmp_path):
     by_key = {f.key: f for f in result.findings}
     assert by_key["c1-2 (dynamic)"].confirmed_a and not by_key["c1-2 (static)"].confirmed_a
     assert by_key["c1-2 (dynamic)"].rate_a.n_images == 40
-    assert by_key["c1-2 (dynamic)"].rate_a.lo == pytest.approx(wilson_interval(0.6, 40)[0])
+    assert by_key["c1-2 (dynamic)"].rate_a.lo == pytest.approx(wilson_interval(24, 40)[0])
     assert all(f.status == "within" for f in result.findings) and result.passed
 
 
@@ -143,7 +137,7 @@ def test_writes_escaped_offline_html_and_json(tmp_path):
 def test_bad_input_exits_2(tmp_path, capsys):
     good = _run(tmp_path, "good", [])
     assert main(["diff", str(tmp_path / "missing"), str(good)]) == 2
-    assert "No summary.json" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "summary.json").write_text("{not json")
