@@ -143,7 +143,9 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
                  "suspected_shortcut": False},
                 {"cell": [1, 3], "patch": f"{stem}-1-static", "flip_rate": 0.3,
                  "flip_rate_ci": [0.21, 0.41], "noise_flip_rate": 0.02, "natural_flip_rate": 0.04,
-                 "exemplar_ids": [21, 22, 23], "icon": icons[1], "suspected_shortcut": True},
+                 "exemplar_ids": [21, 22, 23], "icon": icons[1], "suspected_shortcut": True,
+                 "shortcut_evidence": {"exemplar_b_share": 0.8, "field_fraction": 0.05, "purity": 0.9,
+                                       "neighbour_purity": 0.25, "suspected": True}},
             ]
             rd_findings = [{"cell": [0, 3], "exemplars": crops, "patch_image": f"patches/{stem}_cell0.png"}]
         rd = {"a": a, "b": b, "confused": int(cm[CLASSES.index(a), CLASSES.index(b)]),
@@ -346,6 +348,8 @@ def test_findings_lead_the_page_with_statement_pictures_and_suspects(full):
     assert 'src="exemplars/pair1_finding_0.png"' in findings
     assert 'src="patches/pair1_cell0.png"' in findings and 'src="patches/pair1_cell1.png"' in findings
     assert "held-out images" in findings and "confirmation: 0.5" in findings
+    assert ("80 % of its exemplars are images of 8; the layer sees 5 % of the image at a time; "
+            "90 % of the cell's samples come from 8, against 25 % in the cells around it.") in " ".join(findings.split())
 
 
 def test_near_miss_and_nothing_confirmed_are_said_plainly(full):

@@ -99,9 +99,18 @@ def findings(a: str, b: str, sm: Mapping, rd: Mapping, images, cell_exemplars: M
             "exemplars": crops,
             "exemplar_ids": ids[:MAX_FINDING_EXEMPLARS],
             "suspected_shortcut": raw.get("suspected_shortcut") is True,
+            "evidence": _evidence(raw.get("shortcut_evidence")),
             "gauge": gauge(flip, ci, noise, natural),
         })
     return out
+
+
+def _evidence(raw: Any) -> dict | None:
+    """The numbers behind a suspected-shortcut flag (`shortcut_evidence`), None when none is usable."""
+    raw = _mapping(raw)
+    keys = ("exemplar_b_share", "field_fraction", "purity", "neighbour_purity")
+    values = {k: _num(raw.get(k)) for k in keys}
+    return values if any(v is not None for v in values.values()) else None
 
 
 def gauge(flip: float | None, ci: tuple[float, float] | None, noise: float | None,
