@@ -246,7 +246,7 @@ def test_guided_picks_are_distinct_and_bad_settings_are_explained():
     pos, rule = choose_guided(maps, torch.tensor([0]), 0, 3, seed=0)
     assert pos[0, :2].tolist() == [[2, 2], [1, 2]] and rule.eq(1).all()
     assert len({tuple(p) for p in pos[0].tolist()}) == 3  # interior is 2x2: three distinct positions
-    assert split_samples(4, 0.5) == (2, 2) and split_samples(3, 1.0) == (0, 3)
+    assert split_samples(4, 0.5) == (2, 2) and split_samples(3, 1.0) == (0, 3) and split_samples(1, 0.5) == (0, 1)
     with pytest.raises(DebugAtlasError, match="guided_fraction"):
         split_samples(2, 1.5)
     with pytest.raises(DebugAtlasError, match="samples_per_image"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +29,7 @@ from .recorder import DISK_THRESHOLD_BYTES, ActivationRecorder, _interior, image
 
 
 def split_samples(samples_per_image: int, guided_fraction: float) -> tuple[int, int]:
-    """(random, attribution) positions per image: round(m * fraction) guided, the rest random."""
+    """(random, attribution) positions per image: m * fraction rounded half up guided, the rest random."""
     if isinstance(samples_per_image, bool) or not isinstance(samples_per_image, int) or samples_per_image < 1:
         raise DebugAtlasError(f"`samples_per_image={samples_per_image!r}` must be an integer >= 1.")
     if not isinstance(guided_fraction, (int, float)) or not 0.0 <= float(guided_fraction) <= 1.0:
@@ -36,7 +37,7 @@ def split_samples(samples_per_image: int, guided_fraction: float) -> tuple[int, 
             f"`guided_fraction={guided_fraction!r}` must be a number in [0, 1]. "
             "HINT: 0.5 takes half of each image's samples at its highest-attribution positions."
         )
-    guided = int(round(samples_per_image * float(guided_fraction)))
+    guided = int(np.floor(samples_per_image * float(guided_fraction) + 0.5))
     return samples_per_image - guided, guided
 
 
@@ -86,7 +87,7 @@ def guided_positions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions [N, m, 2] int64, rule [N, m] int8) on the CPU for the images `image_ids` of `dataset`.
 
-    m = `samples_per_image`; round(m * `guided_fraction`) of them at the highest attribution toward
+    m = `samples_per_image`; m * `guided_fraction` (rounded half up) of them at the highest attribution toward
     each image's predicted class and `classes` (see `choose_guided`), the rest random.
     """
     from ..core.datasets import load_images
