@@ -363,3 +363,29 @@ def test_suite_load_of_a_run_directory_names_its_suite_folder(tmp_path):
     (nested / "a" / "suite.json").write_text("{}")
     with pytest.raises(DebugAtlasError, match="found in sub-folders"):
         PatchSuite.load(nested)
+
+
+def test_checked_dataset_learns_the_number_of_classes_later():
+    items = [(torch.rand(1, 2, 2), y) for y in (0, 1, 2, 1)]
+    first = checked_dataset(ListDataset(items))
+    assert first[2][1] == 2                                   # no class count yet: any label >= 0
+    second = checked_dataset(first, num_classes=2)
+    assert second is not first and second.scale == first.scale and checked_dataset(second, num_classes=2) is second
+    with pytest.raises(DebugAtlasError, match=r"dataset\[2\] has label 2, outside the 2 classes"):
+        second[2]
+    with pytest.raises(DebugAtlasError, match=r"dataset\[2\] has label 2"):
+        checked_dataset(checked_dataset(ListDataset(items, labels_attr=[0, 1, 2, 1])), num_classes=2)
+
+
+def test_layer_positions_interior_and_model_left_as_found():
+    model = SmallCNN(in_channels=1, num_classes=3, width=4).train()
+    before = _state(model)
+    images = torch.rand(2, 1, 16, 16)
+    # 16 px: layer1 8 x 8 -> 6 x 6 interior; layer2 4 x 4 -> 2 x 2; fc is [B, K]: one position
+    from debugatlas.core.inputs import layer_positions
+
+    assert layer_positions(model, model.layer1, "layer1", images) == 36
+    assert layer_positions(model, model.layer2, "layer2", images) == 4
+    assert layer_positions(model, model.fc, "fc", images) == 1
+    assert layer_positions(model, model.layer2, "layer2", torch.rand(1, 1, 8, 8)) == 4   # 2 x 2: whole sides
+    assert _same_state(_state(model), before) and model.training

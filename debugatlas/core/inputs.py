@@ -263,9 +263,20 @@ class CheckedDataset(torch.utils.data.Dataset):
 
 def checked_dataset(dataset, sample: int = 16, num_classes: int | None = None,
                     seed: int = 0) -> CheckedDataset:
-    """`inspect_dataset` up front, then a `CheckedDataset` that converts lazily with the scale it found."""
+    """`inspect_dataset` up front, then a `CheckedDataset` that converts lazily with the scale it found.
+
+    Given a `CheckedDataset` it is returned as it is, or, with a new `num_classes`, as a copy that
+    also checks every label against it (all labels at once when the dataset exposes them).
+    """
     if isinstance(dataset, CheckedDataset):
-        return dataset
+        if num_classes is None or num_classes == dataset.num_classes:
+            return dataset
+        labels = dataset_labels(dataset.dataset)
+        if labels is not None:
+            bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+            if bad.size:
+                check_label(int(labels[bad[0]]), int(bad[0]), num_classes)
+        return CheckedDataset(dataset.dataset, dataset.scale, num_classes)
     info = inspect_dataset(dataset, sample=sample, num_classes=num_classes, seed=seed)
     return CheckedDataset(dataset, info.scale, num_classes)
 
@@ -544,6 +555,23 @@ def resolve_pairs(pairs: Any, names: Sequence[str],
         if (a, b) not in out:
             out.append((a, b))
     return out
+
+
+def layer_positions(model: nn.Module, module: nn.Module, name: str, images: torch.Tensor) -> int:
+    """Spatial positions per image that capture samples from at `module`: the interior of a
+    [B, C, H, W] map (both edges excluded, as capture does; whole sides below 3), T of [B, T, C], 1 of [B, C].
+
+    The model runs on `images[:1]` in eval mode without gradients and is left as found (a model in
+    training mode would otherwise update its BatchNorm statistics).
+    """
+    from .model import preserved_model_state, run_to_layer
+
+    with preserved_model_state(model), torch.no_grad():
+        model.eval()
+        shape = tuple(run_to_layer(model, module, images[:1], name).shape)
+    if len(shape) == 4:
+        return max(1, (shape[2] - 2 if shape[2] >= 3 else shape[2]) * (shape[3] - 2 if shape[3] >= 3 else shape[3]))
+    return max(1, shape[1]) if len(shape) == 3 else 1
 
 
 def auto_samples_per_image(n_images: int, positions_per_image: int, grid_size: int, cap: int,
