@@ -244,8 +244,8 @@ def test_no_network_urls_and_a_strict_policy(full):
 
 def test_every_section_is_rendered(full):
     _, _, _, html = full
-    for heading in ("Run", "Confusion matrix", "Most confused pairs", "Class-filtered atlases",
-                    "Comparison atlas", "Confusing features, ranked", "Patch tests",
+    for heading in ("Findings", "Run", "Confusion matrix", "Most confused pairs", "Studied pairs in detail",
+                    "Class-filtered atlases", "Comparison atlas", "Confusing features, ranked", "Patch tests",
                     "Patch suite and CI check", "Activation atlas"):
         assert f">{heading}</h" in html, heading
     assert "Not in this report" not in html
@@ -256,7 +256,7 @@ def test_every_section_is_rendered(full):
 
 def test_missing_sections_are_named_not_broken(tmp_path):
     html = write_report(tmp_path, {}, {}).read_text(encoding="utf-8")
-    for text in ("Not in this report", "No confused pair was analysed",
+    for text in ("Not in this report", "No pair of classes was analysed",
                  "No activation atlas was rendered", "No patch suite was saved",
                  "no usable confusion matrix"):
         assert text in html, text

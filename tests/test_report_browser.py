@@ -27,7 +27,7 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is missing; install it with `pip install playwright`")
 
-SECTION_HEADINGS = ("Findings", "Run", "Confusion matrix", "Confused pairs", "Patch suite and CI check",
+SECTION_HEADINGS = ("Findings", "Run", "Confusion matrix", "Studied pairs in detail", "Patch suite and CI check",
                     "Activation atlas")
 PAIR_HEADINGS = ("Class-filtered atlases", "Comparison atlas", "Confusing features, ranked",
                  "Patch tests")

@@ -163,7 +163,7 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
     if matrix is None:
         absent.append("confusion matrix (missing from the summary or not square)")
     if not pairs:
-        absent.append("confused pairs (none analysed)")
+        absent.append("pairs of classes (none analysed)")
     if not blob["grids"]:
         absent.append("activation atlas (no atlas was rendered)")
     if suite is None:
