@@ -54,6 +54,11 @@ def exemplar_crop_path(index: int, cell: tuple[int, int], n: int) -> str:
     return f"exemplars/pair{index}_cell_{cell[0]:02d}_{cell[1]:02d}_{n}.png"
 
 
+def finding_crop_path(index: int, cell: tuple[int, int], n: int) -> str:
+    """The n-th exemplar crop of a finding (a confirmed cell) of the `index`-th pair."""
+    return f"findings/pair{index}_cell_{cell[0]:02d}_{cell[1]:02d}_{n}.png"
+
+
 def example_paths(index: int, image_id: int) -> tuple[str, str]:
     """A misclassified example of a pair: the image and its attribution heatmap."""
     return f"examples/pair{index}_{image_id}.png", f"examples/pair{index}_{image_id}_attr.png"

@@ -35,7 +35,8 @@ def patch_entries(suite, prefix: str, placements: Sequence[str] | None = None) -
     `prefix`: the folder of the suite's patch PNGs relative to the run directory, ending in "/"
     (`paths.suite_dir(k) + "/patches/"` for the k-th pair of a run).
     Keys: id, cell, file, target, size_frac, placement, n_images, flip_rate, noise_flip_rate,
-    natural_flip_rate, plus source, resize, best_flip_rate, p_b_before, p_b_after.
+    natural_flip_rate, plus source, resize, best_flip_rate, p_b_before, p_b_after, verdict,
+    flip_rate_ci, p_value (None where the rows were not judged).
     """
     entries = []
     for patch in suite.patches:
@@ -48,6 +49,7 @@ def patch_entries(suite, prefix: str, placements: Sequence[str] | None = None) -
                 "noise_flip_rate": r["noise_flip_rate"], "natural_flip_rate": r["natural_flip_rate"],
                 "source": patch.source, "resize": patch.resize, "best_flip_rate": r["best_flip_rate"],
                 "p_b_before": r["p_b_before"], "p_b_after": r["p_b_after"],
+                "verdict": r.get("verdict"), "flip_rate_ci": r.get("flip_rate_ci"), "p_value": r.get("p_value"),
             })
     return entries
 

@@ -2,6 +2,8 @@
 from .candidates import candidate_patches, control_patches
 from .evaluate import evaluate_patches, paste_variants, placement_positions
 from .refine import refine_patch
+from .split import Split, split_images
+from .stats import judge, judge_evaluation, wilson_interval
 from .suite import PatchSuite, SuiteRun, build_suite
 from .types import (
     CONTROL_SOURCES, DEFAULT_CROP_SIZES, DEFAULT_SIZES, PLACEMENTS, SOURCES, Patch, PatchEvaluation, PatchResult,
@@ -9,6 +11,6 @@ from .types import (
 )
 
 __all__ = ["CONTROL_SOURCES", "DEFAULT_CROP_SIZES", "DEFAULT_SIZES", "PLACEMENTS", "SOURCES", "Patch",
-           "PatchEvaluation", "PatchResult", "PatchSuite", "SuiteRun", "build_suite", "candidate_patches",
+           "PatchEvaluation", "PatchResult", "PatchSuite", "Split", "SuiteRun", "build_suite", "candidate_patches",
            "control_patches", "evaluate_patches", "from_uint8", "paste_variants", "placement_positions",
-           "refine_patch", "to_uint8"]
+           "judge", "judge_evaluation", "refine_patch", "split_images", "to_uint8", "wilson_interval"]

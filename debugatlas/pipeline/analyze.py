@@ -1,6 +1,7 @@
 """`analyze()`: run every stage on a model and a dataset, and write the run directory."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,22 +10,22 @@ import torch
 from torch import nn
 
 from ..capture import ActivationSet
-from ..core.errors import DebugAtlasError
-from ..core.model import Normalized, layer_name, on_device, resolve_layer
+from ..core.datasets import load_images
+from ..core.inputs import (
+    auto_samples_per_image, check_class_names, check_model, check_normalize, checked_dataset, fit_grid,
+    inspect_dataset, resolve_pairs,
+)
+from ..core.model import Normalized, layer_name, on_device, resolve_layer, run_to_layer
 from ..data import class_names as _class_names
-from . import examples, icons, patch_stage, prepare, summary, views
+from ..patches.split import split_images
+from . import examples, findings, icons, patch_stage, prepare, summary, views
 from .config import AnalysisConfig
 from .context import RunContext
-from .records import AnalysisResult, PairFinding, Rendered
+from .records import AnalysisResult, PairFinding, PairTest, Rendered
 
-
-def _check_normalize(normalize) -> None:
-    if normalize is None:
-        return
-    if len(normalize) != 2 or len(normalize[0]) != len(normalize[1]):
-        raise DebugAtlasError(f"`normalize={normalize!r}` must be (mean, std), one value per channel.")
-    if any(float(s) <= 0 for s in normalize[1]):
-        raise DebugAtlasError(f"`normalize` std {list(normalize[1])!r} must be positive.")
+_CHECKED_IMAGES = 4
+AUTO_PER_CELL = 5  # samples_per_image="auto" aims at this many vectors per cell of the main grid
+SPARSE_PER_CELL = 2  # below this average the grid shrinks, and the summary says so
 
 
 def analyze(
@@ -54,39 +55,55 @@ def analyze(
     has been computed.
     """
     config = AnalysisConfig.from_options(options)
-    _check_normalize(normalize)
-    if len(dataset) == 0:
-        raise DebugAtlasError("The dataset is empty. HINT: pass a dataset with at least one image.")
     resolve_layer(model, layer)
+    info = inspect_dataset(dataset, seed=seed)
+    data = checked_dataset(dataset, seed=seed)
+    normalize = check_normalize(normalize, info.shape[0])
     started = time.perf_counter()
     with on_device(model, device) as dev:
         net = Normalized(model, *normalize).to(dev) if normalize is not None else model
         name = layer_name(net, resolve_layer(model, layer))
-        k = prepare.count_outputs(net, dataset, dev)
-        names = _class_names(dataset, class_names, k)
-        if len(names) != k:
-            raise DebugAtlasError(
-                f"The model predicts {k} classes but there are {len(names)} class names. "
-                "HINT: pass `class_names=` with one name per model output."
-            )
-        wanted = prepare.resolve_pairs(pairs, names)
-        ctx = RunContext(net, name, resolve_layer(net, name), dataset, dev, int(seed), config, tuple(names), progress)
+        module = resolve_layer(net, name)
+        probe = load_images(data, list(range(min(_CHECKED_IMAGES, len(data))))).to(dev)
+        k = check_model(net, probe)
+        names = check_class_names(_class_names(dataset, class_names, k), k)
+        wanted = resolve_pairs(pairs, names, class_counts=info.class_counts)
+        if config.samples_per_image == "auto":
+            config = dataclasses.replace(config, samples_per_image=_auto_samples(net, module, name, probe, config,
+                                                                                 len(data)))
+        ctx = RunContext(net, name, module, data, dev, int(seed), config, tuple(names), progress)
         result = _run(ctx, activations, normalize, model_spec, started, wanted)
-    result = AnalysisResult(**{**result.__dict__, "out_dir": Path(out_dir) if out_dir is not None else None})
+    result = dataclasses.replace(result, out_dir=Path(out_dir) if out_dir is not None else None)
     if out_dir is not None:
         from ..report.rundir import write_run
 
-        write_run(Path(out_dir), result, dataset, net, title=title, data_description=data_description)
+        write_run(Path(out_dir), result, data, net, title=title, data_description=data_description)
     return result
+
+
+def _auto_samples(net, module, name: str, probe, config: AnalysisConfig, n_images: int) -> int:
+    """`samples_per_image="auto"`: enough vectors for about `AUTO_PER_CELL` per cell of the main grid."""
+    with torch.no_grad():
+        shape = tuple(run_to_layer(net, module, probe[:1], name).shape)
+    if len(shape) == 4:
+        positions = (shape[2] - 2 if shape[2] >= 3 else shape[2]) * (shape[3] - 2 if shape[3] >= 3 else shape[3])
+    else:
+        positions = shape[1] if len(shape) == 3 else 1
+    return auto_samples_per_image(n_images, max(1, positions), config.grid_size, config.cap, per_cell=AUTO_PER_CELL)
 
 
 def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: str | None,
          started: float, wanted: list[tuple[int, int]] | None = None) -> AnalysisResult:
-    cfg = ctx.config
     with ctx.stage("capture"):
         acts = prepare.activations(ctx, given=given)
-    _, labels, preds = acts.per_image()
-    confusion, plans = prepare.pairs(ctx, labels=labels, preds=preds, wanted=wanted)
+    grid, sparse = fit_grid(len(acts), ctx.config.grid_size, per_cell=SPARSE_PER_CELL)
+    if sparse is not None:
+        sizes = tuple(sorted({grid, *(g for g in ctx.config.grid_sizes if g <= grid)}))
+        ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, grid_size=grid, grid_sizes=sizes))
+    cfg = ctx.config
+    uid, labels, preds = acts.per_image()
+    confusion, plans = prepare.pairs(ctx, acts=acts, wanted=wanted)
+    split = split_images(uid, labels, ctx.seed, cfg.split_fraction)
     with ctx.stage("attribution"):
         attr = views.attributions(ctx, acts=acts, plans=plans)
     with ctx.stage("layout"):
@@ -98,24 +115,53 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
     with ctx.stage("render"):
         rendered = icons.render(ctx, acts=acts, atlas=atlas, views=pair_views) if cfg.render else Rendered(icon_atlas=None)
     with ctx.stage("patches"):
-        tested = [patch_stage.test_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered)
-                  if cfg.render and cfg.patches else (None, ()) for p, v in zip(plans, pair_views)]
+        tested = [patch_stage.test_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered, split=split)
+                  if cfg.render and cfg.patches else PairTest() for p, v in zip(plans, pair_views)]
+        field = _field_fraction(ctx, tested)
+        found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, field_fraction=field)
+                 for p, t in zip(plans, tested)]
     with ctx.stage("attribution"):
         shown = [examples.misclassified(ctx, acts=acts, plan=p) for p in plans]
-    findings = [_finding(k, plan, view, rendered, suite, notes, shown[k], cfg.render_cells)
-                for k, (plan, view, (suite, notes)) in enumerate(zip(plans, pair_views, tested))]
+        crops = [_finding_crops(ctx, acts, atlas, f) for f in found]
+    pair_results = [_finding(k, plan, view, rendered, test, found[k], crops[k], shown[k], cfg.render_cells)
+                    for k, (plan, view, test) in enumerate(zip(plans, pair_views, tested))]
     ctx.timer.times["total"] = round(time.perf_counter() - started, 3)
-    run_summary = summary.build(ctx, acts=acts, findings=findings, confusion=confusion, layout_params=layout.params,
-                                normalize=normalize, model_spec=model_spec)
+    run_summary = summary.build(ctx, acts=acts, findings=pair_results, confusion=confusion,
+                                layout_params=layout.params, normalize=normalize, model_spec=model_spec,
+                                split=split, sparse=sparse)
     return AnalysisResult(
         summary=run_summary, out_dir=None, activations=acts, attributions=attr, xy=layout.xy, atlases=atlases,
-        pairs=findings, confusion=confusion, class_names=list(ctx.class_names), config=cfg,
-        icon_atlas=rendered.icon_atlas, suites=[f.patches for f in findings if f.patches is not None],
+        pairs=pair_results, confusion=confusion, class_names=list(ctx.class_names), config=cfg,
+        icon_atlas=rendered.icon_atlas, suites=[f.patches for f in pair_results if f.patches is not None],
     )
 
 
-def _finding(index: int, plan, view, rendered: Rendered, suite, notes, shown, render_cells: int) -> PairFinding:
+def _field_fraction(ctx: RunContext, tested: list[PairTest]) -> float:
+    """The layer's effective receptive field as a share of the image (only when a finding needs it)."""
+    if not any(t.suite is not None and any(r.verdict == "confirmed" for r in t.suite.baseline.results)
+               for t in tested):
+        return float("nan")
+    from ..shortcut import effective_field_fraction
+
+    return effective_field_fraction(ctx.model, ctx.module, tuple(ctx.images([0]).shape[1:]), seed=ctx.seed)
+
+
+def _finding_crops(ctx: RunContext, acts: ActivationSet, atlas, found) -> dict:
+    """Receptive-field crops of each finding cell's exemplars, side by side on the page."""
+    from ..render import exemplar_crops
+
+    out = {}
+    for f in found:
+        samples = atlas.exemplars.get(tuple(f["cell"]), [])[:6]
+        if samples:
+            out[tuple(f["cell"])] = exemplar_crops(ctx.model, ctx.module, ctx.dataset, acts, samples)
+    return out
+
+
+def _finding(index: int, plan, view, rendered: Rendered, test: PairTest, found, crops, shown,
+             render_cells: int) -> PairFinding:
     top = [c.cell for c in view.cells[:render_cells]]
+    top += [tuple(f["cell"]) for f in found if tuple(f["cell"]) not in top]
     return PairFinding(
         plan.a, plan.b, plan.a_name, plan.b_name, plan.confused, cells=view.cells,
         filtered_a=view.filtered_a, filtered_b=view.filtered_b, comparison=view.comparison,
@@ -123,5 +169,7 @@ def _finding(index: int, plan, view, rendered: Rendered, suite, notes, shown, re
         icon_objective={c: rendered.objective[c] for c in top if c in rendered.objective},
         exemplar_crops={c: rendered.exemplar_crops[(index, c)] for c in top if (index, c) in rendered.exemplar_crops},
         icon_atlases={side: img for (k, side), img in rendered.view_atlases.items() if k == index},
-        examples=shown, patches=suite, notes=tuple(view.notes) + tuple(notes), kind=plan.kind,
+        examples=shown, patches=test.suite, notes=tuple(view.notes) + tuple(test.notes), kind=plan.kind,
+        findings=found, finding_crops=crops, screening={"n_screened": test.n_screened, "seconds": test.screen_seconds,
+                                   "n_candidates": test.n_candidates},
     )

@@ -13,7 +13,8 @@ FILTERED_LAYOUTS = ("shared", "own")
 class AnalysisConfig:
     """Every stage option of `analyze()`; pass any of them as a keyword argument.
 
-    Capture: sampling, samples_per_image, cap, batch_size. Attribution: relaxed_maxpool.
+    Capture: sampling, samples_per_image ("auto": enough positions per image for about five vectors
+    per cell of the main grid, within the cap), cap, batch_size. Attribution: relaxed_maxpool.
     Layout: layout, n_neighbors, min_dist, metric, layout_epochs (UMAP's n_epochs; None: its
     default), layout_backend ("auto" | "umap-learn" | "torch" | "torchdr", see `layout.Layout`;
     the layout runs on the analysis device), layout_pca_dims (project on that many principal
@@ -22,12 +23,16 @@ class AnalysisConfig:
     atlases keep the main layout's coordinates and grid; "own": each is laid out again, as in the
     paper). Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
-    Patches: patches, patch_cells, patch_sizes, crop_sizes, n_random, max_patch_images.
+    Patches: patches, patch_cells (cells that go from screening to the full test), patch_sizes,
+    crop_sizes, n_random, max_patch_images (per half), patch_batch_size (images per forward pass),
+    in_context_patches (also synthesise each candidate as a patch optimised in context),
+    split_fraction (share of each class's images in the selection half), confirm_alpha (family-wise
+    error rate of the verdicts, see `patches.stats`).
     Report: n_examples (misclassified examples with pixel attributions per pair).
     """
 
     sampling: str = "random"
-    samples_per_image: int = 1
+    samples_per_image: int | str = "auto"
     cap: int = 100_000
     batch_size: int = 128
     relaxed_maxpool: bool = False
@@ -57,6 +62,10 @@ class AnalysisConfig:
     crop_sizes: tuple[int, ...] = ()
     n_random: int = 8
     max_patch_images: int = 200
+    patch_batch_size: int = 256
+    in_context_patches: bool = True
+    split_fraction: float = 0.5
+    confirm_alpha: float = 0.05
     n_examples: int = 6
 
     @classmethod
@@ -78,9 +87,17 @@ class AnalysisConfig:
 
     def validate(self) -> None:
         """Check value ranges; errors quote the option and the bad value."""
-        positive = ("samples_per_image", "cap", "batch_size", "grid_size", "min_count", "n_exemplars",
+        if self.samples_per_image != "auto" and (not isinstance(self.samples_per_image, int)
+                                                 or isinstance(self.samples_per_image, bool)
+                                                 or self.samples_per_image < 1):
+            raise DebugAtlasError(f"`samples_per_image={self.samples_per_image!r}` must be 'auto' or an integer >= 1.")
+        for name in ("split_fraction", "confirm_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise DebugAtlasError(f"`{name}={value!r}` must be a number in (0, 1).")
+        positive = ("cap", "batch_size", "grid_size", "min_count", "n_exemplars",
                     "filter_top_n", "n_pairs", "top_cells", "render_steps", "render_attempts",
-                    "render_batch_size", "n_random", "max_patch_images", "n_neighbors")
+                    "render_batch_size", "n_random", "max_patch_images", "n_neighbors", "patch_batch_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -1,71 +1,140 @@
-"""The patch stage: candidates from atlas cells, measured against controls, kept as one suite per pair."""
+"""The patch stage: attribution nominates, a wide screen narrows, a held-out experiment confirms.
+
+Per pair (A, B), on images of A split by id into a selection and a confirmation half:
+1. screen: every valid cell whose attribution pushes toward B (over A), and every confusing cell,
+   pasted as its icon at one size and random positions on the selection half, in large batches;
+2. select: the `patch_cells` best-screened cells become full candidates (icon, icon crops, capped
+   exemplar crops, and an in-context patch when asked), measured with controls on the selection
+   half; the 10 best by flip rate above the stronger control are kept;
+3. confirm: the kept patches and their controls are measured again on the confirmation half only,
+   and each gets a Wilson interval and a verdict from `patches.stats` (Holm over every candidate
+   screened). The suite's baseline is this confirmation measurement.
+"""
 from __future__ import annotations
+
+import dataclasses
+import time
 
 import numpy as np
 import torch
 
 from ..atlas import Atlas
 from ..capture import ActivationSet
-from ..patches import PLACEMENTS, PatchSuite, build_suite, candidate_patches
+from ..patches import PLACEMENTS, Patch, build_suite, candidate_patches, evaluate_patches
+from ..patches.split import Split
+from ..patches.stats import judge_evaluation
 from .context import RunContext
-from .records import Cell, PairPlan, PairViews, Rendered
+from .records import Cell, PairPlan, PairTest, PairViews, Rendered
+
+SCREEN_PLACEMENT = "random"
 
 
-def candidate_cells(ctx: RunContext, *, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
-    """Cells to try as patches for (a, b): the confusing cells, then the cells with the most
-    attribution toward b over a among all their samples, alternating, up to `patch_cells`.
+def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
+    """Cells to screen for (a, b): the confusing cells with a positive score, then every valid cell
+    whose mean attribution pushes toward b over a, most first.
 
     The second list matters: a feature planted in images of b (a trigger) is not found in images
     of a, yet pasting it is exactly what flips a to b.
     """
-    confusing = [c.cell for c in views.cells]
+    cells = [c.cell for c in views.cells if c.score > 0]
     push = atlas.mean_attribution[..., plan.b] - atlas.mean_attribution[..., plan.a]
-    push = np.where(atlas.valid, push, -np.inf)
-    order = np.argsort(-push, axis=None, kind="stable")
-    by_push = [(int(f // atlas.grid_size), int(f % atlas.grid_size)) for f in order if np.isfinite(push.flat[f])]
-    chosen: list[Cell] = []
-    for pair in zip(confusing + [None] * len(by_push), by_push + [None] * len(confusing)):
-        for cell in pair:
-            if cell is not None and cell not in chosen and len(chosen) < ctx.config.patch_cells:
-                chosen.append(cell)
-    return chosen
+    push = np.where(atlas.valid & (push > 0), push, -np.inf)
+    for flat in np.argsort(-push, axis=None, kind="stable"):
+        if not np.isfinite(push.flat[flat]):
+            break
+        cell = (int(flat // atlas.grid_size), int(flat % atlas.grid_size))
+        if cell not in cells:
+            cells.append(cell)
+    return cells
 
 
-def images_of(ctx: RunContext, *, acts: ActivationSet, cls: int, seed: int) -> torch.Tensor | None:
-    """The patch tests' images of `cls`: up to `max_patch_images` of its captured images, a seeded
-    choice in id order (None when the class has none)."""
-    uid, labels, _ = acts.per_image()
-    ids = uid[labels == cls]
-    if ids.size == 0:
-        return None
+def _sample(ids: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Up to `limit` of `ids`, a seeded choice, in id order."""
     rng = np.random.default_rng(seed)
-    return ctx.images(np.sort(rng.permutation(ids)[:ctx.config.max_patch_images]))
+    return np.sort(rng.permutation(ids)[:limit])
+
+
+def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Rendered,
+            images_a: torch.Tensor) -> list[tuple[Cell, float]]:
+    """(cell, screening flip rate) of every cell with an icon, best first (stable on ties)."""
+    patches = [Patch(f"s{i}-{j}", (i, j), "icon", rendered.icons[(i, j)]).quantized()
+               for i, j in cells if (i, j) in rendered.icons]
+    if not patches:
+        return []
+    evaluation = evaluate_patches(ctx.model, images_a, plan.a, plan.b, patches, sizes=ctx.config.patch_sizes[:1],
+                                  placements=(SCREEN_PLACEMENT,), n_random=ctx.config.n_random, seed=ctx.seed,
+                                  batch_size=ctx.config.patch_batch_size, device=ctx.device, controls=[])
+    rates = [(p.cell, evaluation.get(p.id, SCREEN_PLACEMENT).flip_rate) for p in patches]
+    return sorted(rates, key=lambda cr: -(cr[1] if cr[1] == cr[1] else -1.0))
 
 
 def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairPlan, views: PairViews,
-              rendered: Rendered) -> tuple[PatchSuite | None, tuple[str, ...]]:
-    """Measure the pair's candidate patches; returns its suite (None when nothing could be tested) and notes."""
+              rendered: Rendered, split: Split) -> PairTest:
+    """Screen, select and confirm the patches of one pair (see the module docstring)."""
     from ..render import exemplar_crops
 
     cfg = ctx.config
-    cells = candidate_cells(ctx, plan=plan, views=views, atlas=atlas)
+    sel_a = _sample(split.ids("selection", plan.a), cfg.max_patch_images, ctx.seed)
+    conf_a = _sample(split.ids("confirmation", plan.a), cfg.max_patch_images, ctx.seed)
+    uid, labels, preds = acts.per_image()
+    ids_b = _sample(uid[labels == plan.b], cfg.max_patch_images, ctx.seed + 1)
+    if sel_a.size == 0 or conf_a.size == 0:
+        return PairTest(notes=(f"patch tests skipped: {plan.a_name!r} has {sel_a.size + conf_a.size} image(s); "
+                               "a selection and a confirmation half need at least two",))
+    started = time.perf_counter()
+    images_sel = ctx.images(sel_a)
+    cells = screened_cells(plan=plan, views=views, atlas=atlas)
+    screen = _screen(ctx, plan, cells, rendered, images_sel)
+    chosen = [cell for cell, _ in screen[:cfg.patch_cells]]
+    screen_seconds = time.perf_counter() - started
     entries = []
-    for cell in cells:
+    for cell in chosen:
         samples = atlas.exemplars.get(cell, [])[:4]
         crops = list(exemplar_crops(ctx.model, ctx.module, ctx.dataset, acts, samples)) if samples else []
         entries.append((cell, rendered.icons.get(cell), crops))
     kwargs = {"crop_sizes": cfg.crop_sizes} if cfg.crop_sizes else {}
-    # Exemplar crops are tried at native pixels and resized; a receptive field covering most of
-    # a small image flips by occlusion alone, which the same-geometry controls then discount.
-    candidates = candidate_patches(entries, resize_exemplars=None, **kwargs)
-    images_a = images_of(ctx, acts=acts, cls=plan.a, seed=ctx.seed)
-    images_b = images_of(ctx, acts=acts, cls=plan.b, seed=ctx.seed + 1)
-    if images_a is None or not candidates:
-        return None, ("patch tests skipped: no images of A or no candidate patches",)
-    suite = build_suite(
-        ctx.model, images_a, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
+    candidates = candidate_patches(entries, resize_exemplars=None, image_shape=tuple(images_sel.shape[1:]),
+                                   sizes=cfg.patch_sizes, **kwargs)
+    candidates += in_context(ctx, plan=plan, atlas=atlas, acts=acts, cells=chosen, images_a=images_sel)
+    if not candidates:
+        return PairTest(n_screened=len(screen), screen_seconds=screen_seconds,
+                        notes=("patch tests skipped: no cell pushes toward B",))
+    images_b = ctx.images(ids_b) if ids_b.size else None
+    selected = build_suite(
+        ctx.model, images_sel, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
         placements=PLACEMENTS, n_random=cfg.n_random, seed=ctx.seed, keep=10, device=ctx.device,
-        progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
-        metadata={"candidate_cells": [list(c) for c in cells], "layer": ctx.layer},
+        batch_size=cfg.patch_batch_size, progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
     )
-    return suite, ()
+    confirmation = evaluate_patches(
+        ctx.model, ctx.images(conf_a), plan.a, plan.b, selected.patches, sizes=selected.sizes,
+        placements=selected.placements, n_random=selected.n_random, seed=ctx.seed, device=ctx.device,
+        batch_size=cfg.patch_batch_size, controls=selected.controls,
+    )
+    n_screened = len(screen) + len(candidates)
+    judged = judge_evaluation(confirmation, n_screened=n_screened, alpha=cfg.confirm_alpha)
+    cm_row = np.bincount(preds[labels == plan.a], minlength=ctx.num_classes)
+    suite = dataclasses.replace(selected, baseline=judged, metadata={
+        "layer": ctx.layer, "accuracy": float((labels == preds).mean()),
+        "num_images": int(uid.size), "num_a": int(cm_row.sum()),
+        "confusion_rate": float(cm_row[plan.b] / max(1, cm_row.sum())), "screened_cells": [list(c) for c, _ in screen], "candidate_cells": [list(c) for c in chosen],
+        "n_screened": n_screened, "alpha": cfg.confirm_alpha,
+        "selection_image_ids": [int(i) for i in sel_a], "confirmation_image_ids": [int(i) for i in conf_a],
+    })
+    return PairTest(suite=suite, n_screened=len(screen), screen_seconds=round(screen_seconds, 3),
+                    n_candidates=len(candidates))
+
+
+def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: ActivationSet, cells: list[Cell],
+               images_a: torch.Tensor) -> list[Patch]:
+    """In-context patches of `cells` (see `render.in_context`), when `in_context_patches` is on."""
+    if not ctx.config.in_context_patches or not cells:
+        return []
+    from ..render import cell_directions, whitening_matrix
+    from ..render.in_context import in_context_patches
+
+    means = torch.from_numpy(np.stack([atlas.mean_activation[i, j] for i, j in cells]))
+    directions = cell_directions(means, whitening_matrix(acts.vectors.float()))
+    side = max(1, round(max(ctx.config.patch_sizes) * min(images_a.shape[-2:])))
+    patches, _ = in_context_patches(ctx.model, ctx.module, images_a, cells, directions, side,
+                                    steps=ctx.config.render_steps, seed=ctx.seed)
+    return patches

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..capture import ActivationSet, capture
-from ..confusion import confusion_matrix, most_confused_pairs
+from ..confusion import confusion_matrix, pick_pairs, softmax_probs
 from ..core.datasets import load_images
 from ..core.errors import DebugAtlasError
 from ..core.model import as_logits, preserved_model_state
@@ -53,44 +52,24 @@ def _predictions(ctx: RunContext, acts: ActivationSet) -> torch.Tensor:
     return torch.where(acts.preds < 0, fill, acts.preds)
 
 
-def pairs(ctx: RunContext, *, labels: np.ndarray, preds: np.ndarray,
+def pairs(ctx: RunContext, *, acts: ActivationSet,
           wanted: list[tuple[int, int]] | None) -> tuple[np.ndarray, tuple[PairPlan, ...]]:
-    """The confusion matrix over the captured images and the pairs to study (`wanted`, or the most
-    confused pairs when None)."""
+    """The confusion matrix over the captured images and the pairs to study: `wanted`, or for
+    `pairs="auto"` the most confused pairs, filled up with near misses when fewer than `n_pairs`
+    pairs are confused (`confusion.pick_pairs`)."""
+    uid, labels, preds = acts.per_image()
     cm = confusion_matrix(labels, preds, ctx.num_classes)
-    chosen = wanted if wanted is not None else most_confused_pairs(cm, ctx.config.n_pairs)
-    for a, b in chosen:
+    names = ctx.class_names
+    if wanted is None:
+        probs = softmax_probs(ctx.model, ctx.dataset, uid, ctx.config.batch_size, ctx.device)
+        picked = pick_pairs(cm, ctx.config.n_pairs, probs, labels, preds)
+        chosen = [(p.a, p.b, p.kind) for p in picked]
+    else:
+        chosen = [(a, b, "confused" if cm[a, b] > 0 else "near_miss") for a, b in wanted]
+    for a, b, _ in chosen:
         if not (labels == a).any():
             raise DebugAtlasError(
-                f"Class {ctx.class_names[a]!r} of pair ({ctx.class_names[a]!r}, {ctx.class_names[b]!r}) has no "
-                f"images among the {len(labels)} captured. HINT: pick a pair whose first class occurs in the dataset."
+                f"Class {names[a]!r} of pair ({names[a]!r}, {names[b]!r}) has no images among the {len(labels)} "
+                "captured. HINT: pick a pair whose first class occurs in the dataset."
             )
-    names = ctx.class_names
-    return cm, tuple(PairPlan(a, b, names[a], names[b], int(cm[a, b])) for a, b in chosen)
-
-
-def resolve_pairs(pairs, names: list[str]) -> list[tuple[int, int]] | None:
-    """Turn `pairs` ("auto" or [(a, b), ...] by name or index) into index pairs; None means auto."""
-    if pairs is None or (isinstance(pairs, str) and pairs == "auto"):
-        return None
-    if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)):
-        raise DebugAtlasError(f"`pairs={pairs!r}` must be 'auto' or a list of (A, B) class pairs.")
-    out = []
-    for pair in pairs:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise DebugAtlasError(f"`pairs` entry {pair!r} is not an (A, B) pair of class names.")
-        idx = []
-        for cls in pair:
-            if isinstance(cls, (int, np.integer)) and 0 <= int(cls) < len(names):
-                idx.append(int(cls))
-            elif str(cls) in names:
-                idx.append(names.index(str(cls)))
-            else:
-                close = difflib.get_close_matches(str(cls), names, n=3)
-                raise DebugAtlasError(
-                    f"`pairs` names unknown class {cls!r}. HINT: closest {close}; classes are {names}."
-                )
-        if idx[0] == idx[1]:
-            raise DebugAtlasError(f"`pairs` entry {pair!r} names the same class twice.")
-        out.append((idx[0], idx[1]))
-    return out
+    return cm, tuple(PairPlan(a, b, names[a], names[b], int(cm[a, b]), kind) for a, b, kind in chosen)

@@ -76,6 +76,22 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class PairTest:
+    """The patch stage's outcome for one pair.
+
+    suite: kept patches with controls; its baseline is measured on the confirmation half and
+    carries verdicts (None when nothing could be tested). n_screened: cells screened;
+    screen_seconds: their time; n_candidates: full candidates measured on the selection half.
+    """
+
+    suite: PatchSuite | None = None
+    n_screened: int = 0
+    screen_seconds: float = 0.0
+    n_candidates: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PairFinding:
     """What the run found for one studied pair (a = true class, b = predicted class).
 
@@ -86,6 +102,9 @@ class PairFinding:
     examples: misclassified a→b images: dicts with id, p_b, image [C,H,W], heatmap [H,W].
     patches: the pair's measured `PatchSuite`, or None when no patch test ran.
     kind: "confused" or "near_miss" (see `PairPlan`).
+    findings: confirmed features, best first: plain dicts as in summary.json's `pairs[].findings`;
+    finding_crops: cell -> [n, C, h, w] receptive-field crops of that cell's exemplars (any class).
+    screening: {"n_screened", "seconds", "n_candidates"} of the patch stage.
     """
 
     a: int
@@ -105,6 +124,9 @@ class PairFinding:
     patches: PatchSuite | None = None
     notes: tuple[str, ...] = ()
     kind: str = "confused"
+    findings: tuple[dict, ...] = ()
+    finding_crops: dict = field(default_factory=dict)
+    screening: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from ..artifacts.paths import icon_path, suite_patches_prefix
 from ..artifacts.summary import SCHEMA_VERSION, TIMED_STAGES, patch_entries, versions
 from ..capture import ActivationSet
 from ..confusion import SCORE_DESCRIPTION
+from ..patches.stats import DECISION_RULE
+from ..shortcut import CRITERIA
 from .context import RunContext
 from .records import PairFinding
 
@@ -27,24 +29,45 @@ def _cells(finding: PairFinding, acts: ActivationSet) -> list[dict]:
 
 
 def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFinding], confusion: np.ndarray,
-          layout_params: dict, normalize, model_spec: str | None = None) -> dict:
-    """The summary.json dict of a finished run."""
+          layout_params: dict, normalize, model_spec: str | None = None, split=None,
+          sparse: str | None = None) -> dict:
+    """The summary.json dict of a finished run.
+
+    `split`: the selection/confirmation split of the images (`patches.split.Split`), recorded in
+    config.split; `sparse`: why the grid was shrunk, when it was (also a top-level note).
+    """
     _, labels, preds = acts.per_image()
     pairs = []
     for index, finding in enumerate(findings):
+        prefix = suite_patches_prefix(index)
         pairs.append({
             "a": finding.a_name, "b": finding.b_name, "kind": finding.kind, "confused": finding.confused,
             "confusing_cells": _cells(finding, acts),
-            "patches": patch_entries(finding.patches, suite_patches_prefix(index)) if finding.patches is not None else [],
-            "notes": list(finding.notes),
+            "findings": [dict(f, patch_file=f"{prefix}{f['patch']}.png") for f in finding.findings],
+            "patches": patch_entries(finding.patches, prefix) if finding.patches is not None else [],
+            "screening": dict(finding.screening), "notes": list(finding.notes),
         })
     config = ctx.config.to_dict()
     config.update({"seed": ctx.seed, "normalize": [list(map(float, v)) for v in normalize] if normalize else None,
-                   "layout_params": layout_params, "score": SCORE_DESCRIPTION, "model_spec": model_spec})
+                   "layout_params": layout_params, "score": SCORE_DESCRIPTION, "model_spec": model_spec,
+                   "decision_rule": DECISION_RULE.format(alpha=ctx.config.confirm_alpha),
+                   "shortcut_rule": CRITERIA, "sampling_rules": _sampling(acts)})
+    if split is not None:
+        config["split"] = split.to_dict(list(ctx.class_names), include_ids=False)
     timings = {k: ctx.timer.times.get(k, 0.0) for k in TIMED_STAGES}
     return {
         "schema_version": SCHEMA_VERSION, "layer": ctx.layer, "num_samples": len(acts),
         "num_images": int(labels.size), "accuracy": float((labels == preds).mean()) if labels.size else 0.0,
         "classes": list(ctx.class_names), "confusion_matrix": confusion.tolist(), "pairs": pairs,
         "timings_s": timings, "config": config, "versions": versions(),
+        "notes": [sparse] if sparse else [],
     }
+
+
+def _sampling(acts: ActivationSet) -> dict:
+    """How many vectors each sampling rule chose (uniformly random, or by attribution)."""
+    rule = getattr(acts, "rule", None)
+    if rule is None:
+        return {"random": len(acts)}
+    counts = np.bincount(rule.numpy().astype(np.int64), minlength=2)
+    return {"random": int(counts[0]), "attribution": int(counts[1:].sum())}

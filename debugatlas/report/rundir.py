@@ -63,7 +63,9 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
     for g, atlas in result.atlases.items():
         atlas_figure(stage / paths.atlas_figure_path(g), atlas, names, f"Activation atlas, {g}×{g} grid")
         save_png(stage / paths.atlas_grid_path(g), grid_image(atlas, names, max(2, 480 // g)))
+        icon_image = paths.ICON_ATLAS if g == main.grid_size and result.icon_atlas is not None else None
         atlases.append({"grid_size": g, "image": paths.atlas_figure_path(g), "grid_image": paths.atlas_grid_path(g),
+                        "icon_image": icon_image,
                         "cells": _atlas_cells(atlas, result, exemplar_files if g == main.grid_size else {})})
     pairs = []
     for k, finding in enumerate(result.pairs):
@@ -92,6 +94,15 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
                           "attribution_a": c.attribution_a, "attribution_b": c.attribution_b,
                           "icon": paths.icon_path(c.cell) if c.cell in finding.icons else None, "exemplars": crops})
         entry["cells"] = cells
+        entry["findings"] = []
+        for f in finding.findings:
+            cell = tuple(f["cell"])
+            files = []
+            for n, crop in enumerate(finding.finding_crops.get(cell, [])):
+                rel = paths.finding_crop_path(k, cell, n)
+                save_png(stage / rel, crop, scale=6)
+                files.append(rel)
+            entry["findings"].append({"cell": list(cell), "exemplars": files, "patch_image": f"{paths.suite_patches_prefix(k)}{f['patch']}.png"})
         entry["misclassified"] = []
         for ex in finding.examples:
             img_rel, heat_rel = paths.example_paths(k, ex["id"])

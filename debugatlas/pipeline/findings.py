@@ -1,0 +1,58 @@
+"""Findings: the confirmed features of a pair, one per atlas cell, each said in one plain sentence."""
+from __future__ import annotations
+
+from ..artifacts.paths import icon_path
+from ..atlas import Atlas
+from ..capture import ActivationSet
+from ..patches import PatchResult
+from ..shortcut import shortcut_evidence
+from .records import PairPlan, PairTest
+
+_PLACEMENT_ORDER = ("random", "static", "dynamic")
+
+
+def _pct(rate: float | None) -> str:
+    return "—" if rate is None or rate != rate else f"{100 * rate:.0f} %"
+
+
+def statement(plan: PairPlan, r: PatchResult) -> str:
+    """E.g. "Pasting this feature on 2s makes the model say 3 in 41 % of them [33–49 %], against 2 % for
+    noise and 9 % for a crop of a real 3."""
+    lo, hi = r.flip_rate_ci or (float("nan"), float("nan"))
+    return (f"Pasting this feature on images of {plan.a_name} makes the model say {plan.b_name} in "
+            f"{_pct(r.flip_rate)} of them [{_pct(lo)[:-2]}–{_pct(hi)}], against {_pct(r.noise_flip_rate)} for "
+            f"noise and {_pct(r.natural_flip_rate)} for a crop of a real {plan.b_name} "
+            f"({r.n_images} held-out images, {r.placement} placement).")
+
+
+def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet, field_fraction: float,
+                  limit: int = 5) -> tuple[dict, ...]:
+    """Confirmed patches grouped by cell, in the order the selection half ranked them.
+
+    Per cell the representative result is the confirmed one under the first placement of
+    random, static, dynamic. Each finding carries the suspected-shortcut evidence of its cell.
+    """
+    if test.suite is None:
+        return ()
+    confirmed = [r for r in test.suite.baseline.results if not r.is_control and r.verdict == "confirmed"
+                 and r.cell is not None]
+    best: dict = {}
+    for r in sorted(confirmed, key=lambda r: (_PLACEMENT_ORDER.index(r.placement), -r.lift)):
+        best.setdefault(r.cell, r)
+    labels = acts.labels.numpy()
+    rank = {p.id: k for k, p in enumerate(test.suite.patches)}  # the selection half's order, not the held-out one
+    out = []
+    for cell, r in sorted(best.items(), key=lambda kv: rank[kv[1].patch_id])[:limit]:
+        samples = atlas.exemplars.get(cell, [])
+        evidence = shortcut_evidence(atlas, labels, cell, plan.b, field_fraction, confirmed=True)
+        patch = next(p for p in test.suite.patches if p.id == r.patch_id)
+        out.append({
+            "cell": list(cell), "statement": statement(plan, r), "patch": r.patch_id, "source": patch.source,
+            "placement": r.placement, "n_images": r.n_images, "flip_rate": r.flip_rate,
+            "flip_rate_ci": list(r.flip_rate_ci) if r.flip_rate_ci else None, "p_value": r.p_value,
+            "noise_flip_rate": r.noise_flip_rate, "natural_flip_rate": r.natural_flip_rate,
+            "exemplar_ids": [int(i) for i in acts.image_ids[samples].tolist()] if samples else [],
+            "icon": icon_path(cell), "suspected_shortcut": bool(evidence.suspected),
+            "shortcut_evidence": evidence.to_dict(),
+        })
+    return tuple(out)
