@@ -159,3 +159,32 @@ def test_summaries_without_verdicts_say_so(tmp_path):
     assert result.passed and result.findings[0].status == "worse" and not result.findings[0].is_finding
     assert any("no finding counts as confirmed" in n for n in result.notes)
     assert any("differ in classes" in n for n in result.notes)
+
+
+@pytest.mark.slow
+def test_diff_of_two_real_runs(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("a", "b", "c")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 128, (24, 24, 3))
+            pixels[..., k] += 127
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    fast = [x for o in ("layout=pca", "render=false", "patches=false", "grid_size=4", "grid_sizes=4",
+                        "n_examples=0") for x in ("--option", o)]
+    for run, width in (("run_a", 4), ("run_b", 6)):
+        assert main(["analyze", "--model", "debugatlas.models:SmallCNN", "--model-args", "in_channels=3",
+                     "num_classes=3", f"width={width}", "--data", str(tmp_path / "data"), "--layer", "layer2",
+                     "--out", str(tmp_path / run), *fast]) == 0
+    assert main(["diff", str(tmp_path / "run_a"), str(tmp_path / "run_b"), "--out", str(tmp_path / "d")]) == 0
+    data = json.loads((tmp_path / "d" / "diff.json").read_text())
+    sa, sb = (json.loads((tmp_path / r / "summary.json").read_text()) for r in ("run_a", "run_b"))
+    assert data["accuracy"]["change"] == pytest.approx(sb["accuracy"] - sa["accuracy"])
+    pairs_a = {(p["a"], p["b"]) for p in sa["pairs"]}
+    pairs_b = {(p["a"], p["b"]) for p in sb["pairs"]}
+    assert {(p["a"], p["b"]) for p in data["pairs"] if p["status"] == "appeared"} == pairs_b - pairs_a
+    assert {(p["a"], p["b"]) for p in data["pairs"] if p["status"] == "went_away"} == pairs_a - pairs_b
+    assert 'href="../run_a/index.html"' in (tmp_path / "d" / "index.html").read_text()
