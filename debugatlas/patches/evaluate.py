@@ -102,6 +102,64 @@ def _measure(model, images, b, patch, sizes, placements, n_random, seed, batch_s
     return flips, probs, configs, variants
 
 
+def _plan(patch, sizes, placements, n_random, seed, shape):
+    """(variants, configs) of one patch: its paste sizes and every (size, position) it is tried at."""
+    c, height, width = shape
+    variants = paste_variants(patch, sizes, (c, height, width))
+    return variants, _configs(variants, placements, height, width, n_random, seed)
+
+
+def auto_max_batch(image_shape: Sequence[int], batch_size: int = 256, budget_bytes: int = 16 * 2**20,
+                   cap: int = 2048) -> int:
+    """Images per forward of the batched patch tests: as many as fit `budget_bytes` of float32
+    input pixels, at least `batch_size`, at most `cap` (32 px RGB: 1,365; 224 px RGB: `batch_size`)."""
+    per_image = 4 * int(np.prod([int(v) for v in image_shape]))
+    return int(max(int(batch_size), min(int(cap), budget_bytes // max(1, per_image))))
+
+
+def _measure_all(model, images, b, plans, max_batch, device, progress):
+    """Every (patch, size, position) trial on every image, in forwards of at most `max_batch` images.
+
+    Trials of all patches (controls included) are packed together: a block of trials x a chunk of
+    images per forward, each patched image made by one `where` against a per-trial overlay (the
+    same pixels a slice assignment gives). Returns flips [N, K_p] bool and P(B) [N, K_p] per patch.
+    """
+    n, c, height, width = images.shape
+    trials = [(p, vi, r, col) for p, (_, configs) in enumerate(plans) for vi, r, col, _ in configs]
+    last = {p: t for t, (p, *_rest) in enumerate(trials)}  # a patch is done after its last trial
+    flips = torch.zeros((n, len(trials)), dtype=torch.bool)
+    probs = torch.zeros((n, len(trials)))
+    pixels = [[px.to(device) for _, px in variants] for variants, _ in plans]
+    per_image = max(1, min(n, max_batch))
+    per_trial = max(1, max_batch // max(1, n))
+    images = images.to(device)
+    done = 0
+    for t0 in range(0, len(trials), per_trial):
+        block = trials[t0:t0 + per_trial]
+        overlay = torch.zeros((len(block), 1, c, height, width), device=device)
+        mask = torch.zeros((len(block), 1, 1, height, width), dtype=torch.bool, device=device)
+        for k, (p, vi, r, col) in enumerate(block):
+            px = pixels[p][vi]
+            ph, pw = px.shape[-2:]
+            overlay[k, 0, :, r:r + ph, col:col + pw] = px
+            mask[k, 0, :, r:r + ph, col:col + pw] = True
+        for i0 in range(0, n, per_image):
+            chunk = images[i0:i0 + per_image]
+            batch = torch.where(mask, overlay, chunk[None])  # [trials, images, C, H, W]
+            logits = _logits(model, batch.flatten(0, 1), b).view(len(block), chunk.shape[0], -1)
+            flips[i0:i0 + chunk.shape[0], t0:t0 + len(block)] = (logits.argmax(-1) == b).T.cpu()
+            probs[i0:i0 + chunk.shape[0], t0:t0 + len(block)] = logits.softmax(-1)[..., b].T.cpu()
+        if progress is not None:
+            while done < len(plans) and last.get(done, -1) < t0 + len(block):
+                done += 1
+                progress(done, len(plans))
+    out, start = [], 0
+    for _, configs in plans:
+        out.append((flips[:, start:start + len(configs)], probs[:, start:start + len(configs)]))
+        start += len(configs)
+    return out
+
+
 def _summarise(patch, geometry, placement, flips, probs, configs, variants, p_before) -> PatchResult:
     n = flips.shape[0]
     if placement == "static":
@@ -142,6 +200,8 @@ def evaluate_patches(
     progress: Callable[[int, int], None] | None = None,
     images_b: torch.Tensor | None = None,
     controls: Sequence[Patch] | None = None,
+    batched: bool = True,
+    max_batch: int | None = None,
 ) -> PatchEvaluation:
     """Paste each patch onto the images of A the model gets right and count flips to B.
 
@@ -150,7 +210,15 @@ def evaluate_patches(
     size, the same for every image (flip rate averaged over positions; `best_flip_rate` is the
     best position). Unresized patches have one size, their own. Controls (noise, and a natural
     crop of an image of B when `images_b` is given) are made by `control_patches` unless passed,
-    and run with the same sizes and placements. All positions of a chunk go in one forward pass.
+    and run with the same sizes and placements.
+
+    `batched` (default): every patch and control x size x position x image goes through the model
+    in forwards of up to `max_batch` images (None: `auto_max_batch` of the image size and
+    `batch_size`), trials of different patches sharing a forward; the unpatched images go through
+    once. `batched=False`: patch by patch, `batch_size` images x positions per forward (the
+    earlier loop, kept for comparison). Both give the same results up to the model's own float
+    differences between batch sizes (some CPU convolutions round the last bits differently).
+    `progress(done, total)` counts patches (candidates and controls) measured.
     """
     placements = tuple(placements)
     sizes = tuple(float(s) for s in sizes)
@@ -159,8 +227,9 @@ def evaluate_patches(
         raise DebugAtlasError(f"`placements={placements!r}`: choose from {list(PLACEMENTS)}.")
     if not sizes or any(not 0 < s <= 1 for s in sizes):
         raise DebugAtlasError(f"`sizes={sizes!r}` must be fractions of the image side in (0, 1].")
-    if int(n_random) < 1 or int(batch_size) < 1:
-        raise DebugAtlasError(f"`n_random={n_random!r}` and `batch_size={batch_size!r}` must be >= 1.")
+    if int(n_random) < 1 or int(batch_size) < 1 or (max_batch is not None and int(max_batch) < 1):
+        raise DebugAtlasError(f"`n_random={n_random!r}`, `batch_size={batch_size!r}` and "
+                              f"`max_batch={max_batch!r}` must be >= 1 (max_batch may be None).")
     if not isinstance(images_a, torch.Tensor) or images_a.dim() != 4:
         shape = tuple(images_a.shape) if isinstance(images_a, torch.Tensor) else type(images_a).__name__
         raise DebugAtlasError(f"`images_a` has shape {shape}; expected [N, C, H, W] in [0, 1].")
@@ -174,6 +243,10 @@ def evaluate_patches(
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise DebugAtlasError(f"Patch ids must be unique; repeated: {dup}. HINT: rename the patches.")
     height, width = images_a.shape[-2:]
+    shape = tuple(int(v) for v in images_a.shape[1:])
+    per_forward = int(batch_size)
+    if batched:
+        per_forward = int(max_batch) if max_batch is not None else auto_max_batch(shape, batch_size)
     results: list[PatchResult] = []
     with preserved_model_state(model), torch.no_grad():
         model.eval()
@@ -185,7 +258,14 @@ def evaluate_patches(
         keep = torch.cat(preds) == a if preds else torch.zeros(0, dtype=torch.bool)
         images = images_a[keep]
         p_before = float(torch.cat(p_b)[keep].mean()) if int(keep.sum()) else float("nan")
-        for done, patch in enumerate(everything, 1):
+        if batched:
+            plans = [_plan(p, sizes, placements, int(n_random), seed, shape) for p in everything]
+            measured = _measure_all(model, images, b, plans, per_forward, device, progress)
+            for patch, (variants, configs), (flips, probs) in zip(everything, plans, measured):
+                geometry = _geometry(patch, height, width)
+                results += [_summarise(patch, geometry, pl, flips, probs, configs, variants, p_before)
+                            for pl in placements]
+        for done, patch in enumerate(everything if not batched else [], 1):
             measured = _measure(model, images, b, patch, sizes, placements, int(n_random), seed, batch_size, device)
             geometry = _geometry(patch, height, width)
             results += [_summarise(patch, geometry, pl, *measured, p_before) for pl in placements]
