@@ -226,7 +226,8 @@ class AtlasCallback(pl.Callback):
                     self._analyze(trainer, pl_module, dataset, acts, epoch)
             except Exception as exc:  # noqa: BLE001 - the callback must not stop training
                 error = exc
-        failure = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        failure = trainer.strategy.broadcast(
+            None if error is None else f"{type(error).__name__}: {str(error).rstrip('. ')}", src=0)
         trainer.strategy.barrier("debugatlas-analysis")
         if failure is None:
             return
