@@ -139,6 +139,9 @@ def test_inspect_dataset_shapes_labels_and_counts():
     assert info.labels == tuple(i % 3 for i in info.checked)
     assert info.class_counts == (14, 13, 13)
     assert inspect_dataset(ListDataset(items), sample=5, num_classes=3).class_counts is None
+    two_of_five = ListDataset([(torch.rand(5, 5), y) for y in (0, 1, 0, 1)], labels_attr=[0, 1, 0, 1])           # classes 2..4 have no images
+    assert inspect_dataset(two_of_five, num_classes=5).class_counts == (2, 2, 0, 0, 0)
+    assert inspect_dataset(two_of_five).class_counts == (2, 2)               # K unknown: up to the largest label
 
 
 def test_inspect_dataset_errors():
@@ -298,6 +301,8 @@ def test_resolve_pairs_class_without_images():
     with pytest.raises(DebugAtlasError, match="no images of class 'ship'"):
         resolve_pairs([("ship", "cat")], NAMES, class_counts=[5, 5, 5, 0])
     assert resolve_pairs([("cat", "ship")], NAMES, class_counts=[5, 5, 5, 0]) == [(1, 3)]
+    with pytest.raises(DebugAtlasError, match="no images of class 'dog'"):   # counts only up to the largest label
+        resolve_pairs([("dog", "cat")], NAMES, class_counts=[5, 5])
 
 
 def test_pairs_list_long_class_lists_briefly():

@@ -27,8 +27,8 @@ EIGHT_BIT = 255.0
 class DatasetInfo:
     """What `inspect_dataset` saw. shape: (C, H, W) of every sampled image; scale: 1.0, or 1/255
     when the images are 8-bit (uint8, or floats above 1 and at most 255); checked: the indices
-    looked at; labels: their labels; class_counts: images per class when the dataset exposes its
-    labels (`.targets` or `.labels`) and the number of classes is known, else None."""
+    looked at; labels: their labels; class_counts: images per class (for `num_classes` classes, or up
+    to the largest label) when the dataset exposes all its labels (`.targets` or `.labels`), else None."""
 
     n: int
     shape: tuple[int, int, int]
@@ -220,8 +220,7 @@ def inspect_dataset(dataset, sample: int = 16, num_classes: int | None = None, s
         bad = np.flatnonzero((all_labels < 0) | (all_labels >= (num_classes or np.iinfo(np.int64).max)))
         if bad.size:
             check_label(int(all_labels[bad[0]]), int(bad[0]), num_classes)
-        if num_classes is not None:
-            counts = tuple(int(c) for c in np.bincount(all_labels, minlength=num_classes))
+        counts = tuple(int(c) for c in np.bincount(all_labels, minlength=num_classes or 0))
     return DatasetInfo(n, shape, min(scales), checked, tuple(labels), counts)
 
 
@@ -547,7 +546,7 @@ def resolve_pairs(pairs: Any, names: Sequence[str],
         a, b = (_class_index(cls, names) for cls in pair)
         if a == b:
             raise DebugAtlasError(f"`pairs` entry {pair!r} names the same class twice. HINT: pick two classes.")
-        if class_counts is not None and a < len(class_counts) and class_counts[a] == 0:
+        if class_counts is not None and (class_counts[a] if a < len(class_counts) else 0) == 0:
             raise DebugAtlasError(
                 f"`pairs` entry {pair!r}: the dataset has no images of class {names[a]!r}. "
                 "HINT: pick a pair whose first class (the true class) occurs in the dataset."
