@@ -142,6 +142,10 @@ def test_inspect_dataset_shapes_labels_and_counts():
     two_of_five = ListDataset([(torch.rand(5, 5), y) for y in (0, 1, 0, 1)], labels_attr=[0, 1, 0, 1])           # classes 2..4 have no images
     assert inspect_dataset(two_of_five, num_classes=5).class_counts == (2, 2, 0, 0, 0)
     assert inspect_dataset(two_of_five).class_counts == (2, 2)               # K unknown: up to the largest label
+    huge = ListDataset([(torch.rand(5, 5), y) for y in (0, 10 ** 9)], labels_attr=[0, 10 ** 9])
+    assert inspect_dataset(huge).class_counts is None                        # no billion-entry count
+    with pytest.raises(DebugAtlasError, match=f"label {10 ** 9}"):
+        inspect_dataset(huge, num_classes=3)
 
 
 def test_inspect_dataset_errors():

@@ -21,6 +21,7 @@ from .errors import DebugAtlasError
 
 PIXEL_TOLERANCE = 1e-3  # float images may overshoot [0, 1] by this much (resampling); clamped
 EIGHT_BIT = 255.0
+MAX_COUNTED_CLASSES = 1_000_000  # without a class count, labels above this are not counted per class
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,8 @@ def inspect_dataset(dataset, sample: int = 16, num_classes: int | None = None, s
         bad = np.flatnonzero((all_labels < 0) | (all_labels >= (num_classes or np.iinfo(np.int64).max)))
         if bad.size:
             check_label(int(all_labels[bad[0]]), int(bad[0]), num_classes)
-        counts = tuple(int(c) for c in np.bincount(all_labels, minlength=num_classes or 0))
+        if num_classes is not None or int(all_labels.max()) < MAX_COUNTED_CLASSES:
+            counts = tuple(int(c) for c in np.bincount(all_labels, minlength=num_classes or 0))
     return DatasetInfo(n, shape, min(scales), checked, tuple(labels), counts)
 
 
