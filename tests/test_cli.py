@@ -12,7 +12,7 @@ from debugatlas.cli import add_model_arguments, analysis_options, main, model_fr
 from debugatlas.core.errors import DebugAtlasError
 
 FAST = ["--option", "layout=pca", "--option", "render=false", "--option", "patches=no",
-        "--option", "grid_size=4", "--option", "grid_sizes=4", "--option", "n_pairs=1"]
+        "--option", "grid_size=4", "--option", "grid_sizes=4", "--option", "n_pairs=1", "--option", "n_examples=0"]
 SMALL_CNN = ["--model", "debugatlas.models:SmallCNN", "--model-args", "in_channels=3", "num_classes=3", "width=4"]
 
 
