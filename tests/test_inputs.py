@@ -139,7 +139,8 @@ def test_inspect_dataset_shapes_labels_and_counts():
     assert info.labels == tuple(i % 3 for i in info.checked)
     assert info.class_counts == (14, 13, 13)
     assert inspect_dataset(ListDataset(items), sample=5, num_classes=3).class_counts is None
-    two_of_five = ListDataset([(torch.rand(5, 5), y) for y in (0, 1, 0, 1)], labels_attr=[0, 1, 0, 1])           # classes 2..4 have no images
+    # classes 2..4 have no images
+    two_of_five = ListDataset([(torch.rand(5, 5), y) for y in (0, 1, 0, 1)], labels_attr=[0, 1, 0, 1])
     assert inspect_dataset(two_of_five, num_classes=5).class_counts == (2, 2, 0, 0, 0)
     assert inspect_dataset(two_of_five).class_counts == (2, 2)               # K unknown: up to the largest label
     huge = ListDataset([(torch.rand(5, 5), y) for y in (0, 10 ** 9)], labels_attr=[0, 10 ** 9])

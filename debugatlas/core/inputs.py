@@ -498,7 +498,9 @@ def _format_names(names: Sequence[str], limit: int = 20) -> str:
 
 def _class_index(cls: Any, names: list[str]) -> int:
     if isinstance(cls, (bool, np.bool_)):
-        raise DebugAtlasError(f"`pairs` names class {cls!r}; use a class name or index. Classes: {_format_names(names)}.")
+        raise DebugAtlasError(
+            f"`pairs` names class {cls!r}. HINT: use a class name or index; classes are {_format_names(names)}."
+        )
     if isinstance(cls, str) and cls in names:
         return names.index(cls)
     if isinstance(cls, (int, np.integer)):
