@@ -347,6 +347,7 @@ def test_8bit_images_give_the_same_run_as_unit_floats_with_one_warning(form):
     assert sum("divided by 255" in str(w.message) for w in caught) == 1
     assert converted["accuracy"] == reference["accuracy"]
     assert converted["confusion_matrix"] == reference["confusion_matrix"]
+    assert converted["pairs"] == reference["pairs"]          # the same pixels, so the same findings
 
 
 def test_unknown_pair_is_reported_before_capture():

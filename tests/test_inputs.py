@@ -96,7 +96,7 @@ def test_checked_dataset_converts_uint8_with_one_warning():
     assert checked.classes == ["a", "b"] and len(checked) == 6 and checked.scale == 1 / 255
     for i, (image, label) in enumerate(items[:6]):
         assert image.dtype == torch.float32 and label == i % 2
-        assert torch.allclose(image, raw[i].float() / 255)
+        assert torch.equal(image, raw[i].float().div(255))          # exactly what ToTensor gives
     assert checked_dataset(checked) is checked
 
 
@@ -399,3 +399,10 @@ def test_layer_positions_interior_and_model_left_as_found():
     assert layer_positions(model, model.fc, "fc", images) == 1
     assert layer_positions(model, model.layer2, "layer2", torch.rand(1, 1, 8, 8)) == 4   # 2 x 2: whole sides
     assert _same_state(_state(model), before) and model.training
+
+
+def test_every_8bit_value_converts_exactly():
+    values = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
+    expected = torch.tensor([k / 255 for k in range(256)], dtype=torch.float32).view(1, 16, 16)
+    assert torch.equal(to_unit_range(values, 0, 1.0), expected)
+    assert torch.equal(to_unit_range(values.float(), 0, 1 / 255), expected)

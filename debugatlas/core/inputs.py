@@ -110,6 +110,8 @@ def pixel_scale(image: Any, index: int = 0) -> float:
 def to_unit_range(image: Any, index: int, scale: float) -> torch.Tensor:
     """The image as float32 [C, H, W] in [0, 1]: times `scale` (1 or 1/255), after the checks of `pixel_scale`.
 
+    Any scale other than 1 means 1/255, the one conversion there is.
+
     An image of a dataset decided to be in [0, 1] (scale 1) whose values exceed 1 is an error: the
     dataset mixes pixel ranges.
     """
@@ -122,7 +124,8 @@ def to_unit_range(image: Any, index: int, scale: float) -> torch.Tensor:
             f"dataset[{index}][0] has pixel values above 1 ({float(image.max()):.4g}) but the images looked at "
             "first were in [0, 1]. HINT: give every image the same pixel range, [0, 1]."
         )
-    out = image.float() * scale if scale != 1.0 else image.float()
+    # dividing (as `ToTensor` does) gives exactly float32(k / 255) for every 8-bit value k
+    out = image.float() / EIGHT_BIT if scale != 1.0 else image.float()
     return out.clamp_(0.0, 1.0)
 
 
