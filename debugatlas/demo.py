@@ -20,7 +20,7 @@ def digits_cnn() -> SmallCNN:
     return SmallCNN(in_channels=1, num_classes=10, width=16)
 
 
-def demo_options(scenario: str) -> dict:
+def demo_options() -> dict:
     """Analysis options of the demo: sized to finish in about a minute on two CPU cores."""
     return {"samples_per_image": 2, "grid_size": 20, "grid_sizes": (10, 20, 40), "n_pairs": 2,
             "layout_epochs": 200, "filter_top_n": 400, "render_steps": 64, "patch_cells": 12,
@@ -49,7 +49,7 @@ def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: 
     pairs = [(str(d), str(SHORTCUT.target)) for d in (1, 4)] if shortcut is not None else "auto"
     layer = "model.layer2" if shortcut is not None else "model.layer3"
     callback = AtlasCallback(layer, pairs=pairs, every_n_epochs=epochs, dirpath=out, subdir="",
-                             seed=seed, model_spec="debugatlas.demo:digits_cnn", **demo_options(scenario))
+                             seed=seed, model_spec="debugatlas.demo:digits_cnn", **demo_options())
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(max_epochs=epochs, accelerator=device, devices=1, callbacks=[callback],
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -62,6 +62,7 @@ def analyze(
     started = time.perf_counter()
     with on_device(model, device) as dev:
         net = Normalized(model, *normalize).to(dev) if normalize is not None else model
+        user_layer = layer_name(model, layer)
         name = layer_name(net, resolve_layer(model, layer))
         module = resolve_layer(net, name)
         probe = load_images(data, list(range(min(_CHECKED_IMAGES, len(data))))).to(dev)
@@ -72,7 +73,7 @@ def analyze(
             config = dataclasses.replace(config, samples_per_image=_auto_samples(net, module, name, probe, config,
                                                                                  len(data)))
         ctx = RunContext(net, name, module, data, dev, int(seed), config, tuple(names), progress)
-        result = _run(ctx, activations, normalize, model_spec, started, wanted)
+        result = _run(ctx, activations, normalize, model_spec, started, wanted, user_layer)
     result = dataclasses.replace(result, out_dir=Path(out_dir) if out_dir is not None else None)
     if out_dir is not None:
         from ..report.rundir import write_run
@@ -93,7 +94,7 @@ def _auto_samples(net, module, name: str, probe, config: AnalysisConfig, n_image
 
 
 def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: str | None,
-         started: float, wanted: list[tuple[int, int]] | None = None) -> AnalysisResult:
+         started: float, wanted: list[tuple[int, int]] | None, user_layer: str) -> AnalysisResult:
     with ctx.stage("capture"):
         acts = prepare.activations(ctx, given=given)
     grid, sparse = fit_grid(len(acts), ctx.config.grid_size, per_cell=SPARSE_PER_CELL)
@@ -127,7 +128,8 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
                     for k, (plan, view, test) in enumerate(zip(plans, pair_views, tested))]
     ctx.timer.times["total"] = round(time.perf_counter() - started, 3)
     run_summary = summary.build(ctx, acts=acts, findings=pair_results, confusion=confusion,
-                                layout_params=layout.params, normalize=normalize, model_spec=model_spec,
+                                layout_params=layout.params, normalize=normalize, layer=user_layer,
+                                model_spec=model_spec,
                                 split=split, sparse=sparse)
     return AnalysisResult(
         summary=run_summary, out_dir=None, activations=acts, attributions=attr, xy=layout.xy, atlases=atlases,

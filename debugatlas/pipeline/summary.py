@@ -29,11 +29,11 @@ def _cells(finding: PairFinding, acts: ActivationSet) -> list[dict]:
 
 
 def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFinding], confusion: np.ndarray,
-          layout_params: dict, normalize, model_spec: str | None = None, split=None,
+          layout_params: dict, normalize, layer: str, model_spec: str | None = None, split=None,
           sparse: str | None = None) -> dict:
     """The summary.json dict of a finished run.
 
-    `split`: the selection/confirmation split of the images (`patches.split.Split`), recorded in
+    `layer`: the layer's name in the user's model; `split`: the selection/confirmation split of the images (`patches.split.Split`), recorded in
     config.split; `sparse`: why the grid was shrunk, when it was (also a top-level note).
     """
     _, labels, preds = acts.per_image()
@@ -56,7 +56,7 @@ def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFindin
         config["split"] = split.to_dict(list(ctx.class_names), include_ids=False)
     timings = {k: ctx.timer.times.get(k, 0.0) for k in TIMED_STAGES}
     return {
-        "schema_version": SCHEMA_VERSION, "layer": ctx.layer, "num_samples": len(acts),
+        "schema_version": SCHEMA_VERSION, "layer": layer, "num_samples": len(acts),
         "num_images": int(labels.size), "accuracy": float((labels == preds).mean()) if labels.size else 0.0,
         "classes": list(ctx.class_names), "confusion_matrix": confusion.tolist(), "pairs": pairs,
         "timings_s": timings, "config": config, "versions": versions(),
