@@ -406,3 +406,14 @@ def test_every_8bit_value_converts_exactly():
     expected = torch.tensor([k / 255 for k in range(256)], dtype=torch.float32).view(1, 16, 16)
     assert torch.equal(to_unit_range(values, 0, 1.0), expected)
     assert torch.equal(to_unit_range(values.float(), 0, 1 / 255), expected)
+
+
+def test_conversion_never_writes_into_the_dataset_and_accepts_inference_tensors():
+    image = torch.tensor([[[-0.0005, 0.5, 1.0005]]])
+    kept = image.clone()
+    assert to_unit_range(image, 0, 1.0).tolist() == [[[0.0, 0.5, 1.0]]]
+    assert torch.equal(image, kept)                       # the user's tensor is not clamped in place
+    with torch.inference_mode():
+        made_in_inference = torch.tensor([[[0.2, 1.0004]]])
+    out = to_unit_range(made_in_inference, 0, 1.0)       # used outside inference mode, as gradients are
+    assert not out.is_inference() and out.tolist() == [[[pytest.approx(0.2), 1.0]]]

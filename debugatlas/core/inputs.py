@@ -126,7 +126,8 @@ def to_unit_range(image: Any, index: int, scale: float) -> torch.Tensor:
         )
     # dividing (as `ToTensor` does) gives exactly float32(k / 255) for every 8-bit value k
     out = image.float() / EIGHT_BIT if scale != 1.0 else image.float()
-    return out.clamp_(0.0, 1.0)
+    # out of place: the image may be the dataset's own tensor, or one made under `torch.inference_mode()`
+    return out.clamp(0.0, 1.0)
 
 
 def check_label(label: Any, index: int, num_classes: int | None = None) -> int:
