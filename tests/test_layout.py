@@ -93,8 +93,12 @@ def test_umap_params_recorded_as_plain_values(umap_fit):
     assert p["method"] == "umap" and p["n_neighbors"] == 50 and p["min_dist"] == 0.05
     assert p["metric"] == "cosine" and p["seed"] == 0 and p["n_components"] == 2
     assert p["n_samples"] == len(x) and p["n_features"] == 16 and p["degenerate"] is None
-    assert p["knn"] == "exact (umap)" and p["normalization"] == {"low": 1.0, "high": 99.0, "margin": 0.1}
+    assert p["backend"] == "torch" and p["knn"] == "exact (torch, cpu)"  # "auto" below 4,096 vectors
+    assert p["graph"] == "fuzzy simplicial set (torch, cpu)" and p["optimizer"] == "batched SGD (numba, cpu)"
+    assert p["normalization"] == {"low": 1.0, "high": 99.0, "margin": 0.1}
     assert set(p["versions"]) >= {"umap-learn", "scikit-learn"}
+    plain = Layout("umap", backend="umap-learn", n_epochs=20).fit(x).params_
+    assert plain["backend"] == "umap-learn" and plain["knn"] == "exact (umap)" and "graph" not in plain
 
 
 def test_umap_with_exact_torch_neighbours_and_one_component(umap_fit):
@@ -264,6 +268,43 @@ def test_torch_backend_close_to_umap_learn_and_deterministic(digits_graph):
     assert set(p["stage_seconds"]) == {"pca", "knn", "graph", "init", "optimise"}
 
 
+def test_auto_backend_as_trustworthy_as_umap_learn_with_the_paper_settings(digits_graph):
+    """Default settings (cosine, 50 neighbours, min_dist 0.05): "auto" now runs the torch backend."""
+    from sklearn.manifold import trustworthiness
+
+    x = digits_graph[0]
+    auto, plain = Layout(seed=0).fit(x), Layout(backend="umap-learn", seed=0).fit(x)
+    assert auto.params_["backend"] == "torch"
+    trust = [trustworthiness(x, f.raw_embedding_, n_neighbors=10, metric="cosine") for f in (auto, plain)]
+    assert trust[0] > trust[1] - 0.01 and trust[1] > 0.97
+
+
+@pytest.mark.slow
+def test_compiled_epoch_kernel_is_cached_across_processes(tmp_path):
+    """The first process compiles and writes the cache, a fresh one loads it (NUMBA_CACHE_DIR)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from debugatlas.layout.torch_umap import optimize, numba_kernel\n"
+        "y = torch.rand(50, 2)\n"
+        "head = torch.arange(50).repeat_interleave(2); tail = (head + torch.tensor([1, 2]).repeat(50)) % 50\n"
+        "optimize(y, head, tail, torch.ones(100), 5, 1.6, 0.9, seed=0)\n"
+        "s = numba_kernel().stats\n"
+        "print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    first, second = ([int(v) for v in r.stdout.split()] for r in runs)
+    assert first[0] == 0 and first[1] >= 1  # compiled, nothing to load
+    assert second[0] >= 1 and second[1] == 0  # loaded from the cache, not compiled
+    assert list(tmp_path.rglob("*.nbi")) and list(tmp_path.rglob("*.nbc"))
+
+
 def _epoch_inputs(digits_graph):
     """The digits graph as `optimize` takes it, UMAP's a, b for min_dist 0.05, and a PCA start."""
     from umap.umap_ import find_ab_params
@@ -309,9 +350,10 @@ def test_compiled_epochs_are_the_same_for_any_thread_count(digits_graph):
 
 
 def test_auto_backend_rule_and_bad_backend_settings():
-    assert Layout()._backend(49_999) == "umap-learn" and Layout()._backend(50_000) == "torch"
-    assert Layout(device="cuda")._backend(4096) == "torch" and Layout(device="cuda")._backend(4095) == "umap-learn"
+    for n in (52, 4095, 49_999, 10**6):  # torch on either device at every size, cosine or euclidean
+        assert Layout()._backend(n) == Layout(device="cuda", metric="euclidean")._backend(n) == "torch"
     assert Layout(metric="manhattan")._backend(10**6) == "umap-learn"
+    assert Layout(backend="umap-learn")._backend(10**6) == "umap-learn"
     assert Layout("tsne")._backend(10**6) is None
     x = torch.rand(60, 8)
     bad = [({"backend": "gpu"}, r"backend='gpu'.*\['auto', 'umap-learn', 'torch', 'torchdr'\]"),

@@ -19,15 +19,18 @@ principal components (computed in torch) before UMAP or t-SNE, which makes the n
 cheaper at a small cost in fidelity.
 
 Fast backend: ``backend="torch"`` (chosen by ``backend="auto"`` for UMAP with a cosine or
-euclidean metric on 4,096 or more vectors with a CUDA `device`, or 50,000 or more on the CPU)
-replaces umap-learn's pipeline: PCA (``pca_dims``) and exact kNN in torch on `device` (on the CPU
-``knn="auto"`` uses umap-learn's NN-descent on the projected vectors instead), UMAP's fuzzy
-simplicial set (in torch on a GPU, umap-learn's on the CPU), a PCA start instead of the spectral
-one, and an own implementation of UMAP's SGD in which every edge sampled in an epoch moves its
-points at once (torch on the GPU, a compiled parallel loop on the CPU whose seeded result is the
-same for any thread count). On the CPU the NN-descent search runs on all numba threads: its
-result, and so the layout, is fixed by the seed and the thread count. ``params_`` records which
-parts ran and their seconds.
+euclidean metric, at every size, on a GPU and on the CPU) replaces umap-learn's pipeline: PCA
+(``pca_dims``) and exact kNN in torch on `device` (on the CPU from 4,096 vectors ``knn="auto"``
+uses umap-learn's NN-descent on the projected vectors instead), UMAP's fuzzy simplicial set (in
+torch; umap-learn's on the CPU from 50,000 vectors, where it needs less memory), a PCA start
+instead of the spectral one, and an own implementation of UMAP's SGD in which every edge sampled
+in an epoch moves its points at once (torch on the GPU, a compiled parallel loop on the CPU whose
+seeded result is the same for any thread count). The compiled loop is cached on disk (numba
+``cache=True``; ``NUMBA_CACHE_DIR`` moves the cache), so below 4,096 vectors on the CPU nothing is
+compiled after the first run on a machine, whereas umap-learn compiles its own functions again
+in every process. On the CPU the NN-descent search runs on all numba threads: its result, and so
+the layout, is fixed by the seed and the thread count. ``params_`` records which parts ran and
+their seconds.
 
 TorchDR backend: ``backend="torchdr"`` (optional, ``pip install torchdr``; never chosen by "auto")
 runs ``torchdr.UMAP`` on `device` after the same ``pca_dims`` projection: exact kNN from the full
@@ -55,7 +58,7 @@ KNN = ("auto", "exact", "nndescent")
 BACKENDS = ("auto", "umap-learn", "torch", "torchdr")
 _TORCH_KNN_METRICS = ("cosine", "euclidean")
 _UMAP_SMALL_DATA = 4096  # below this umap-learn computes all pairwise distances itself
-_TORCH_MIN_SAMPLES = {"cuda": 4096, "cpu": 50_000}  # backend="auto" picks "torch" from here on
+_UMAP_GRAPH_MIN_CPU = 50_000  # on the CPU from here on the torch backend takes umap-learn's graph (less memory)
 
 
 class Layout:
@@ -64,10 +67,11 @@ class Layout:
     Settings: `method` "umap" | "tsne" | "pca"; `n_components` 1 or 2; `n_neighbors`,
     `min_dist` (UMAP); `metric`; `seed` (random_state of every method); `perplexity` (t-SNE);
     `knn` (UMAP neighbours: "exact" in torch on `device`, "nndescent" umap-learn's own search,
-    "auto" exact only on a CUDA device for 4,096 or more vectors); `pca_dims` (UMAP / t-SNE:
+    "auto": for the torch backend exact on a CUDA device or below 4,096 vectors, else NN-descent;
+    for umap-learn exact only on a CUDA device for 4,096 or more vectors); `pca_dims` (UMAP / t-SNE:
     project on that many principal components first; None keeps all features); `backend` (UMAP:
-    "umap-learn", "torch" the fast path of this module's docstring on `device`, "auto" torch for
-    4,096+ vectors on a CUDA device or 50,000+ on the CPU, else umap-learn; "torchdr" runs
+    "umap-learn", "torch" the fast path of this module's docstring on `device`, "auto" torch
+    for the cosine and euclidean metrics at every size, else umap-learn; "torchdr" runs
     `torchdr.UMAP` on `device`, an optional dependency that "auto" never picks); `n_epochs` (UMAP's
     epochs, TorchDR's `max_iter`; None: 500 up to 10,000 vectors, else 200, as umap-learn).
 
@@ -248,9 +252,7 @@ class Layout:
             return None
         if self.backend != "auto":
             return self.backend
-        kind = "cuda" if self._device().type == "cuda" else "cpu"
-        large = n >= _TORCH_MIN_SAMPLES[kind]
-        return "torch" if large and self.metric in _TORCH_KNN_METRICS else "umap-learn"
+        return "torch" if self.metric in _TORCH_KNN_METRICS else "umap-learn"
 
     # -- methods --------------------------------------------------------------------------------
     def _umap_torch(self, x: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
@@ -263,7 +265,7 @@ class Layout:
         features = x.shape[1]
         x = self._project(x, params)
         lap("pca")
-        exact = self.knn == "exact" or (self.knn == "auto" and device.type == "cuda")
+        exact = self.knn == "exact" or (self.knn == "auto" and (device.type == "cuda" or n < _UMAP_SMALL_DATA))
         if exact:
             chunk = 2**30 if device.type == "cuda" else 256 * 2**20
             indices, dists = _fast.knn_torch(x, int(self.n_neighbors), self.metric, chunk)
@@ -272,7 +274,7 @@ class Layout:
             indices, dists = _fast.nndescent(x, int(self.n_neighbors), self.metric, seed)
             params["knn"] = "nndescent (umap, " + ("projected vectors)" if x.shape[1] < features else "all features)")
         lap("knn")
-        if device.type == "cuda":
+        if device.type == "cuda" or n < _UMAP_GRAPH_MIN_CPU:  # torch: nothing to compile (umap-learn's is not cached)
             head, tail, weight = _fast.fuzzy_graph(indices.to(device), dists.to(device), int(self.n_neighbors))
             params["graph"] = f"fuzzy simplicial set (torch, {device})"
         else:
