@@ -412,6 +412,9 @@ FACTORIES = textwrap.dedent("""
 """)
 
 
+CLI_CLASSES = ("<dog & co>", "airplane", "cat")   # ImageFolder sorts them; one name carries HTML
+
+
 @pytest.fixture()
 def cli_env(tmp_path, monkeypatch):
     """A factory module on sys.path and an ImageFolder of 3 classes x 10 grayscale 12 px PNGs."""
@@ -421,7 +424,7 @@ def cli_env(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "fuzz_factories", raising=False)
     rng = np.random.default_rng(0)
-    for name in ("airplane", "cat", "dog"):
+    for name in CLI_CLASSES:
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(10):
             Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
@@ -495,4 +498,5 @@ def test_cli_analyze_completes_with_defaults(cli_env, capsys):
     code, err = _cli(argv, capsys)
     assert code == 0, err
     summary = json.loads((cli_env / "run" / "summary.json").read_text())
-    assert summary["classes"] == ["airplane", "cat", "dog"] and summary["num_images"] == 30
+    assert summary["classes"] == list(CLI_CLASSES) and summary["num_images"] == 30
+    assert "<dog & co>" not in (cli_env / "run" / "index.html").read_text()     # escaped in the page
