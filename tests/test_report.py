@@ -358,6 +358,7 @@ def test_near_miss_and_nothing_confirmed_are_said_plainly(full):
     hostile = "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert f"Nothing confirmed for {hostile} → 4: of 6 patch tests, 6 not confirmed." in findings
     assert findings.count('class="badge kind-near-miss"') == 1
+    assert "simply part of" not in findings
     assert f"{hostile} → 4 (near miss)</a>" in html
     assert html.count('class="badge kind-near-miss"') == 2  # Findings and the pair's own heading
 
@@ -370,6 +371,7 @@ def test_no_findings_says_nothing_confirmed(tmp_path):
     findings = _section(render_report(summary, {}, tmp_path), "findings")
     assert "Nothing confirmed: no patch test in the 1 studied pair beat both of its controls." in findings
     assert "Nothing confirmed for cat → dog: of 3 patch tests, 3 natural." in findings
+    assert "so the feature is simply part of dog" in findings
     assert "This run recorded no held-out split" in findings
     assert "nothing was tested" in _section(render_report({}, {}, tmp_path), "findings")
     summary["pairs"][0]["patches"] = []
