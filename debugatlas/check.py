@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .artifacts.atomic import write_text
+from .artifacts.summary import baseline_pair, baseline_patch_rates, read_summary
 from .core.errors import DebugAtlasError
 from .patches.stats import wilson_interval
-from .patches.suite import SUITE_FILE, PatchSuite, SuiteRun
+from .artifacts.paths import SUITE_FILE
+from .patches.suite import PatchSuite, SuiteRun
 
 _EPS = 1e-9
 STATUSES = ("ok", "failed", "reported", "nothing_to_measure")
@@ -157,46 +159,10 @@ def _reference(value: float, n, ci, origin: str, verdict: str | None = None) -> 
     return _Reference(value, lo, hi, None if n is None else int(n), origin, verdict)
 
 
-def _baseline_pair(baseline: dict | None, suite: PatchSuite) -> dict | None:
-    """The summary.json pair entry of the suite's (a, b), a bare {"patches": [...]}, or None."""
-    if baseline is None:
-        return None
-    if not isinstance(baseline, dict):
-        raise DebugAtlasError(f"`baseline` is a {type(baseline).__name__}; expected the dict of a summary.json.")
-    if "pairs" in baseline:
-        pairs = [p for p in baseline["pairs"] if str(p.get("a")) == suite.a and str(p.get("b")) == suite.b]
-        if not pairs:
-            found = [(p.get("a"), p.get("b")) for p in baseline["pairs"]]
-            raise DebugAtlasError(
-                f"The baseline has no pair ({suite.a!r}, {suite.b!r}); it has {found}. "
-                "HINT: pass the summary.json written with this suite."
-            )
-        return pairs[0]
-    if not isinstance(baseline.get("patches"), list):
-        raise DebugAtlasError(
-            "The baseline has neither `pairs` nor a `patches` list. HINT: pass a summary.json written by analyze()."
-        )
-    return baseline
-
-
 def _baseline_patches(pair: dict | None) -> dict[tuple[str, str], _Reference]:
     """(patch id, placement) -> baseline flip rate with its interval and verdict, from summary.json."""
-    if pair is None:
-        return {}
-    entries = pair.get("patches", [])
-    if not isinstance(entries, list):
-        raise DebugAtlasError(
-            "The baseline pair's `patches` is not a list. HINT: pass a summary.json written by analyze()."
-        )
-    try:
-        return {(str(e["id"]), str(e.get("placement", "static"))):
-                _reference(float(e["flip_rate"]), e.get("n_images"), e.get("flip_rate_ci"), "baseline",
-                           e.get("verdict"))
-                for e in entries if e.get("flip_rate") is not None}
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise DebugAtlasError(
-            f"A baseline patch entry is malformed ({exc}). HINT: each needs id and flip_rate."
-        ) from exc
+    return {key: _reference(value, n, ci, "baseline", verdict)
+            for key, (value, n, ci, verdict) in baseline_patch_rates(pair).items()}
 
 
 def _suite_reference(suite: PatchSuite, patch_id: str, placement: str) -> _Reference:
@@ -283,7 +249,7 @@ def check_suite(
         run = s.run(model, dataset, batch_size=batch_size, device=device)
         runs.append(run)
         pair = f"{s.a}->{s.b}"
-        entry = _baseline_pair(baseline, s)
+        entry = baseline_pair(baseline, s.a, s.b)
         external = _baseline_patches(entry)
         pair_accuracy, pair_confusion = _pair_references(baseline, s)
         accuracy_ref = accuracy_ref or pair_accuracy
@@ -415,14 +381,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`debugatlas check ...`: prints the table; returns 0 (all hold), 1 (a check failed), 2 (bad input)."""
     from .data import image_folder
@@ -442,18 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset = image_folder(args.data, size=size, grayscale=args.grayscale or c == 1)
         baseline = None
         if args.baseline is not None:
-            try:
-                baseline = json.loads(Path(args.baseline).read_text())
-            except json.JSONDecodeError as exc:
-                raise DebugAtlasError(f"`--baseline {args.baseline!r}` is not valid JSON ({exc}).") from exc
+            baseline = read_summary(args.baseline)
         report = check_suite(suites, model, dataset, max_flip_rate=args.max_flip_rate, baseline=baseline,
                              tolerance=args.tolerance, min_accuracy=args.min_accuracy,
                              max_confusion=args.max_confusion, device=args.device)
         print(report.table())
         if args.json:
-            _write_text(args.json, json.dumps(report.to_dict(), indent=1))
+            write_text(args.json, json.dumps(report.to_dict(), indent=1))
         if args.junit:
-            _write_text(args.junit, report.to_junit_xml())
+            write_text(args.junit, report.to_junit_xml())
     except (DebugAtlasError, OSError) as exc:
         print(f"debugatlas check: error: {exc}", file=sys.stderr)
         return 2

@@ -95,3 +95,44 @@ def read_summary(path: str | Path) -> dict:
             "HINT: rerun the analysis with this version of debugatlas."
         )
     return data
+
+
+def baseline_pair(baseline: dict | None, a: str, b: str) -> dict | None:
+    """The summary.json entry of the pair (a, b) (class names), a bare {"patches": [...]}, or None."""
+    if baseline is None:
+        return None
+    if not isinstance(baseline, dict):
+        raise DebugAtlasError(f"`baseline` is a {type(baseline).__name__}; expected the dict of a summary.json.")
+    if "pairs" in baseline:
+        pairs = [p for p in baseline["pairs"] if str(p.get("a")) == a and str(p.get("b")) == b]
+        if not pairs:
+            found = [(p.get("a"), p.get("b")) for p in baseline["pairs"]]
+            raise DebugAtlasError(
+                f"The baseline has no pair ({a!r}, {b!r}); it has {found}. "
+                "HINT: pass the summary.json written with this suite."
+            )
+        return pairs[0]
+    if not isinstance(baseline.get("patches"), list):
+        raise DebugAtlasError(
+            "The baseline has neither `pairs` nor a `patches` list. HINT: pass a summary.json written by analyze()."
+        )
+    return baseline
+
+
+def baseline_patch_rates(pair: dict | None) -> dict[tuple[str, str], tuple]:
+    """(patch id, placement) -> (flip rate, n_images, flip_rate_ci, verdict) of a summary.json pair entry."""
+    if pair is None:
+        return {}
+    entries = pair.get("patches", [])
+    if not isinstance(entries, list):
+        raise DebugAtlasError(
+            "The baseline pair's `patches` is not a list. HINT: pass a summary.json written by analyze()."
+        )
+    try:
+        return {(str(e["id"]), str(e.get("placement", "static"))):
+                (float(e["flip_rate"]), e.get("n_images"), e.get("flip_rate_ci"), e.get("verdict"))
+                for e in entries if e.get("flip_rate") is not None}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise DebugAtlasError(
+            f"A baseline patch entry is malformed ({exc}). HINT: each needs id and flip_rate."
+        ) from exc

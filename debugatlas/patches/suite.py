@@ -5,15 +5,10 @@ rerun of the saved PNGs on the same model gives, exactly.
 """
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -22,10 +17,7 @@ from ..core.errors import DebugAtlasError
 from ..core.model import model_device, preserved_model_state
 from .candidates import control_patches
 from .evaluate import evaluate_patches
-from .types import DEFAULT_SIZES, PLACEMENTS, SELECTION_RULE, Patch, PatchEvaluation, from_uint8, to_uint8
-
-SCHEMA_VERSION = 1
-SUITE_FILE = "suite.json"
+from .types import DEFAULT_SIZES, PLACEMENTS, SELECTION_RULE, Patch, PatchEvaluation
 
 
 @dataclass
@@ -102,135 +94,26 @@ class PatchSuite:
         )
         return SuiteRun(self.a, self.b, correct / total, a_to_b / a_total, total, a_total, evaluation)
 
-    # -- files ----------------------------------------------------------------------------------
+    # -- files (format: `artifacts.suite_file`) --------------------------------------------------
     def to_dict(self) -> dict:
         """The `suite.json` content (plain values)."""
-        def entry(p: Patch, folder: str) -> dict:
-            return {"id": p.id, "cell": None if p.cell is None else list(p.cell), "source": p.source,
-                    "resize": p.resize, "file": f"{folder}/{p.id}.png", "shape": list(p.image.shape)}
+        from ..artifacts.suite_file import suite_dict
 
-        return {
-            "schema_version": SCHEMA_VERSION, "a": self.a, "b": self.b,
-            "a_index": self.a_index, "b_index": self.b_index, "class_names": list(self.class_names),
-            "image_shape": list(self.image_shape), "sizes": list(self.sizes),
-            "placements": list(self.placements), "n_random": self.n_random, "seed": self.seed,
-            "batch_size": self.batch_size, "selection": self.selection,
-            "patches": [entry(p, "patches") for p in self.patches],
-            "controls": [entry(p, "controls") for p in self.controls],
-            "baseline": self.baseline.to_dict(), "metadata": self.metadata,
-        }
+        return suite_dict(self)
 
     def save(self, directory: str | Path) -> Path:
-        """Write `directory/suite.json` and the PNGs; built in a temporary folder, then renamed.
+        """Write `directory/suite.json` and the PNGs; an existing suite is replaced only once the new
+        one is complete."""
+        from ..artifacts.suite_file import write_suite
 
-        An existing suite in `directory` is replaced only once the new one is complete.
-        """
-        from PIL import Image
-
-        directory = Path(directory)
-        if directory.exists() and (not directory.is_dir() or
-                                   (any(directory.iterdir()) and not (directory / SUITE_FILE).is_file())):
-            raise DebugAtlasError(
-                f"`{str(directory)!r}` exists and is not a patch suite. HINT: choose a new or empty folder."
-            )
-        for p in self.patches + self.controls:
-            if p.image.shape[0] not in (1, 3):
-                raise DebugAtlasError(f"Patch {p.id!r} has {p.image.shape[0]} channels; PNG suites take 1 or 3.")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-        try:
-            for folder, items in (("patches", self.patches), ("controls", self.controls)):
-                (tmp / folder).mkdir()
-                for p in items:
-                    array = to_uint8(p.image)
-                    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-                    image.save(tmp / folder / f"{p.id}.png")
-            (tmp / SUITE_FILE).write_text(json.dumps(self.to_dict(), indent=1))
-            old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            if directory.exists():
-                directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        return write_suite(self, directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> "PatchSuite":
         """Read a suite written by `save`, checking the schema, every PNG and every shape."""
-        directory = Path(directory)
-        path = directory / SUITE_FILE
-        if not directory.is_dir():
-            raise DebugAtlasError(
-                f"Suite folder {str(directory)!r} does not exist. HINT: pass the folder written by "
-                "`PatchSuite.save` or `analyze()` (it contains suite.json)."
-            )
-        if not path.is_file():
-            raise DebugAtlasError(f"{str(path)!r} is missing. HINT: {_suite_hint(directory)}")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DebugAtlasError(f"{str(path)!r} is not valid JSON ({exc}). HINT: save the suite again.") from exc
-        version = data.get("schema_version") if isinstance(data, dict) else None
-        if version != SCHEMA_VERSION:
-            raise DebugAtlasError(
-                f"{str(path)!r} has schema_version {version!r}; this debugatlas reads {SCHEMA_VERSION}. "
-                "HINT: rebuild the suite with this version of debugatlas."
-            )
-        try:
-            patches = [_load_patch(directory, e) for e in data["patches"]]
-            controls = [_load_patch(directory, e) for e in data["controls"]]
-            return cls(
-                str(data["a"]), str(data["b"]), int(data["a_index"]), int(data["b_index"]), patches, controls,
-                tuple(float(s) for s in data["sizes"]), tuple(str(p) for p in data["placements"]),
-                int(data["n_random"]), int(data["seed"]), PatchEvaluation.from_dict(data["baseline"]),
-                [str(c) for c in data["class_names"]], tuple(int(v) for v in data["image_shape"]),
-                int(data.get("batch_size", 256)), str(data.get("selection", SELECTION_RULE)),
-                dict(data.get("metadata", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, DebugAtlasError):
-                raise
-            raise DebugAtlasError(
-                f"{str(path)!r} is incomplete or malformed ({type(exc).__name__}: {exc}). HINT: save the suite again."
-            ) from exc
+        from ..artifacts.suite_file import read_suite
 
-
-def _suite_hint(directory: Path) -> str:
-    """What to pass instead of a folder without suite.json: its `suite/` folder when it is a run directory."""
-    found = sorted(p.parent for p in (*directory.glob(f"*/{SUITE_FILE}"), *directory.glob(f"*/*/{SUITE_FILE}")))
-    if (directory / "suite").is_dir() or (directory / "summary.json").is_file():
-        where = directory / "suite"
-        inside = ", ".join(str(p.relative_to(where)) for p in found if where in p.parents) or "none found"
-        return (f"{str(directory)!r} looks like a run directory of `analyze()`; its patch suites are in "
-                f"{str(where)!r} (suites: {inside}). Pass `--suite {where}` (or `PatchSuite.load` one of them).")
-    if found:
-        return f"suite.json files were found in sub-folders: {[str(p) for p in found[:5]]}; pass one of those."
-    return "pass a folder written by `PatchSuite.save` (or the `suite/` folder of a run directory)."
-
-
-def _load_patch(directory: Path, entry: dict) -> Patch:
-    from PIL import Image, UnidentifiedImageError
-
-    file = directory / entry["file"]
-    if not file.is_file():
-        raise DebugAtlasError(f"Patch file {str(file)!r} is missing. HINT: copy the whole suite folder.")
-    try:
-        with Image.open(file) as image:
-            image.load()
-            array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise DebugAtlasError(
-            f"Patch file {str(file)!r} is not a readable PNG ({exc}). HINT: save the suite again."
-        ) from exc
-    pixels = from_uint8(array)
-    if list(pixels.shape) != list(entry["shape"]):
-        raise DebugAtlasError(
-            f"Patch file {str(file)!r} has shape {list(pixels.shape)}; suite.json says {entry['shape']}. "
-            "HINT: the file was replaced; save the suite again."
-        )
-    return Patch(entry["id"], entry.get("cell"), entry["source"], pixels, bool(entry["resize"]))
+        return cls(**read_suite(directory))
 
 
 @dataclass
