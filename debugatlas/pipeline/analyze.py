@@ -12,10 +12,10 @@ from torch import nn
 from ..capture import ActivationSet
 from ..core.datasets import load_images
 from ..core.inputs import (
-    auto_samples_per_image, check_class_names, check_model, check_normalize, checked_dataset, fit_grid,
-    inspect_dataset, resolve_pairs,
+    CheckedDataset, auto_samples_per_image, check_class_names, check_model, check_normalize, fit_grid,
+    inspect_dataset, layer_positions, resolve_pairs,
 )
-from ..core.model import Normalized, layer_name, on_device, resolve_layer, run_to_layer
+from ..core.model import Normalized, layer_name, on_device, resolve_layer
 from ..data import class_names as _class_names
 from ..patches.split import split_images
 from . import examples, findings, icons, patch_stage, prepare, summary, views
@@ -57,7 +57,7 @@ def analyze(
     config = AnalysisConfig.from_options(options)
     resolve_layer(model, layer)
     info = inspect_dataset(dataset, seed=seed)
-    data = checked_dataset(dataset, seed=seed)
+    data = CheckedDataset(dataset, info.scale)
     normalize = check_normalize(normalize, info.shape[0])
     started = time.perf_counter()
     with on_device(model, device) as dev:
@@ -67,6 +67,7 @@ def analyze(
         module = resolve_layer(net, name)
         probe = load_images(data, list(range(min(_CHECKED_IMAGES, len(data))))).to(dev)
         k = check_model(net, probe)
+        data.num_classes = k  # labels are checked against the model's outputs from here on
         names = check_class_names(_class_names(dataset, class_names, k), k)
         wanted = resolve_pairs(pairs, names, class_counts=info.class_counts)
         if config.samples_per_image == "auto":
@@ -84,13 +85,8 @@ def analyze(
 
 def _auto_samples(net, module, name: str, probe, config: AnalysisConfig, n_images: int) -> int:
     """`samples_per_image="auto"`: enough vectors for about `AUTO_PER_CELL` per cell of the main grid."""
-    with torch.no_grad():
-        shape = tuple(run_to_layer(net, module, probe[:1], name).shape)
-    if len(shape) == 4:
-        positions = (shape[2] - 2 if shape[2] >= 3 else shape[2]) * (shape[3] - 2 if shape[3] >= 3 else shape[3])
-    else:
-        positions = shape[1] if len(shape) == 3 else 1
-    return auto_samples_per_image(n_images, max(1, positions), config.grid_size, config.cap, per_cell=AUTO_PER_CELL)
+    positions = layer_positions(net, module, name, probe)
+    return auto_samples_per_image(n_images, positions, config.grid_size, config.cap, per_cell=AUTO_PER_CELL)
 
 
 def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: str | None,
