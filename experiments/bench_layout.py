@@ -14,6 +14,14 @@ which holds the full N x N distance matrix: keep ``--n`` to a few tens of thousa
     .venv/bin/python experiments/bench_layout.py [--n 100000] [--dim 512] [--pca-dims 64]
         [--device cpu|cuda] [--baseline-jobs 1 -1] [--skip-baseline] [--epochs N] [--knn auto]
         [--fast-backend torch|torchdr]
+
+Start-up cost (``--startup K``): K fresh processes one after another, each timing its imports,
+a first and a second (warm) ``Layout(backend=...).fit`` of the same ``--n`` x ``--dim`` vectors
+for umap-learn and for the torch backend (no warm-up, ``--pca-dims`` ignored), with a new, empty
+``NUMBA_CACHE_DIR`` for the first process: its first call compiles, the later processes show what
+the on-disk cache saves (umap-learn compiles in every process, its functions are not cached).
+
+    .venv/bin/python experiments/bench_layout.py --startup 3 --n 1078 --dim 64
 """
 from __future__ import annotations
 
@@ -59,6 +67,48 @@ def fast(x: np.ndarray, args) -> tuple[np.ndarray, dict]:
     return layout.raw_embedding_, layout.params_
 
 
+_STARTUP_CHILD = """
+import sys, time, warnings
+warnings.filterwarnings("ignore")
+t0 = time.perf_counter()
+sys.path.insert(0, {here!r})
+from bench_layout import synthetic
+from debugatlas.layout import Layout
+x = synthetic({n}, {dim})
+out = [time.perf_counter() - t0]
+for _ in range(2):
+    start = time.perf_counter()
+    Layout(backend={backend!r}, device={device!r}, seed=0).fit(x)
+    out.append(time.perf_counter() - start)
+print(*out)
+"""
+
+
+def startup(args) -> None:
+    """First-call and warm-call seconds of each backend in `args.startup` fresh processes."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent)
+    print(f"start-up: {args.startup} fresh processes, n={args.n} dim={args.dim} device={args.device}; "
+          "seconds: imports + data, first fit, second fit", flush=True)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for k in range(args.startup):
+            for backend in ("umap-learn", "torch"):
+                code = _STARTUP_CHILD.format(here=here, n=args.n, dim=args.dim, backend=backend, device=args.device)
+                proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(f"process {k + 1} {backend}: failed\n{proc.stderr[-2000:]}")
+                    continue
+                imports, first, warm = (float(v) for v in proc.stdout.split()[-3:])
+                print(f"process {k + 1} {backend:10s}  imports {imports:6.1f} s  first fit {first:6.1f} s  "
+                      f"warm fit {warm:6.1f} s  first - warm {first - warm:6.1f} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
@@ -75,7 +125,11 @@ def main() -> None:
                         help="1: seeded, single-threaded umap-learn; -1: unseeded, all cores; "
                              "both (1 -1): one ratio against each")
     parser.add_argument("--skip-baseline", action="store_true", help="time only the fast path")
+    parser.add_argument("--startup", type=int, default=0,
+                        help="measure first vs warm call in this many fresh processes instead")
     args = parser.parse_args()
+    if args.startup:
+        return startup(args)
     from sklearn.manifold import trustworthiness
 
     warnings.filterwarnings("ignore")

@@ -3,12 +3,13 @@
 #
 #   experiments/run_gpu.sh [cifar10-train.tgz]   # BUDGET_S=3600 CIFAR_EPOCHS=10 TRAIN_S=110 by default
 #
-# 1. the GPU benchmarks (render, attribution) while the GPU is otherwise idle;
+# 1. the GPU benchmarks (render, attribution, capture, end-to-end analyze() default vs old options)
+#    while the GPU is otherwise idle;
 # 2. the CIFAR-10 run and the four planted-shortcut configurations (checker / cross trigger x
 #    fractions 0.5 / 0.2) as parallel processes on the one GPU, each with a share of the CPU cores;
 # 3. the layout benchmark, if enough of the budget is left.
 # Writes reports/cifar10/, reports/planted/ and reports/bench/*.txt.
-# Choose parts with BENCH=0, CIFAR=0, PLANTED="checker:0.5 cross:0.2" (trigger:fraction pairs),
+# Choose parts with BENCH=0, ANALYZE=0, CIFAR=0, PLANTED="checker:0.5 cross:0.2" (trigger:fraction pairs),
 # LAYOUT_ARGS="..." (arguments of bench_layout.py).
 set -u
 archive=${1:-../shared/data/cifar10-train.tgz}
@@ -26,6 +27,10 @@ if [ "${BENCH:-1}" = 1 ]; then
         > reports/bench/attribution_gpu.txt 2>&1
     "$py" experiments/bench_capture.py --device cuda --repeats 7 --images 8000 \
         > reports/bench/capture_gpu.txt 2>&1
+fi
+if [ "${ANALYZE:-1}" = 1 ]; then  # writes reports/bench/analyze_cifar_cuda.txt
+    timeout "$(left)" "$py" experiments/bench_analyze.py --case cifar-cuda --device cuda --images 2000 \
+        --archive "$archive" --timeout "${ANALYZE_VARIANT_S:-900}" > reports/bench/analyze_cifar_cuda_stdout.txt 2>&1
 fi
 
 export OMP_NUM_THREADS=3 NUMBA_NUM_THREADS=3
