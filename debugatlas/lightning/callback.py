@@ -84,7 +84,8 @@ class AtlasCallback(pl.Callback):
         self.pairs = pairs if pairs is None or isinstance(pairs, str) else tuple(
             tuple(p) if isinstance(p, list) else p for p in pairs)
         self.strict, self.timeline = bool(strict), bool(timeline)
-        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self._dirpath_given = Path(dirpath) if dirpath is not None else None
+        self.dirpath = self._dirpath_given  # resolved in `setup` when None
         self.normalize, self.class_names, self.seed = normalize, class_names, int(seed)
         self.subdir, self.run_analysis = subdir, bool(run_analysis)
         self.last_activations = None
@@ -119,7 +120,7 @@ class AtlasCallback(pl.Callback):
             hint = str(exc).split("HINT:")[-1].strip()
             raise DebugAtlasError(f"`AtlasCallback(layer={self.layer!r})` found no such module in "
                                   f"{type(pl_module).__name__}. HINT: {hint}") from None
-        if self.dirpath is None:
+        if self._dirpath_given is None:  # every rank takes rank 0's folder (logger versions may differ)
             self.dirpath = Path(trainer.strategy.broadcast(str(self._default_dirpath(trainer))))
 
     @staticmethod
@@ -293,10 +294,11 @@ class AtlasCallback(pl.Callback):
         self.last_epoch_analyzed = epoch
         self.runs = [r for r in self.runs if r.get("epoch") != epoch]
         self.runs.append({"dir": str(out), "timings_s": dict(result.summary.get("timings_s") or {}),
-                          **epoch_entry(result.summary, epoch, relative_href(out, self.dirpath))})
+                          **epoch_entry(result.summary, epoch, None)})
         if self.timeline and self.subdir and "{epoch" in self.subdir:
-            write_timeline(self.dirpath, [r for r in self.runs if "pairs" in r],
-                           title=f"{type(pl_module).__name__}: atlas of {self.layer}")
+            # links are made now: a resumed run may write into another logger version's folder
+            entries = [{**r, "href": relative_href(r["dir"], self.dirpath)} for r in self.runs if "pairs" in r]
+            write_timeline(self.dirpath, entries, title=f"{type(pl_module).__name__}: atlas of {self.layer}")
         log_analysis(trainer.loggers, out, result.summary, epoch=epoch, step=trainer.global_step,
                      num_samples=len(acts), warned=self._warned)
 
