@@ -347,7 +347,7 @@ def test_findings_lead_the_page_with_statement_pictures_and_suspects(full):
     # report_data's crops and patch image for cell (0, 3); the summary patch's file for the suspect.
     assert 'src="exemplars/pair1_finding_0.png"' in findings
     assert 'src="patches/pair1_cell0.png"' in findings and 'src="patches/pair1_cell1.png"' in findings
-    assert "held-out images" in findings and "confirmation: 0.5" in findings
+    assert "held-out images" in findings and "seed 0 · selection 0.5 · confirmation 0.5" in findings
     assert ("80 % of its exemplars are images of 8; the layer sees 5 % of the image at a time; "
             "90 % of the cell's samples come from 8, against 25 % in the cells around it.") in " ".join(findings.split())
 
@@ -404,7 +404,7 @@ def test_user_strings_in_findings_are_escaped(tmp_path):
 
 def test_only_confirmed_patch_rows_are_coloured_as_findings(full):
     _, _, _, html = full
-    rows = re.findall(r'<tr class="row-([a-z_]+)">\s*<td>.*?</td>\s*<td>([^<]*)', html, re.S)
+    rows = re.findall(r'<tr class="row-([a-z_]+)">.*?<td class="candidate">([^<]*)', html, re.S)
     by_candidate = {candidate.strip(): kind for kind, candidate in rows}
     assert by_candidate == {"pair1-0-static": "confirmed", "pair1-0-dynamic": "confirmed",
                             "pair1-1-static": "natural", "pair1-1-dynamic": "natural",
@@ -421,10 +421,10 @@ def test_confirmed_rows_come_first_and_the_rest_fold_away(tmp_path):
     summary = {"pairs": [{"a": "cat", "b": "dog", "patches": patches}]}
     html = render_report(summary, {}, tmp_path)
     shown, folded = html.split("more patch tests</summary>")
-    candidates = re.findall(r'<tr class="row-[a-z_]+">\s*<td>.*?</td>\s*<td>([^<]*)', shown, re.S)
+    candidates = re.findall(r'<td class="candidate">([^<]*)', shown)
     assert [c.strip() for c in candidates] == ["p9", "p0", "p1", "p2", "p3", "p4", "p5", "p6"]
     assert "<summary>3 more patch tests</summary>" in html
-    assert re.findall(r'<tr class="row-[a-z_]+">\s*<td>.*?</td>\s*<td>([^<]*)', folded, re.S)[:3] == ["p7", "p8", "p10"]
+    assert re.findall(r'<td class="candidate">([^<]*)', folded)[:3] == ["p7", "p8", "p10"]
 
 
 def test_cells_with_score_zero_or_less_are_not_listed(full, tmp_path):
@@ -469,3 +469,15 @@ def test_cells_of_confirmed_findings_are_marked_on_the_main_grid_only(full, tmp_
     assert [g["marks"] for g in _json_blob(html)["grids"]] == [[[1, 2, "x → y"]], []]
     summary["pairs"][0]["findings"] = []
     assert "outlined in green" not in render_report(summary, rd, tmp_path)
+
+
+def test_the_split_is_said_in_a_few_words(tmp_path):
+    from debugatlas.report import _view
+
+    split = {"rule": "per class, by a seeded hash", "seed": 3, "fraction": 0.5,
+             "selection": {"n_images": 266, "per_class": {"0": 31}},
+             "confirmation": {"n_images": 1273, "per_class": {"0": 31}}}
+    assert _view.held_out({"config": {"split": split}}) == (
+        "seed 3 · fraction 0.5 · selection 266 images · confirmation 1,273 images")
+    assert _view.held_out({"config": {"split": {"rule": "x"}}}) is None
+    assert _view.held_out({"config": {}}) is None and _view.held_out({"config": {"split": True}}) is None

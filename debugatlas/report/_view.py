@@ -368,16 +368,25 @@ def suite(report_data: Mapping) -> dict | None:
 
 
 def held_out(summary: Mapping) -> str | None:
-    """The recorded selection/confirmation split (summary `config.split`) as one line, else None."""
+    """The recorded selection/confirmation split (summary `config.split`) in a few words, else None.
+
+    A part given as a mapping with `n_images` is said as its image count; per-class counts and the
+    rule's wording stay in the configuration shown under the Run section.
+    """
     split = mapping(summary.get("config")).get("split")
     if isinstance(split, Mapping) and split:
         parts = []
         for key, value in split.items():
-            if isinstance(value, (list, tuple)):
-                value = f"{len(value)} images" if len(value) > 6 else ", ".join(map(str, value))
-            elif isinstance(value, Mapping):
-                value = ", ".join(f"{k} {v}" for k, v in value.items())
-            parts.append(f"{as_text(key)}: {as_text(value)}")
-        return " · ".join(parts)
+            if key == "rule":
+                continue
+            if isinstance(value, Mapping):
+                count = as_int(value.get("n_images"))
+                if count is None:
+                    continue
+                value = f"{count:,} images"
+            elif isinstance(value, (list, tuple)):
+                value = f"{len(value):,} images"
+            parts.append(f"{as_text(key)} {as_text(value)}")
+        return " · ".join(parts) or None
     text = as_text(split) if isinstance(split, (str, int, float)) and not isinstance(split, bool) else ""
     return text or None
