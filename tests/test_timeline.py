@@ -25,10 +25,12 @@ PATCHES = [{"id": "p1", "flip_rate": 0.62, "noise_flip_rate": 0.05, "natural_fli
 
 def test_outcomes_from_findings_use_their_verdicts_and_margin_over_the_larger_control():
     findings = [{"patch": "p1", "flip_rate": 0.62, "noise_flip_rate": 0.05, "natural_flip_rate": 0.20},
-                {"patch": "p2", "flip_rate": 0.70, "noise_flip_rate": 0.65, "natural_flip_rate": 0.10}]
+                {"patch": "p4", "flip_rate": 0.55, "noise_flip_rate": 0.01, "natural_flip_rate": 0.02},
+                {"patch": "p2", "flip_rate": 0.70, "noise_flip_rate": 0.65, "natural_flip_rate": 0.10,
+                 "verdict": "natural"}]
     (o,) = pair_outcomes({"pairs": [_pair(patches=PATCHES, findings=findings)]})
-    # p2's patch verdict is "natural", so only p1 counts; margin 0.62 - max(0.05, 0.20) = 0.42
-    assert o == PairOutcome("grid", "stripes", 12, 1, 0.70, 0.62, pytest.approx(0.42))
+    # the third says it is not confirmed; the best confirmed is p1: margin 0.62 - max(0.05, 0.20) = 0.42
+    assert o == PairOutcome("grid", "stripes", 12, 2, 0.70, 0.62, pytest.approx(0.42))
     assert o.name == "grid→stripes"
 
 

@@ -57,22 +57,12 @@ def _rate(value: Any) -> float | None:
 
 
 def _confirmed_findings(pair: Mapping) -> list[Mapping]:
-    """Confirmed findings of a pair: `findings[]` (a finding's own or its patch's verdict), else the
-    patches whose verdict is "confirmed"."""
-    patches = [p for p in pair.get("patches") or [] if isinstance(p, Mapping)]
-    verdicts = {p.get("id"): p.get("verdict") for p in patches if isinstance(p.get("id"), str)}
+    """Confirmed findings of a pair: its `findings[]` (confirmed by construction, unless one carries
+    another `verdict`), else, in summaries without findings, the patches whose verdict is "confirmed"."""
     findings = pair.get("findings")
     if isinstance(findings, list):
-        out = []
-        for finding in findings:
-            if not isinstance(finding, Mapping):
-                continue
-            patch = finding.get("patch")
-            verdict = finding.get("verdict") or (verdicts.get(patch) if isinstance(patch, str) else None)
-            if (verdict or "confirmed") == "confirmed":
-                out.append(finding)
-        return out
-    return [p for p in patches if p.get("verdict") == "confirmed"]
+        return [f for f in findings if isinstance(f, Mapping) and (f.get("verdict") or "confirmed") == "confirmed"]
+    return [p for p in pair.get("patches") or [] if isinstance(p, Mapping) and p.get("verdict") == "confirmed"]
 
 
 def _margin(finding: Mapping) -> float | None:
