@@ -7,6 +7,9 @@ the summary has one, else `patches.stats.wilson_interval` from `flip_rate` and `
 
 A finding *got worse* when it is confirmed in either run and B's interval lies above A's by more
 than `tolerance` (B's lower bound minus A's upper bound > tolerance); *better* the other way round.
+Each pair also gets a row "best confirmed finding": its strongest confirmed finding in A against
+the one in B, whichever patch each is (two checkpoints lay their atlases out differently, so their
+patch ids rarely match), judged by the same rule.
 `DiffResult.passed` is False when one got worse (and, with `fail_on_new`, when B confirms a finding
 A does not). `diff_runs` only reads; `write_diff` writes `diff.json` and `index.html` atomically.
 """
@@ -20,6 +23,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .core.errors import DebugAtlasError
+
+BEST = "best confirmed finding"
 
 
 
@@ -97,8 +102,11 @@ class DiffResult:
 
     @property
     def failures(self) -> tuple[FindingChange, ...]:
-        return tuple(f for f in self.findings if (f.is_finding and f.status == "worse")
-                     or (self.fail_on_new and f.confirmed_b and not f.confirmed_a))
+        rows = [f for f in self.findings if f.key != BEST and (
+            (f.is_finding and f.status == "worse") or (self.fail_on_new and f.confirmed_b and not f.confirmed_a))]
+        failed_pairs = {f.pair for f in rows}  # a pair's best row only when none of its patches failed
+        rows += [f for f in self.findings if f.key == BEST and f.status == "worse" and f.pair not in failed_pairs]
+        return tuple(rows)
 
     @property
     def passed(self) -> bool:
@@ -271,9 +279,42 @@ def diff_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, *, tolerance: 
         status = "only_a" if b is None else "only_b" if a is None else _status(ra, rb, float(tolerance))
         changes.append(FindingChange(key[0], key[1], status, bool(a and a.confirmed), bool(b and b.confirmed),
                                      ra, rb, a.statement if a else None, b.statement if b else None))
-    changes.sort(key=lambda f: (not f.is_finding, f.pair, f.key))
+    changes += _best_rows(ia, ib, float(tolerance))
+    changes.sort(key=lambda f: (not f.is_finding, f.pair, f.key != BEST, f.key))
     return DiffResult(str(run_a), str(run_b), float(tolerance), bool(fail_on_new), _accuracy(sa), _accuracy(sb),
                       _pairs(sa, sb), tuple(changes), tuple(notes))
+
+
+def _best_rows(ia: dict, ib: dict, tolerance: float) -> list[FindingChange]:
+    """Per pair, its strongest confirmed finding in A against the one in B, whatever their patches.
+
+    Cells (and so patch ids) are placed by each run's own layout, so two checkpoints rarely share
+    them; this row compares the pairs themselves.
+    """
+    def best(items: dict) -> dict[str, tuple[str, _Item]]:
+        out: dict[str, tuple[str, _Item]] = {}
+        for (pair, key), item in items.items():
+            if item.confirmed and item.rate is not None and (
+                    pair not in out or item.rate.value > out[pair][1].rate.value):
+                out[pair] = (key, item)
+        return out
+
+    ba, bb = best(ia), best(ib)
+    rows = []
+    for pair in list(ba) + [p for p in bb if p not in ba]:
+        a, b = ba.get(pair), bb.get(pair)
+        ra, rb = (a[1].rate if a else None), (b[1].rate if b else None)
+        status = "only_a" if b is None else "only_b" if a is None else _status(ra, rb, tolerance)
+        rows.append(FindingChange(pair, BEST, status, a is not None, b is not None, ra, rb,
+                                  _label(a), _label(b)))
+    return rows
+
+
+def _label(best: tuple[str, _Item] | None) -> str | None:
+    if best is None:
+        return None
+    key, item = best
+    return f"{key}: {item.statement}" if item.statement else key
 
 
 def _accuracy(summary: Mapping) -> float | None:

@@ -7,7 +7,7 @@ import pytest
 
 from debugatlas.cli import main
 from debugatlas.core.errors import DebugAtlasError
-from debugatlas.diff import diff_runs, write_diff
+from debugatlas.diff import BEST, diff_runs, write_diff
 from debugatlas.patches.stats import wilson_interval
 
 
@@ -50,29 +50,46 @@ def test_worse_confirmed_finding_fails_and_tolerance_lets_it_pass(tmp_path, caps
     b = _run(tmp_path, "b", [_pair("a", "b", 9, [_patch("c1-2", 0.7, verdict="confirmed", ci=[0.6, 0.8])],
                                    [_finding("c1-2", 0.7, [0.6, 0.8])])], accuracy=0.85)
     result = diff_runs(a, b)
-    (change,) = result.findings
+    best, change = result.findings  # the pair's best confirmed finding first, then the patch
+    assert (best.key, best.status, best.rate_b) == (BEST, "worse", change.rate_b)
     assert (change.pair, change.key, change.status) == ("a -> b", "c1-2 (static)", "worse")
     assert change.change == pytest.approx(0.4)
     assert result.accuracy_change == pytest.approx(-0.05)
     assert result.pairs[0].status == "kept" and (result.pairs[0].confused_a, result.pairs[0].confused_b) == (4, 9)
-    assert not result.passed and result.failures == (change,)
+    assert not result.passed and result.failures == (change,)  # counted once, on the patch
     assert main(["diff", str(a), str(b)]) == 1
     assert "FAIL a -> b c1-2 (static)" in capsys.readouterr().out
     # the gap between the intervals is 0.6 - 0.4 = 0.2: a tolerance of 0.25 covers it, 0.15 does not
     assert main(["diff", str(a), str(b), "--tolerance", "0.25"]) == 0
     assert main(["diff", str(a), str(b), "--tolerance", "0.15"]) == 1
     # the other way round the finding got better
-    assert diff_runs(b, a).findings[0].status == "better" and main(["diff", str(b), str(a)]) == 0
+    assert [f.status for f in diff_runs(b, a).findings] == ["better", "better"]
+    assert main(["diff", str(b), str(a)]) == 0
 
 
 def test_wilson_interval_used_when_the_summary_has_none(tmp_path):
     a = _run(tmp_path, "a", [_pair("a", "b", 2, [_patch("p", 0.5, n=10, verdict="confirmed")])])
     b = _run(tmp_path, "b", [_pair("a", "b", 2, [_patch("p", 0.95, n=20, verdict="confirmed")])])
-    (change,) = diff_runs(a, b).findings
+    _, change = diff_runs(a, b).findings
     # 5 of 10: (0.5 ± 1.96·sqrt(0.025 + 0.0096)) / 1.384, by hand
     assert (change.rate_a.lo, change.rate_a.hi) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert change.rate_b.lo == pytest.approx(wilson_interval(19, 20)[0])
     assert change.status == "worse"  # 0.7639 (B's lower bound) > 0.7634 (A's upper bound)
+
+
+def test_best_confirmed_finding_compares_checkpoints_whose_cells_differ(tmp_path):
+    a = _run(tmp_path, "a", [_pair("a", "b", 3, [_patch("c1-2", 0.3, verdict="confirmed", ci=[0.2, 0.4]),
+                                                 _patch("c4-4", 0.1, verdict="confirmed", ci=[0.05, 0.2])])])
+    b = _run(tmp_path, "b", [_pair("a", "b", 3, [_patch("c9-9", 0.8, verdict="confirmed", ci=[0.7, 0.9])])])
+    result = diff_runs(a, b)
+    best = result.findings[0]
+    assert (best.key, best.status) == (BEST, "worse")
+    assert (best.rate_a.value, best.rate_b.value) == (0.3, 0.8)  # A's strongest of its two, B's one
+    assert best.statement_a == "c1-2 (static)" and best.statement_b == "c9-9 (static)"
+    assert {f.key: f.status for f in result.findings[1:]} == {"c1-2 (static)": "only_a", "c4-4 (static)": "only_a",
+                                                              "c9-9 (static)": "only_b"}
+    assert result.failures == (best,)
+    assert diff_runs(a, b, tolerance=0.35).passed  # the gap 0.7 - 0.4 = 0.3 is within 0.35
 
 
 def test_overlapping_intervals_are_not_a_regression(tmp_path):
@@ -129,8 +146,9 @@ def test_writes_escaped_offline_html_and_json(tmp_path):
     assert "default-src 'none'" in page and 'href="../a/index.html"' in page
     data = json.loads((out / "diff.json").read_text())
     assert data["passed"] is False and data["num_failed"] == 1
-    assert data["findings"][0]["rate_b"] == {"value": 0.9, "lo": 0.8, "hi": 0.95, "n_images": 40}
-    assert data["findings"][0]["failed"] is True
+    row = data["findings"][1]
+    assert row["key"] == "p (static)" and row["failed"] is True and data["findings"][0]["key"] == BEST
+    assert row["rate_b"] == {"value": 0.9, "lo": 0.8, "hi": 0.95, "n_images": 40}
     assert sorted(p.name for p in out.iterdir()) == ["diff.json", "index.html"]  # no temporary files left
 
 
