@@ -183,3 +183,30 @@ def test_reports_go_under_the_first_loggers_version_folder(logged_run):
     assert logged_run["callback"].dirpath == logged_run["tmp"] / "tb" / "version_0" / "atlas"
     assert (logged_run["callback"].dirpath / "epoch_1" / "summary.json").is_file()
     assert tb.log_dir.endswith("version_0")
+
+
+def test_progress_logs_each_stage_with_the_time_left(caplog):
+    from debugatlas.lightning.progress import AnalysisProgress
+
+    now = [100.0]
+    source = logging.getLogger("debugatlas")
+    level, handlers = source.level, list(source.handlers)
+    first = AnalysisProgress("epoch 0", None, clock=lambda: now[0])
+    with first:
+        now[0] = 104.0
+        source.info("debugatlas: %s took %.2f s", "capture", 4.0)
+    progress = AnalysisProgress("epoch 1", {"capture": 3.0, "total": 10.0}, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="debugatlas.lightning"):
+        with progress:
+            now[0] = 107.0
+            source.info("debugatlas: %s took %.2f s", "capture", 3.0)
+            source.info("something else")
+            now[0] = 116.0
+            source.info("debugatlas: %s took %.2f s", "layout", 9.0)
+    assert first.messages == ["analysing (time left unknown (first analysis))",
+                              "capture done after 4.0 s, time left unknown (first analysis)", "done in 4.0 s"]
+    assert progress.messages == ["analysing (the last one took 10 s)", "capture done after 3.0 s, about 7 s left",
+                                 "layout done after 12.0 s, about 0 s left", "done in 12.0 s"]
+    assert [r.getMessage() for r in caplog.records if r.name == "debugatlas.lightning"][-1] == (
+        "AtlasCallback: epoch 1: done in 12.0 s")
+    assert (source.level, source.handlers) == (level, handlers)  # the logger is left as found
