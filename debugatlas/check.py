@@ -361,9 +361,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Rerun a saved patch suite against a checkpoint and gate its confirmed findings "
                     "(exit 0: all hold, 1: a check failed, 2: bad input).",
     )
+    from .cli import add_model_arguments
+
     parser.add_argument("--suite", required=True, help="suite folder (suite.json), or a folder of suite folders")
-    parser.add_argument("--model", required=True, help="pkg.module:factory building the model")
-    parser.add_argument("--weights", help="state_dict file saved with torch.save")
+    add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="ImageFolder root: <class>/<image files>")
     rule = parser.add_mutually_exclusive_group()
     rule.add_argument("--max-flip-rate", type=float, help="absolute limit on every gated patch's flip rate")
@@ -383,8 +384,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`debugatlas check ...`: prints the table; returns 0 (all hold), 1 (a check failed), 2 (bad input)."""
+    from .cli import model_from_args
+    from .core.model import Normalized
     from .data import image_folder
-    from .models import load_model
 
     try:
         args = _parser().parse_args(argv)
@@ -394,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         suites = load_suites(args.suite)
         if args.device == "cuda" and not torch.cuda.is_available():
             raise DebugAtlasError("`--device cuda` but CUDA is not available. HINT: use `--device cpu`.")
-        model = load_model(args.model, args.weights).to(args.device)
+        model, normalize = model_from_args(args)
+        model = (Normalized(model, *normalize) if normalize else model).to(args.device)
         c, h, w = suites[0].image_shape
         size = args.image_size if args.image_size is not None else (h if h == w else None)
         dataset = image_folder(args.data, size=size, grayscale=args.grayscale or c == 1)

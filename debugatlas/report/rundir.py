@@ -124,9 +124,12 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
 
 def check_command(result) -> str:
     """The `debugatlas check` command line that gates a checkpoint on this run's suite."""
-    spec = result.summary["config"].get("model_spec") or "pkg.module:factory"
-    return (f"debugatlas check --suite suite --model {spec} --weights NEW_CHECKPOINT.pt "
-            "--data VALIDATION_IMAGEFOLDER --baseline summary.json --tolerance 0.05 --junit check.xml")
+    config = result.summary["config"]
+    spec = config.get("model_spec") or "pkg.module:factory"
+    normalize = config.get("normalize")
+    norm = " --normalize " + " ".join(f"{v:g}" for v in [*normalize[0], *normalize[1]]) if normalize else ""
+    return (f"debugatlas check --suite {paths.SUITE_ROOT} --model {spec} --weights NEW_CHECKPOINT.pt{norm} "
+            f"--data VALIDATION_IMAGEFOLDER --baseline {paths.SUMMARY_FILE} --tolerance 0.05 --junit check.xml")
 
 
 def write_run(out_dir: Path, result, dataset, model, title: str | None = None,
