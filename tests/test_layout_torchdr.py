@@ -143,7 +143,7 @@ def test_bad_settings_for_the_torchdr_backend():
 
 def test_auto_never_picks_torchdr():
     for device in ("cpu", "cuda"):
-        assert {Layout(device=device, metric=m)._backend(n) for m in ("cosine", "euclidean")
+        assert {Layout(device=device, metric=m)._backend(n) for m in ("cosine", "euclidean", "manhattan")
                 for n in (100, 10**6)} == {"umap-learn", "torch"}
 
 
