@@ -1,7 +1,12 @@
 """Ground truth: on digits with a planted trigger in the 7s, analyze() finds a patch that flips
-other classes to 7 far above the noise control, without being told the trigger; the same check
-fails on a model trained without it."""
+other classes to 7 far above the noise control, without being told the trigger, and its top
+finding for each pair is the trigger (most of its exemplars contain it) flagged as a suspected
+shortcut; the same checks fail on a model trained without it, where nothing is flagged."""
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +25,9 @@ OPTIONS = {"samples_per_image": 2, "grid_size": 20, "grid_sizes": (20,), "render
 # 0.6: the planted model reacts to any small high-contrast patch. The clean model flipped 0.04.
 # On earlier, non-8-bit digits, planted models gave 0.82 and 0.67 and a clean one 0.27-0.44.
 MIN_FLIP, MIN_LIFT = 0.6, 0.1
+# Attribution-guided capture: half of each image's positions where attribution is highest.
+GUIDED = {"sampling": "guided", "samples_per_image": 4}
+MIN_TRIGGER_SHARE = 0.5  # the issue's bar: at least half of the top finding's exemplars contain the trigger
 
 
 def _train(poisoned: bool, seed: int):
@@ -51,8 +59,53 @@ def planted_model(analysis_data):
     pytest.fail("no planted model learned the trigger in 3 seeds")
 
 
-def _best_patches(model, data) -> list[dict]:
-    summary = analyze(model, data, "layer2", pairs=PAIRS, seed=0, **OPTIONS).summary
+def _analysis(model, data):
+    return analyze(model, data, "layer2", pairs=PAIRS, seed=0, **{**OPTIONS, **GUIDED})
+
+
+@pytest.fixture(scope="module")
+def planted_result(planted_model, analysis_data):
+    return _analysis(planted_model, analysis_data)
+
+
+@pytest.fixture(scope="module")
+def clean_result(analysis_data):
+    clean = _train(False, 0)
+    return clean, _analysis(clean, analysis_data)
+
+
+def _experiment():
+    """experiments/planted_shortcut.py, for its ground-truth geometry (`trigger_in_field`)."""
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("_planted_shortcut", folder / "planted_shortcut.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(folder))
+
+
+def _top_finding_shares(result, model, data) -> list[tuple[str, float, int]]:
+    """Per pair: (pair, share of the top finding's exemplars that contain the trigger, exemplars)."""
+    script = _experiment()
+    atlas = result.atlases[result.config.grid_size]
+    out = []
+    for pair in result.summary["pairs"]:
+        findings = pair.get("findings") or []
+        name = f"{pair['a']}->{pair['b']}"
+        if not findings:
+            out.append((name, 0.0, 0))
+            continue
+        samples = atlas.exemplars.get(tuple(findings[0]["cell"]), [])
+        hit = script.trigger_in_field(model, "layer2", data, result.activations, TRIGGER, samples) if samples else []
+        out.append((name, float(sum(hit)) / len(samples) if samples else 0.0, len(samples)))
+    return out
+
+
+def _best_patches(result) -> list[dict]:
+    summary = result.summary
     best = []
     for pair in summary["pairs"]:
         rows = [p for p in pair["patches"] if p["placement"] == "random"]
@@ -68,13 +121,32 @@ def _found(rows: list[dict]) -> tuple[bool, float, float]:
     return flip >= MIN_FLIP and lift >= MIN_LIFT, flip, lift
 
 
-def test_planted_trigger_is_found_without_being_told(planted_model, analysis_data):
-    found, flip, lift = _found(_best_patches(planted_model, analysis_data))
+def test_planted_trigger_is_found_without_being_told(planted_result):
+    found, flip, lift = _found(_best_patches(planted_result))
     assert found, f"best patches flip {flip:.2f} of images to 7, {lift:+.2f} above noise"
 
 
-def test_same_check_fails_on_a_clean_model(analysis_data):
-    clean = _train(False, 0)
+@pytest.mark.xfail(strict=False, reason="issue 15 open: on the digits run no finding of either pair was confirmed "
+                   "yet (findings empty), so the top finding cannot be the trigger")
+def test_planted_trigger_is_the_top_finding(planted_result, planted_model, analysis_data):
+    """The top finding of every (other class -> 7) pair is the trigger: most of its exemplars contain it
+    (poisoned image, trigger inside the sample's receptive field and near its position), and it is
+    flagged as a suspected shortcut."""
+    shares = _top_finding_shares(planted_result, planted_model, analysis_data)
+    assert all(share >= MIN_TRIGGER_SHARE for _, share, _ in shares), f"top findings' trigger shares: {shares}"
+    flagged = [bool((p.get("findings") or [{}])[0].get("suspected_shortcut")) for p in planted_result.summary["pairs"]]
+    assert all(flagged), f"top findings flagged as suspected shortcuts: {flagged}"
+
+
+def test_same_check_fails_on_a_clean_model(analysis_data, clean_result):
+    clean, result = clean_result
     assert _trigger_flip_rate(clean, analysis_data) < 0.2
-    found, flip, lift = _found(_best_patches(clean, analysis_data))
+    found, flip, lift = _found(_best_patches(result))
     assert not found, f"a clean model passed the ground-truth check: flip {flip:.2f}, lift {lift:+.2f}"
+
+
+def test_nothing_is_flagged_on_a_clean_model(clean_result):
+    _, result = clean_result
+    flagged = [(p["a"], f["cell"]) for p in result.summary["pairs"] for f in (p.get("findings") or [])
+               if f.get("suspected_shortcut")]
+    assert not flagged, f"a clean model has findings flagged as suspected shortcuts: {flagged}"
