@@ -108,7 +108,7 @@ def epoch_entry(summary: Mapping, epoch: int, href: str | None) -> dict[str, Any
 
 
 # -- the page -------------------------------------------------------------------------------------
-_W, _H, _PAD = 320, 150, 34
+_W, _H, _PAD = 340, 150, 46
 
 
 def _chart(epochs: list[int], values: list[float | None], top: float | None) -> dict[str, Any]:
