@@ -4,7 +4,8 @@ The decision rule (`DECISION_RULE`, quoted in reports): a candidate is compared 
 two controls of the same geometry and placement (a noise patch and a natural crop of an image of
 B, measured on the same images) by a one-sided Fisher exact test (H0: its flip probability is no
 higher than the control's). Its p-value is the larger of the two (it must beat both), and the
-p-values of all candidates are Holm-adjusted for the number of candidates screened. Verdicts:
+p-values of all candidates are Holm-adjusted for the number of candidates in the family (`n_screened`;
+the pipeline measures on held-out images and passes the number of patches tested on them). Verdicts:
 "confirmed" (adjusted p <= alpha), "natural" (not confirmed, yet it beats the noise control, so
 it does no better than the measured crop of a real B: the feature is simply part of B),
 "not_confirmed" (everything else, including a candidate whose natural control is missing).
@@ -26,8 +27,9 @@ Z95 = 1.959963984540054
 DECISION_RULE = (
     "A patch is confirmed when its flip rate beats both controls of the same geometry and placement "
     "(a noise patch and a crop of a real image of B, on the same images): one-sided Fisher exact test "
-    "against each control, p = the larger of the two, Holm-adjusted over all candidates screened, "
-    "confirmed when the adjusted p <= {alpha}. 'natural': not confirmed but above the noise control "
+    "against each control, p = the larger of the two, measured on held-out images that took no part in "
+    "choosing the patch and Holm-adjusted over every patch tested on them, confirmed when the adjusted "
+    "p <= {alpha}. 'natural': not confirmed but above the noise control "
     "(no better than a crop of a real B). Otherwise 'not_confirmed'. Rates carry Wilson 95 % intervals; "
     "with several positions per image the image is the unit (count = flip rate x images)."
 )

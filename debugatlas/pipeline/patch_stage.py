@@ -7,8 +7,9 @@ Per pair (A, B), on images of A split by id into a selection and a confirmation 
    exemplar crops, and an in-context patch when asked), measured with controls on the selection
    half; the 10 best by flip rate above the stronger control are kept;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
-   and each gets a Wilson interval and a verdict from `patches.stats` (Holm over every candidate
-   screened). The suite's baseline is this confirmation measurement.
+   and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
+   patches: the confirmation half took no part in choosing them, so the screened and selected
+   candidates do not enter its family. The suite's baseline is this confirmation measurement.
 """
 from __future__ import annotations
 
@@ -110,8 +111,10 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
         placements=selected.placements, n_random=selected.n_random, seed=ctx.seed, device=ctx.device,
         batch_size=cfg.patch_batch_size, controls=selected.controls,
     )
+    # Held out: the confirmation half took no part in choosing these patches, so the family the
+    # correction must cover is the patches tested on it (per placement), not every screened one.
     n_screened = len(screen) + len(candidates)
-    judged = judge_evaluation(confirmation, n_screened=n_screened, alpha=cfg.confirm_alpha)
+    judged = judge_evaluation(confirmation, n_screened=len(selected.patches), alpha=cfg.confirm_alpha)
     cm_row = np.bincount(preds[labels == plan.a], minlength=ctx.num_classes)
     suite = dataclasses.replace(selected, baseline=judged, metadata={
         "layer": ctx.layer, "accuracy": float((labels == preds).mean()),
