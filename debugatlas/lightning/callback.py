@@ -38,6 +38,11 @@ log = logging.getLogger("debugatlas.lightning")
 class AtlasCallback(pl.Callback):
     """Build an activation atlas of `layer` from validation batches and write a report per epoch.
 
+    Each analysis goes to every logger of the trainer (see `lightning/loggers.py`): scalars named
+    by pair (`atlas/A→B/confused`, `confirmed_findings`, `best_flip_rate`, `confirmed_flip_rate`,
+    `confirmed_margin`), and the atlas pictures through the logger's own image API. While it
+    analyses it logs the stage and the time left at INFO on the `debugatlas.lightning` logger.
+
     Args:
         layer: name in `pl_module.named_modules()`.
         pairs: "auto" or [(A, B), ...] class names to compare.
