@@ -358,6 +358,7 @@ def test_near_miss_and_nothing_confirmed_are_said_plainly(full):
     hostile = "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert f"Nothing confirmed for {hostile} → 4: of 6 patch tests, 6 not confirmed." in findings
     assert findings.count('class="badge kind-near-miss"') == 1
+    assert findings.count("not a mistake it already makes") == 1
     assert "simply part of" not in findings
     assert f"{hostile} → 4 (near miss)</a>" in html
     assert html.count('class="badge kind-near-miss"') == 2  # Findings and the pair's own heading
