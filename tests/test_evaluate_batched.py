@@ -90,8 +90,10 @@ def test_progress_counts_patches_and_no_images_gives_nan():
 
 
 def test_auto_max_batch_follows_image_size_and_bad_values_are_refused():
-    assert auto_max_batch((3, 32, 32)) == 16 * 2**20 // (4 * 3 * 32 * 32) == 1365
-    assert auto_max_batch((1, 8, 8)) == 2048  # the cap
+    assert auto_max_batch((3, 32, 32), batch_size=64) == 4 * 2**20 // (4 * 3 * 32 * 32) == 341
+    assert auto_max_batch((3, 32, 32), 64, "cuda") == 4096 == auto_max_batch((1, 8, 8), 64, "cuda")  # the cap
+    assert auto_max_batch((3, 64, 64), 64, "cuda") == 64 * 2**20 // (4 * 3 * 64 * 64) == 1365
+    assert auto_max_batch((1, 8, 8)) == 512  # the CPU cap
     assert auto_max_batch((3, 224, 224), batch_size=256) == 256  # never below batch_size
     model, images, a, b, patches, _ = _setting()
     with pytest.raises(DebugAtlasError, match="max_batch=0"):
