@@ -349,7 +349,8 @@ def test_findings_lead_the_page_with_statement_pictures_and_suspects(full):
     assert 'src="patches/pair1_cell0.png"' in findings and 'src="patches/pair1_cell1.png"' in findings
     assert "held-out images" in findings and "seed 0 · selection 0.5 · confirmation 0.5" in findings
     assert ("80 % of its exemplars are images of 8; the layer sees 5 % of the image at a time; "
-            "90 % of the cell's samples come from 8, against 25 % in the cells around it.") in " ".join(findings.split())
+            "90 % of the cell's samples come from 8, against 25 % in the cells around it."
+            ) in " ".join(findings.split())
 
 
 def test_near_miss_and_nothing_confirmed_are_said_plainly(full):

@@ -57,7 +57,7 @@ def statement(a: str, b: str, flip: float | None, ci: tuple[float, float] | None
     return text + (", against " + " and ".join(controls) if controls else "") + "."
 
 
-def findings(a: str, b: str, sm: Mapping, rd: Mapping, images, cell_exemplars: Mapping,
+def findings(names: tuple[str, str], sm: Mapping, rd: Mapping, images, *, cell_exemplars: Mapping,
              patches_by_id: Mapping) -> list[dict]:
     """The confirmed findings of one pair, best first, with the images the page shows.
 
@@ -66,6 +66,7 @@ def findings(a: str, b: str, sm: Mapping, rd: Mapping, images, cell_exemplars: M
     ranked-cells table, used when report_data has none for the finding; `patches_by_id` maps a
     patch id to its summary row (for the patch image when report_data names none).
     """
+    a, b = names
     extra = {}
     for raw in _sequence(rd.get("findings")):
         raw = _mapping(raw)

@@ -204,7 +204,7 @@ def pair_view(index: int, names: tuple[str, str], rd: Mapping, sm: Mapping,
         misclassified.append({"id": as_int(raw.get("id")), "p_b": as_float(raw.get("p_b")),
                               "image": images(raw.get("image")), "heatmap": images(raw.get("heatmap"))})
     kind = as_text(sm.get("kind") or rd.get("kind")) or "confused"
-    found = _findings.findings(a, b, sm, rd, images, crops_by_cell, patches_by_id)
+    found = _findings.findings(names, sm, rd, images, cell_exemplars=crops_by_cell, patches_by_id=patches_by_id)
     return {
         "anchor": f"pair-{index}", "a": a, "b": b, "confused": confused,
         "kind": kind, "near_miss": kind == "near_miss",
