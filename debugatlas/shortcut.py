@@ -3,8 +3,9 @@
 A planted trigger (or a watermark, a scanner tag, a border the data collector left) has a tell-tale
 shape in an atlas: the samples near its cell come from images of the class B it pushes toward
 (the trigger lives in B's training images), the feature is small (a layer position whose effective
-receptive field covers a small part of the image), and its cell is far purer in B than the cells
-around it (a natural B feature blends into neighbouring B features; a trigger is an isolated island).
+receptive field covers a small part of the image), and its cell is far purer in B than the atlas
+around it (a natural B feature blends into a wide region of B features; a trigger is a small island
+of a few cells, so the cell and its immediate neighbours are B while the ring beyond is not).
 
 A confirmed finding is flagged when all three hold (numbers chosen on the planted-shortcut runs, see
 `experiments/planted_shortcut.py`; each is recorded with the finding so a reader can judge):
@@ -14,10 +15,16 @@ A confirmed finding is flagged when all three hold (numbers chosen on the plante
   smallest set of pixels holding `FIELD_MASS` (90 %) of the input-gradient mass of the centre
   position (mean over random inputs), as a share of the image's pixels (`effective_field_fraction`);
   the theoretical field of a deep layer covers the whole image and says little;
-- purity - neighbour_purity >= MIN_PURITY_GAP (0.3): purity = share of the cell's samples from
-  images of B; neighbour purity = the same share over the samples of the valid cells within
-  Chebyshev distance `radius` (1: the eight around it), widened up to 3 while they hold fewer than
-  MIN_NEIGHBOUR_SAMPLES, and the atlas-wide share of B when even those are empty.
+- min(purity, island_purity) - neighbour_purity >= MIN_PURITY_GAP (0.5): purity = share of the
+  cell's samples from images of B; island purity = the same over the cell and its valid neighbours
+  within Chebyshev distance `radius` (1); neighbour purity = the same over the valid cells of the
+  ring beyond, at distance radius + 1 .. radius + 2, widened outward (up to radius + 5) while it
+  holds fewer than MIN_NEIGHBOUR_SAMPLES, and the atlas-wide share of B when even that is empty.
+  On the planted digits run (cross trigger in every 7, layer2, guided sampling) the three cells of
+  the trigger's island scored 1.0, 1.0 and 0.76, every other cell at most 0.10.
+
+`shortcut_candidates` ranks every valid cell by that gap: a nominator for the patch tests that
+does not depend on attribution or on a rendered icon.
 
 `shortcut_evidence` and `is_suspected_shortcut` are pure (numbers in, numbers out);
 `effective_field_fraction` runs the model once per layer.
@@ -36,13 +43,14 @@ from .core.errors import DebugAtlasError
 
 MIN_B_SHARE = 0.6
 MAX_FIELD_FRACTION = 0.25
-MIN_PURITY_GAP = 0.3
+MIN_PURITY_GAP = 0.5
 MIN_NEIGHBOUR_SAMPLES = 5
 FIELD_MASS = 0.9
 CRITERIA = (f"suspected shortcut: a confirmed finding whose cell's exemplars come from images of B "
             f"(share >= {MIN_B_SHARE}), whose layer sees a small part of the image (effective receptive "
             f"field <= {MAX_FIELD_FRACTION:.0%} of the pixels, {FIELD_MASS:.0%} of the gradient mass) and "
-            f"whose cell is much purer in B than its neighbours (gap >= {MIN_PURITY_GAP})")
+            f"whose cell and its immediate neighbours are much purer in B than the cells around them "
+            f"(gap >= {MIN_PURITY_GAP})")
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,8 @@ class ShortcutEvidence:
 
     exemplar_b_share: share of the cell's exemplars whose image is of class B (nan without exemplars).
     field_fraction: effective receptive field of the layer as a share of the image's pixels.
-    purity / neighbour_purity: share of samples from images of B in the cell / around it.
+    purity / island_purity / neighbour_purity: share of samples from images of B in the cell / in the
+        cell and its immediate neighbours / in the ring of cells around those.
     neighbour_samples: samples the neighbour purity was computed from (0: atlas-wide share used).
     confirmed: the finding's patch test verdict was "confirmed".
     suspected: all criteria hold (see the module docstring).
@@ -66,10 +75,11 @@ class ShortcutEvidence:
     neighbour_samples: int
     confirmed: bool
     suspected: bool
+    island_purity: float = float("nan")
 
     @property
     def purity_gap(self) -> float:
-        return self.purity - self.neighbour_purity
+        return _gap(self.purity, self.island_purity, self.neighbour_purity)
 
     def to_dict(self) -> dict:
         """Plain values for summary.json (NaN becomes None)."""
@@ -79,13 +89,19 @@ class ShortcutEvidence:
         return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
 
 
+def _gap(purity: float, island_purity: float, neighbour_purity: float) -> float:
+    inner = purity if island_purity != island_purity else min(purity, island_purity)
+    return inner - neighbour_purity
+
+
 def is_suspected_shortcut(exemplar_b_share: float, field_fraction: float, purity: float,
-                          neighbour_purity: float, confirmed: bool = True) -> bool:
-    """The flag from its four numbers (thresholds in the module docstring)."""
-    if not confirmed or exemplar_b_share != exemplar_b_share:
+                          neighbour_purity: float, confirmed: bool = True,
+                          island_purity: float = float("nan")) -> bool:
+    """The flag from its numbers (thresholds in the module docstring)."""
+    if not confirmed or exemplar_b_share != exemplar_b_share or purity != purity:
         return False
     return (exemplar_b_share >= MIN_B_SHARE and field_fraction <= MAX_FIELD_FRACTION
-            and purity - neighbour_purity >= MIN_PURITY_GAP)
+            and _gap(purity, island_purity, neighbour_purity) >= MIN_PURITY_GAP)
 
 
 def shortcut_evidence(atlas: Atlas, labels: np.ndarray | torch.Tensor, cell: Sequence[int], b: int,
@@ -109,37 +125,70 @@ def shortcut_evidence(atlas: Atlas, labels: np.ndarray | torch.Tensor, cell: Seq
             f"The atlas points at sample {int(atlas.sample_index.max())} but `labels` has {labels.size} entries. "
             "HINT: pass the labels of the ActivationSet the atlas was built from."
         )
+    count, b_count, b_share = _b_counts(atlas, labels, b)
+    purity = float(b_count[i, j] / count[i, j]) if count[i, j] else float("nan")
+    island, _ = _share(atlas, count, b_count, (i, j), 0, int(radius))
+    neighbour_purity, neighbour_samples = _ring(atlas, count, b_count, (i, j), int(radius))
+    if neighbour_samples == 0:
+        neighbour_purity = b_share
+    exemplars = atlas.exemplars.get((i, j), [])
+    share = float((labels[np.asarray(exemplars, dtype=np.int64)] == b).mean()) if exemplars else float("nan")
+    suspected = is_suspected_shortcut(share, float(field_fraction), purity, neighbour_purity, bool(confirmed), island)
+    return ShortcutEvidence((i, j), int(b), share, float(field_fraction), purity, neighbour_purity,
+                            neighbour_samples, bool(confirmed), bool(suspected), island)
+
+
+def shortcut_candidates(atlas: Atlas, labels: np.ndarray | torch.Tensor, b: int, *, radius: int = 1,
+                        min_gap: float = 0.0) -> list[tuple[tuple[int, int], float]]:
+    """Valid cells ranked by the island purity gap toward `b` (largest first, ties by (i, j)),
+    with their gap; only gaps >= `min_gap`. Pure: needs no model, attribution or icon."""
+    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    count, b_count, b_share = _b_counts(atlas, labels, b)
+    out = []
+    for cell in atlas.valid_cells():
+        purity = float(b_count[cell] / count[cell])
+        island, _ = _share(atlas, count, b_count, cell, 0, int(radius))
+        ring, n = _ring(atlas, count, b_count, cell, int(radius))
+        gap = _gap(purity, island, ring if n else b_share)
+        if gap >= min_gap:
+            out.append((cell, gap))
+    return sorted(out, key=lambda cg: (-cg[1], cg[0]))
+
+
+def _b_counts(atlas: Atlas, labels: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Samples per cell [G, G], samples of B per cell, and the atlas-wide share of B."""
+    g = atlas.grid_size
     is_b = (labels[atlas.sample_index] == b).astype(np.float64)
     flat = atlas.cells[:, 0] * g + atlas.cells[:, 1]
     count = np.bincount(flat, minlength=g * g).reshape(g, g)
     b_count = np.bincount(flat, weights=is_b, minlength=g * g).reshape(g, g)
-    purity = float(b_count[i, j] / count[i, j]) if count[i, j] else float("nan")
-    neighbour_purity, neighbour_samples = _neighbours(atlas, count, b_count, (i, j), int(radius))
-    if neighbour_samples == 0:
-        neighbour_purity = float(is_b.mean()) if is_b.size else 0.0
-    exemplars = atlas.exemplars.get((i, j), [])
-    share = float((labels[np.asarray(exemplars, dtype=np.int64)] == b).mean()) if exemplars else float("nan")
-    suspected = purity == purity and is_suspected_shortcut(share, float(field_fraction), purity, neighbour_purity,
-                                                           bool(confirmed))
-    return ShortcutEvidence((i, j), int(b), share, float(field_fraction), purity, neighbour_purity,
-                            neighbour_samples, bool(confirmed), bool(suspected))
+    return count, b_count, float(is_b.mean()) if is_b.size else 0.0
 
 
-def _neighbours(atlas: Atlas, count: np.ndarray, b_count: np.ndarray, cell: tuple[int, int],
-                radius: int) -> tuple[float, int]:
-    """(share of B, samples) over the valid cells within Chebyshev distance r of `cell`, r widened to 3."""
+def _share(atlas: Atlas, count: np.ndarray, b_count: np.ndarray, cell: tuple[int, int], inner: int,
+           outer: int) -> tuple[float, int]:
+    """(share of B, samples) over the valid cells at Chebyshev distance inner..outer from `cell`."""
     g = atlas.grid_size
     i, j = cell
-    total = hits = 0.0
-    for r in range(radius, max(radius, 3) + 1):
-        window = np.zeros((g, g), dtype=bool)
-        window[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1] = True
-        window[i, j] = False
-        window &= atlas.valid
-        total, hits = float(count[window].sum()), float(b_count[window].sum())
+    window = np.zeros((g, g), dtype=bool)
+    window[max(0, i - outer):i + outer + 1, max(0, j - outer):j + outer + 1] = True
+    if inner > 0:
+        window[max(0, i - inner + 1):i + inner, max(0, j - inner + 1):j + inner] = False
+    window &= atlas.valid
+    total, hits = float(count[window].sum()), float(b_count[window].sum())
+    return (hits / total if total else float("nan")), int(total)
+
+
+def _ring(atlas: Atlas, count: np.ndarray, b_count: np.ndarray, cell: tuple[int, int],
+          radius: int) -> tuple[float, int]:
+    """Share of B in the ring at distance radius + 1 .. radius + 2, widened outward to radius + 5
+    while it holds fewer than MIN_NEIGHBOUR_SAMPLES samples."""
+    share, total = float("nan"), 0
+    for outer in range(radius + 2, radius + 6):
+        share, total = _share(atlas, count, b_count, cell, radius + 1, outer)
         if total >= MIN_NEIGHBOUR_SAMPLES:
             break
-    return (hits / total if total else float("nan")), int(total)
+    return share, total
 
 
 def effective_field_fraction(model: nn.Module, layer: str | nn.Module, input_shape: Sequence[int],

@@ -9,7 +9,9 @@ from torch import nn
 from debugatlas.atlas import build_atlas
 from debugatlas.capture import ActivationSet
 from debugatlas.core import DebugAtlasError
-from debugatlas.shortcut import effective_field_fraction, is_suspected_shortcut, shortcut_evidence
+from debugatlas.shortcut import (
+    effective_field_fraction, is_suspected_shortcut, shortcut_candidates, shortcut_evidence,
+)
 
 
 def _atlas(cells_labels: dict, g: int = 5):
@@ -27,40 +29,51 @@ def _atlas(cells_labels: dict, g: int = 5):
     return atlas, acts.labels
 
 
-def test_an_isolated_pure_b_cell_with_a_small_field_is_flagged():
-    # cell (2, 2): 6 samples of B=1; its eight neighbours: 8 samples, 2 of B -> neighbour purity 0.25
-    atlas, labels = _atlas({(2, 2): [1] * 6, (1, 1): [0, 0, 1, 0], (3, 3): [0, 1, 0, 0], (0, 0): [1] * 9})
-    ev = shortcut_evidence(atlas, labels, (2, 2), 1, field_fraction=0.1)
-    assert ev.purity == 1.0 and ev.neighbour_purity == 0.25 and ev.neighbour_samples == 8
-    assert ev.exemplar_b_share == 1.0 and ev.purity_gap == 0.75 and ev.suspected
-    assert ev.to_dict()["cell"] == [2, 2] and ev.to_dict()["suspected"] is True
+def test_an_island_of_b_with_a_small_field_is_flagged():
+    # cell (3, 3): 6 samples of B=1, its neighbour (3, 4): 4 more -> island purity 1.0;
+    # the ring at distance 2..3: (1, 1) 1 of 4 and (5, 5) 0 of 4 are B -> neighbour purity 0.125
+    atlas, labels = _atlas({(3, 3): [1] * 6, (3, 4): [1] * 4, (1, 1): [0, 0, 0, 1], (5, 5): [0] * 4,
+                            (0, 8): [1] * 9}, g=9)
+    ev = shortcut_evidence(atlas, labels, (3, 3), 1, field_fraction=0.1)
+    assert ev.purity == 1.0 and ev.island_purity == 1.0 and ev.neighbour_samples == 8
+    assert ev.neighbour_purity == 0.125 and ev.purity_gap == 0.875
+    assert ev.exemplar_b_share == 1.0 and ev.suspected
+    assert ev.to_dict()["cell"] == [3, 3] and ev.to_dict()["suspected"] is True
     # each criterion alone withdraws the flag
-    assert not shortcut_evidence(atlas, labels, (2, 2), 1, field_fraction=0.4).suspected
-    assert not shortcut_evidence(atlas, labels, (2, 2), 1, field_fraction=0.1, confirmed=False).suspected
-    assert not shortcut_evidence(atlas, labels, (2, 2), 0, field_fraction=0.1).suspected  # wrong class
-    assert not is_suspected_shortcut(0.5, 0.1, 1.0, 0.2)  # exemplars only half from B
+    assert not shortcut_evidence(atlas, labels, (3, 3), 1, field_fraction=0.4).suspected
+    assert not shortcut_evidence(atlas, labels, (3, 3), 1, field_fraction=0.1, confirmed=False).suspected
+    assert not shortcut_evidence(atlas, labels, (3, 3), 0, field_fraction=0.1).suspected  # wrong class
+    assert not is_suspected_shortcut(0.5, 0.1, 1.0, 0.1)  # exemplars only half from B
+    ranked = shortcut_candidates(atlas, labels, 1)
+    assert {c for c, _ in ranked[:2]} == {(3, 3), (3, 4)} and ranked[0][1] == 0.875
 
 
-def test_a_b_cell_inside_a_b_region_is_not_flagged():
-    # a natural B feature: its neighbours are B-rich too (7 of 8 samples), gap 1 - 0.875 < 0.3
-    atlas, labels = _atlas({(2, 2): [1] * 6, (1, 2): [1, 1, 1, 1], (2, 3): [1, 1, 1, 0]})
-    ev = shortcut_evidence(atlas, labels, (2, 2), 1, field_fraction=0.05)
+def test_a_b_cell_inside_a_b_region_or_next_to_a_is_not_flagged():
+    # a natural B feature: the ring is B-rich too (7 of 8 samples), gap 1 - 0.875 < 0.5
+    atlas, labels = _atlas({(3, 3): [1] * 6, (1, 3): [1, 1, 1, 1], (5, 3): [1, 1, 1, 0]}, g=7)
+    ev = shortcut_evidence(atlas, labels, (3, 3), 1, field_fraction=0.05)
     assert ev.neighbour_purity == pytest.approx(7 / 8) and not ev.suspected
+    # a lone B cell beside a cell of A: island purity 2 / 8, gap 0.25
+    atlas, labels = _atlas({(3, 3): [1, 1], (3, 4): [0] * 6, (1, 1): [0] * 5}, g=7)
+    ev = shortcut_evidence(atlas, labels, (3, 3), 1, field_fraction=0.05)
+    assert ev.island_purity == 0.25 and ev.neighbour_purity == 0.0 and not ev.suspected
 
 
-def test_neighbourhood_widens_then_falls_back_to_the_atlas_share():
-    # nothing within distance 1; at distance 2 a cell with 5 samples of A -> neighbour purity 0
-    atlas, labels = _atlas({(2, 2): [1] * 4, (0, 0): [0] * 5})
-    ev = shortcut_evidence(atlas, labels, (2, 2), 1, field_fraction=0.1)
-    assert ev.neighbour_samples == 5 and ev.neighbour_purity == 0.0 and ev.suspected
-    # alone in a 9x9 atlas but for a far corner: the atlas-wide share of B (4 of 9) stands in
+def test_ring_widens_then_falls_back_to_the_atlas_share():
+    # nothing within distance 3; at distance 4 a cell with 5 samples of A -> neighbour purity 0
     atlas, labels = _atlas({(4, 4): [1] * 4, (0, 0): [0] * 5}, g=9)
     ev = shortcut_evidence(atlas, labels, (4, 4), 1, field_fraction=0.1)
-    assert ev.neighbour_samples == 0 and ev.neighbour_purity == pytest.approx(4 / 9) and ev.suspected
+    assert ev.neighbour_samples == 5 and ev.neighbour_purity == 0.0 and ev.suspected
+    # beyond distance 6 nothing is looked at: the atlas-wide share of B (4 of 9) stands in
+    atlas, labels = _atlas({(7, 7): [1] * 4, (0, 0): [0] * 5}, g=15)
+    ev = shortcut_evidence(atlas, labels, (7, 7), 1, field_fraction=0.1)
+    assert ev.neighbour_samples == 0 and ev.neighbour_purity == pytest.approx(4 / 9)
+    assert ev.purity_gap == pytest.approx(5 / 9) and ev.suspected
 
 
 def test_bad_inputs_are_explained():
     atlas, labels = _atlas({(2, 2): [1] * 4})
+    assert not shortcut_evidence(atlas, labels, (0, 0), 1, field_fraction=0.1).suspected  # an empty cell
     with pytest.raises(DebugAtlasError, match="outside"):
         shortcut_evidence(atlas, labels, (7, 0), 1, field_fraction=0.1)
     with pytest.raises(DebugAtlasError, match="field_fraction"):
