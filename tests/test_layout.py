@@ -331,11 +331,13 @@ def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
     assert abs(_trust(x, batched[0]) - _trust(x, loop)) < 0.01 and _trust(x, loop) > 0.97
 
 
-def test_compiled_epochs_are_the_same_for_any_thread_count(digits_graph):
+def test_compiled_epochs_are_the_same_for_any_thread_count(digits_graph, monkeypatch):
     import numba
 
+    from debugatlas.layout import torch_umap
     from debugatlas.layout.torch_umap import optimize as _optimize
 
+    monkeypatch.setattr(torch_umap, "SERIAL_BELOW", 0)  # all threads even for these 1,797 points
     _, head, tail, weight, a, b, start = _epoch_inputs(digits_graph)
     threads = numba.get_num_threads()
     runs = []
@@ -347,6 +349,12 @@ def test_compiled_epochs_are_the_same_for_any_thread_count(digits_graph):
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.allclose(runs[0], start.numpy(), atol=0.1)  # the epochs moved the points
+    monkeypatch.setattr(torch_umap, "SERIAL_BELOW", 10**9)  # one thread, as for small inputs by default
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    serial = _optimize(start.clone(), head, tail, weight, 50, a, b, seed=0).numpy()
+    np.testing.assert_array_equal(serial, runs[0])
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # the thread count is restored
+    numba.set_num_threads(threads)
 
 
 def test_auto_backend_rule_and_bad_backend_settings():
