@@ -183,7 +183,8 @@ def test_class_filter_mask_hand_made():
 
 @pytest.fixture
 def fake_umap(monkeypatch):
-    """Replace UMAP's optimisation (seconds of JIT compilation) by a seeded random embedding;
+    """Replace UMAP's optimisation (seconds of compilation), umap-learn's and the torch backend's, by a
+    seeded random embedding;
     Layout's own checks (n_neighbors < number of samples) still run."""
     from debugatlas import layout
 
@@ -194,6 +195,7 @@ def fake_umap(monkeypatch):
         return np.random.default_rng(0).normal(size=(x.shape[0], self.n_components))
 
     monkeypatch.setattr(layout.Layout, "_umap", _umap)
+    monkeypatch.setattr(layout.Layout, "_umap_torch", _umap)  # the default backend on every device
     return seen
 
 
