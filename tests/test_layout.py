@@ -239,6 +239,17 @@ def _trust(x, xy):
     return trustworthiness(x, xy, n_neighbors=10)
 
 
+@pytest.mark.parametrize("min_dist", [0.0, 0.05, 0.1, 0.5])
+def test_curve_parameters_match_umap_learn(min_dist):
+    from umap.umap_ import find_ab_params
+
+    from debugatlas.layout.torch_umap import ab_params
+
+    np.testing.assert_allclose(ab_params(1.0, min_dist), find_ab_params(1.0, min_dist), rtol=1e-6)
+    a, b = ab_params(1.0, min_dist)
+    assert 1 / (1 + a * 3.0 ** (2 * b)) < 0.1 < 0.9 < 1 / (1 + a * (min_dist / 2 + 1e-3) ** (2 * b))
+
+
 def test_torch_fuzzy_graph_matches_umap_learn(digits_graph):
     from debugatlas.layout.torch_umap import fuzzy_graph as _fuzzy_graph
 

@@ -257,8 +257,6 @@ class Layout:
     # -- methods --------------------------------------------------------------------------------
     def _umap_torch(self, x: torch.Tensor, params: dict[str, Any]) -> np.ndarray:
         """The fast path: every stage on x's device except those this module's docstring names."""
-        from umap.umap_ import find_ab_params
-
         n, device, seed = x.shape[0], x.device, int(self.seed)
         n_epochs = self._n_epochs(n)
         lap = _Laps(device)
@@ -287,7 +285,7 @@ class Layout:
         y = _fast.pca_init(x, int(self.n_components), self.metric, generator)
         params["init"] = "pca"
         lap("init")
-        a, b = find_ab_params(1.0, float(self.min_dist))
+        a, b = _fast.ab_params(1.0, float(self.min_dist))
         y = _fast.optimize(y, head, tail, weight, n_epochs, float(a), float(b), seed)
         params["optimizer"] = "batched SGD (" + ("numba, cpu)" if device.type == "cpu" else f"torch, {device})")
         params.update(n_epochs_run=n_epochs, n_edges=int(head.numel()))

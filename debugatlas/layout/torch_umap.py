@@ -126,6 +126,20 @@ def fuzzy_graph(indices: torch.Tensor, dists: torch.Tensor, n_neighbors: int
     return keys // n, keys % n, weight
 
 
+def ab_params(spread: float, min_dist: float) -> tuple[float, float]:
+    """UMAP's curve parameters: the least-squares fit of 1 / (1 + a d^2b) to the target membership
+    (1 up to `min_dist`, then exp(-(d - min_dist) / spread)) on 300 points of [0, 3 spread].
+
+    Computed here so that a small layout does not import umap-learn (seconds in a fresh process).
+    """
+    from scipy.optimize import curve_fit
+
+    d = np.linspace(0, spread * 3, 300)
+    target = np.where(d < min_dist, 1.0, np.exp(-(d - min_dist) / spread))
+    (a, b), _ = curve_fit(lambda x, a, b: 1.0 / (1.0 + a * x ** (2 * b)), d, target)
+    return float(a), float(b)
+
+
 def pca_init(x: torch.Tensor, n_components: int, metric: str, generator: torch.Generator) -> torch.Tensor:
     """Start of the optimisation: top principal components (of unit rows for "cosine"), each axis
     scaled to [0, 10] as umap-learn scales its initialisations, plus 1e-4 noise against ties."""
