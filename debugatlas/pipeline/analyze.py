@@ -79,7 +79,8 @@ def analyze(
     if out_dir is not None:
         from ..report.rundir import write_run
 
-        write_run(Path(out_dir), result, data, net, title=title, data_description=data_description)
+        write_run(Path(out_dir), result, data, model, title=title,
+                  data_description=data_description or type(dataset).__name__)
     return result
 
 
