@@ -196,6 +196,12 @@ def _share(model, layer, val, acts, atlas, shortcut, cell) -> tuple[int, int]:
     return int(trigger_in_field(model, layer, val, acts, shortcut, ex).sum()), len(ex)
 
 
+def shortcut_candidates(atlas, labels, b):
+    from debugatlas.shortcut import shortcut_candidates as ranked
+
+    return ranked(atlas, labels, b)
+
+
 def analyse_layer(args, model, val, shortcut, layer: str, log, clean: bool = False):
     from debugatlas import analyze
 
@@ -238,6 +244,7 @@ def run_config(args, kind: str, fraction: float, log) -> dict:
                               for f in _findings(p))
         for pair in result.summary["pairs"]:
             a, b = names.index(pair["a"]), names.index(pair["b"])
+            island = [c for c, _ in shortcut_candidates(atlas, acts.labels, b)]
             findings = _findings(pair)
             shares = [_share(model, layer, val, acts, atlas, shortcut, f.get("cell")) for f in findings]
             rank = next((k + 1 for k, (h, n) in enumerate(shares) if n and h / n >= GOAL_SHARE), None)
@@ -254,6 +261,7 @@ def run_config(args, kind: str, fraction: float, log) -> dict:
                 "trigger_cell_purity": purity.get(trigger_cell, (0.0, 0))[0],
                 "trigger_cell_count": purity.get(trigger_cell, (0.0, 0))[1],
                 "n_findings": len(findings), "rank_trigger_finding": rank,
+                "rank_island": island.index(trigger_cell) + 1 if trigger_cell in island else None,
                 "top_share": list(top_share),
                 "top_suspected": bool(findings[0].get("suspected_shortcut")) if findings else None,
                 "best_syn": best and {k: best.get(k) for k in ("id", "source", "cell", "flip_rate", "flip_rate_ci",
@@ -305,10 +313,13 @@ def write_results(runs: list[dict], path: Path) -> None:
         "position); '–' = none. Flip rates: random placement, held-out images of A classified as A before. "
         "Clean flags: findings flagged as suspected shortcuts when the clean model is analysed on the same data.",
         "",
-        "| trigger | fraction | layer | pair | learned | trigger rank (of findings) | top finding: exemplars "
+        "Trigger cell: the valid cell whose samples most often contain the trigger (purity, samples; "
+        "'island rank': its rank by `shortcut.shortcut_candidates`).", "",
+        "| trigger | fraction | layer | pair | learned | trigger cell (purity, n), island rank "
+        "| trigger rank (of findings) | top finding: exemplars "
         "with trigger, suspected | best synthesized patch: flip [95 % CI] (noise, natural) | true trigger: "
         "flip (noise) | clean flags | goals met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     met = total = 0
     for run in runs:
@@ -325,7 +336,9 @@ def write_results(runs: list[dict], path: Path) -> None:
                 met += goals
             lines.append(
                 f"| {r['trigger']} | {r['fraction']:g} | {r['layer']} | {r['pair']} | {pct(r['learned'])} "
-                f"({pct(r['clean_to_target'])}) | {_rank(r['rank_trigger_finding'])} of {r['n_findings']} "
+                f"({pct(r['clean_to_target'])}) | {r['trigger_cell']} ({r['trigger_cell_purity']:.2f}, "
+                f"{r['trigger_cell_count']}), {_rank(r.get('rank_island'))} "
+                f"| {_rank(r['rank_trigger_finding'])} of {r['n_findings']} "
                 f"| {h}/{n}, {'yes' if r['top_suspected'] else 'no'} | {syn_s} "
                 f"| {pct(r['true_flip'])} ({pct(r['true_noise'])}) | {_rank(r['clean_suspected'])} "
                 f"| {('yes' if goals else 'no') if r['ground_truth'] else 'not learned'} |")
