@@ -93,7 +93,7 @@ def _auto_samples(net, module, name: str, probe, config: AnalysisConfig, n_image
 def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: str | None,
          started: float, wanted: list[tuple[int, int]] | None, user_layer: str) -> AnalysisResult:
     with ctx.stage("capture"):
-        acts = prepare.activations(ctx, given=given)
+        acts = prepare.activations(ctx, given=given, wanted=wanted)
     grid, sparse = fit_grid(len(acts), ctx.config.grid_size, per_cell=SPARSE_PER_CELL)
     if sparse is not None:
         sizes = tuple(sorted({grid, *(g for g in ctx.config.grid_sizes if g <= grid)}))

@@ -13,8 +13,10 @@ FILTERED_LAYOUTS = ("shared", "own")
 class AnalysisConfig:
     """Every stage option of `analyze()`; pass any of them as a keyword argument.
 
-    Capture: sampling, samples_per_image ("auto": enough positions per image for about five vectors
-    per cell of the main grid, within the cap), cap, batch_size. Attribution: relaxed_maxpool.
+    Capture: sampling ("guided": per image, `guided_fraction` of the positions where attribution
+    toward the predicted class (and the named pairs' classes) is highest, the rest uniformly random;
+    "random", "all", "center"), samples_per_image ("auto": enough positions per image for about five
+    vectors per cell of the main grid, within the cap), cap, batch_size. Attribution: relaxed_maxpool.
     Layout: layout, n_neighbors, min_dist, metric, layout_epochs (UMAP's n_epochs; None: its
     default), layout_backend ("auto" | "umap-learn" | "torch" | "torchdr", see `layout.Layout`;
     the layout runs on the analysis device), layout_pca_dims (project on that many principal
@@ -31,7 +33,8 @@ class AnalysisConfig:
     Report: n_examples (misclassified examples with pixel attributions per pair).
     """
 
-    sampling: str = "random"
+    sampling: str = "guided"
+    guided_fraction: float = 0.5
     samples_per_image: int | str = "auto"
     cap: int = 100_000
     batch_size: int = 128
@@ -91,6 +94,13 @@ class AnalysisConfig:
                                                  or isinstance(self.samples_per_image, bool)
                                                  or self.samples_per_image < 1):
             raise DebugAtlasError(f"`samples_per_image={self.samples_per_image!r}` must be 'auto' or an integer >= 1.")
+        from ..capture.recorder import GUIDED, SAMPLING
+
+        if self.sampling not in SAMPLING + (GUIDED,):
+            raise DebugAtlasError(f"`sampling={self.sampling!r}` is not one of {list(SAMPLING + (GUIDED,))}.")
+        if isinstance(self.guided_fraction, bool) or not isinstance(self.guided_fraction, (int, float)) \
+                or not 0 <= self.guided_fraction <= 1:
+            raise DebugAtlasError(f"`guided_fraction={self.guided_fraction!r}` must be a number in [0, 1].")
         for name in ("split_fraction", "confirm_alpha"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:

@@ -3,7 +3,8 @@
 Per pair (A, B), on images of A split by id into a selection and a confirmation half:
 1. screen: every valid cell whose attribution pushes toward B (over A), and every confusing cell,
    pasted as its icon at one size and random positions on the selection half, in large batches;
-2. select: the `patch_cells` best-screened cells become full candidates (icon, icon crops, capped
+2. select: the `patch_cells` best-screened cells, and the `ISLAND_CELLS` cells most purely of B
+   among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon crops, capped
    exemplar crops, and an in-context patch when asked), measured with controls on the selection
    half; the 10 best by flip rate above the stronger control are kept;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
@@ -24,10 +25,12 @@ from ..capture import ActivationSet
 from ..patches import PLACEMENTS, Patch, build_suite, candidate_patches, evaluate_patches
 from ..patches.split import Split
 from ..patches.stats import judge_evaluation
+from ..shortcut import MIN_PURITY_GAP, shortcut_candidates
 from .context import RunContext
 from .records import Cell, PairPlan, PairTest, PairViews, Rendered
 
 SCREEN_PLACEMENT = "random"
+ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
 
 
 def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
@@ -87,6 +90,10 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     cells = screened_cells(plan=plan, views=views, atlas=atlas)
     screen = _screen(ctx, plan, cells, rendered, images_sel)
     chosen = [cell for cell, _ in screen[:cfg.patch_cells]]
+    # A feature planted in B is an island of B's samples in the atlas; its icon alone may screen
+    # poorly, so the purest islands always get the full test (and an in-context patch).
+    islands = shortcut_candidates(atlas, acts.labels, plan.b, min_gap=MIN_PURITY_GAP)
+    chosen += [cell for cell, _ in islands[:ISLAND_CELLS] if cell not in chosen]
     screen_seconds = time.perf_counter() - started
     entries = []
     for cell in chosen:
@@ -137,7 +144,7 @@ def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: Activatio
 
     means = torch.from_numpy(np.stack([atlas.mean_activation[i, j] for i, j in cells]))
     directions = cell_directions(means, whitening_matrix(acts.vectors.float()))
-    side = max(1, round(max(ctx.config.patch_sizes) * min(images_a.shape[-2:])))
+    side = max(1, round(min(ctx.config.patch_sizes) * min(images_a.shape[-2:])))
     patches, _ = in_context_patches(ctx.model, ctx.module, images_a, cells, directions, side,
                                     steps=ctx.config.render_steps, seed=ctx.seed)
     return patches

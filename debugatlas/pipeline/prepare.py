@@ -24,13 +24,17 @@ def count_outputs(model: nn.Module, dataset, device: torch.device) -> int:
     return int(as_logits(out).shape[1])
 
 
-def activations(ctx: RunContext, *, given: ActivationSet | None = None) -> ActivationSet:
+def activations(ctx: RunContext, *, given: ActivationSet | None = None,
+                wanted: list[tuple[int, int]] | None = None) -> ActivationSet:
     """The run's samples: captured now, or `given` (left untouched) with the run's layer name and
-    every missing prediction (-1) filled in, as a new `ActivationSet`."""
+    every missing prediction (-1) filled in, as a new `ActivationSet`. Guided sampling also looks
+    toward the classes of the `wanted` pairs."""
     cfg = ctx.config
     if given is None:
+        classes = sorted({c for pair in wanted or () for c in pair})
         acts = capture(ctx.model, ctx.dataset, ctx.layer, cfg.sampling, cfg.samples_per_image, cfg.cap,
-                       ctx.seed, cfg.batch_size, ctx.device, progress=ctx.bar("capture"))
+                       ctx.seed, cfg.batch_size, ctx.device, progress=ctx.bar("capture"),
+                       guided_fraction=cfg.guided_fraction, guided_classes=classes)
     else:
         acts = given
     return dataclasses.replace(acts, layer=ctx.layer, preds=_predictions(ctx, acts))
