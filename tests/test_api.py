@@ -101,9 +101,9 @@ def test_bad_inputs(trained_cnn, digits_data):
         analyze(trained_cnn, val, "layer3", grid=20)
     few = TensorImageDataset(val.images[:10], val.labels[:10], val.classes)
     with pytest.raises(DebugAtlasError, match="n_neighbors"):
-        analyze(trained_cnn, few, "layer3", render=False, patches=False)
+        analyze(trained_cnn, few, "layer3", samples_per_image=1, render=False, patches=False)
     nan = TensorImageDataset(val.images[:40] * float("nan"), val.labels[:40], val.classes)
-    with pytest.raises(DebugAtlasError, match="NaN or Inf"):
+    with pytest.raises(DebugAtlasError, match="NaN or infinite"):
         analyze(trained_cnn, nan, "layer3", **FAST)
     missing = TensorImageDataset(val.images[val.labels != 3][:100], val.labels[val.labels != 3][:100], val.classes)
     with pytest.raises(DebugAtlasError, match="no images"):

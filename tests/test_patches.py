@@ -153,17 +153,22 @@ def test_control_patches_one_pair_per_geometry_and_seeded():
         control_patches(patches, torch.rand(2, 3, 8, 8), (1, 8, 8))
 
 
-def test_one_forward_per_patch_and_chunking_does_not_change_results():
+def test_batched_forwards_and_chunking_do_not_change_results():
     model = RegionModel()
     images = region_images()
     seen = []
     big = evaluate_patches(model, images, A, B, [WHITE2, WHITE_R], images_b=images, sizes=(0.25, 0.5),
                            progress=lambda done, total: seen.append((done, total)))
+    assert model.calls < 1 + 6  # patches and controls share forward passes
+    assert seen and seen[-1][0] == seen[-1][1]
+    model.calls = 0
+    one_by_one = evaluate_patches(model, images, A, B, [WHITE2, WHITE_R], images_b=images, sizes=(0.25, 0.5),
+                                  batched=False)
     assert model.calls == 1 + 6  # the correctness pass, then one forward per patch and control
-    assert seen == [(k, 6) for k in range(1, 7)]
     small = evaluate_patches(model, images, A, B, [WHITE2, WHITE_R], images_b=images, sizes=(0.25, 0.5),
                              batch_size=5)
-    assert [r.to_dict() for r in big.results] == [r.to_dict() for r in small.results]
+    for other in (one_by_one, small):
+        assert [r.to_dict() for r in big.results] == [r.to_dict() for r in other.results]
 
 
 def test_model_left_as_found_even_when_it_raises():
