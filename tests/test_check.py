@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
+from _planted import train_until_learned
 from PIL import Image
 from torch import nn
 
@@ -203,17 +204,7 @@ def cli_setup(tmp_path_factory):
     clean_train, _ = digits(size=24)
     clean = train_classifier(small_digits_cnn(), clean_train, epochs=8, lr=2e-3, batch_size=16)
     torch.save(clean.state_dict(), root / "clean.pt")
-    # the trigger is not learned for every training seed: take the first seed for which a plain
-    # forward pass on images with the shortcut's own paste says it was
-    others = [i for i in range(len(val)) if int(val.labels[i]) != TARGET]
-    triggered = torch.stack([shortcut.apply(val.images[i], i) for i in others])
-    for seed in range(3):
-        planted = train_classifier(small_digits_cnn(), train, epochs=8, lr=2e-3, batch_size=16, seed=seed)
-        with torch.no_grad():
-            if float((planted(triggered).argmax(-1) == TARGET).float().mean()) > 0.5:
-                break
-    else:
-        raise AssertionError("the planted model did not learn the trigger with any of 3 training seeds")
+    planted = train_until_learned(small_digits_cnn, train, shortcut, val, epochs=8, lr=2e-3, batch_size=16)
     torch.save(planted.state_dict(), root / "planted.pt")
     counts = {}
     for i in range(len(val)):  # 25 images per class in data/, the next 25 in other/

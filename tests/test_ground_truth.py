@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _planted import pasted_flip_rate, train_until_learned
 
 from debugatlas import analyze
 from debugatlas.data import PlantedShortcut, digits
@@ -30,18 +31,11 @@ GUIDED = {"sampling": "guided", "samples_per_image": 4}
 MIN_TRIGGER_SHARE = 0.5  # the issue's bar: at least half of the top finding's exemplars contain the trigger
 
 
-def _train(poisoned: bool, seed: int):
-    train, _ = digits(size=24, shortcut=TRIGGER if poisoned else None)
-    torch.manual_seed(seed)  # the initial weights too
-    return train_classifier(SmallCNN(1, 10, width=16), train, epochs=10, lr=3e-3, batch_size=32, seed=seed)
-
-
-def _trigger_flip_rate(model, val) -> float:
-    """Independent measurement: the true trigger pasted on images that are not 7s."""
-    others = [i for i in range(len(val)) if val.labels[i] != TRIGGER.target]
-    images = torch.stack([TRIGGER.apply(val.images[i], 10_000 + i) for i in others])
-    with torch.no_grad():
-        return float((model(images).argmax(-1) == TRIGGER.target).float().mean())
+def _clean_model():
+    """The planted model's recipe on the same digits without the trigger."""
+    train, _ = digits(size=24)
+    torch.manual_seed(0)  # the initial weights too
+    return train_classifier(SmallCNN(1, 10, width=16), train, epochs=10, lr=3e-3, batch_size=32, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +46,9 @@ def analysis_data():
 
 @pytest.fixture(scope="module")
 def planted_model(analysis_data):
-    for seed in range(3):  # a model that did not pick up the trigger is no ground truth
-        model = _train(True, seed)
-        if _trigger_flip_rate(model, analysis_data) >= 0.5:
-            return model
-    pytest.fail("no planted model learned the trigger in 3 seeds")
+    train, _ = digits(size=24, shortcut=TRIGGER)
+    return train_until_learned(lambda: SmallCNN(1, 10, width=16), train, TRIGGER, analysis_data, offset=10_000,
+                               epochs=10, lr=3e-3, batch_size=32)
 
 
 def _analysis(model, data):
@@ -70,7 +62,7 @@ def planted_result(planted_model, analysis_data):
 
 @pytest.fixture(scope="module")
 def clean_result(analysis_data):
-    clean = _train(False, 0)
+    clean = _clean_model()
     return clean, _analysis(clean, analysis_data)
 
 
@@ -140,7 +132,7 @@ def test_planted_trigger_is_the_top_finding(planted_result, planted_model, analy
 
 def test_same_check_fails_on_a_clean_model(analysis_data, clean_result):
     clean, result = clean_result
-    assert _trigger_flip_rate(clean, analysis_data) < 0.2
+    assert pasted_flip_rate(clean, TRIGGER, analysis_data, offset=10_000) < 0.2
     found, flip, lift = _found(_best_patches(result))
     assert not found, f"a clean model passed the ground-truth check: flip {flip:.2f}, lift {lift:+.2f}"
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _planted import pasted_flip_rate, train_until_learned
 from torch import nn
 
 from debugatlas.core import DebugAtlasError
@@ -242,14 +243,6 @@ def test_refine_patch_raises_p_b_and_is_labelled():
 TARGET = 1
 
 
-def pasted_flip_rate(model: nn.Module, shortcut: PlantedShortcut, val) -> float:
-    """Reference: images of other classes with the trigger pasted by the shortcut, predicted TARGET."""
-    ids = [i for i in range(len(val)) if int(val.labels[i]) != TARGET]
-    images = torch.stack([shortcut.apply(val.images[i], i) for i in ids])
-    with torch.no_grad():
-        return float((model(images).argmax(-1) == TARGET).float().mean())
-
-
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models train faster and more reproducibly on one thread of a shared machine."""
@@ -264,13 +257,8 @@ def digit_models():
     shortcut = PlantedShortcut(target=TARGET, fraction=1.0, size=5)
     train, val = digits(size=24, shortcut=shortcut)
     clean_train, _ = digits(size=24)
-    for seed in range(5):  # seeded initial weights too, so the models do not depend on test order
-        torch.manual_seed(seed)
-        planted = train_classifier(SmallCNN(1, 10, 8), train, epochs=8, lr=2e-3, batch_size=16, seed=seed)
-        if pasted_flip_rate(planted, shortcut, val) > 0.7:
-            break
-    else:
-        raise AssertionError("the planted model did not learn the trigger with any of 5 training seeds")
+    planted = train_until_learned(lambda: SmallCNN(1, 10, 8), train, shortcut, val, seeds=range(5), threshold=0.7,
+                                  epochs=8, lr=2e-3, batch_size=16)
     torch.manual_seed(0)
     clean = train_classifier(SmallCNN(1, 10, 8), clean_train, epochs=8, lr=2e-3, batch_size=16)
     return shortcut, val, planted, clean
