@@ -5,8 +5,8 @@ Per pair (A, B), on images of A split by id into a selection and a confirmation 
    pasted as its icon at one size and random positions on the selection half, in large batches;
 2. select: the `patch_cells` best-screened cells, and the `ISLAND_CELLS` cells most purely of B
    among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon crops, capped
-   exemplar crops, and an in-context patch when asked), measured with controls on the selection
-   half; the 10 best by flip rate above the stronger control are kept;
+   exemplar crops, and an in-context patch when asked), measured with controls at random positions
+   on the selection half; the 10 best by flip rate above the stronger control are kept;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
    and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
    patches: the confirmation half took no part in choosing them, so the screened and selected
@@ -108,14 +108,16 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
         return PairTest(n_screened=len(screen), screen_seconds=screen_seconds,
                         notes=("patch tests skipped: no cell pushes toward B",))
     images_b = ctx.images(ids_b) if ids_b.size else None
+    # Selection ranks by the flip rate above the stronger control at random positions, so only that
+    # placement is measured on the selection half; the held-out half measures every placement.
     selected = build_suite(
         ctx.model, images_sel, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
-        placements=PLACEMENTS, n_random=cfg.n_random, seed=ctx.seed, keep=10, device=ctx.device,
+        placements=(SCREEN_PLACEMENT,), n_random=cfg.n_random, seed=ctx.seed, keep=10, device=ctx.device,
         batch_size=cfg.patch_batch_size, progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
     )
     confirmation = evaluate_patches(
         ctx.model, ctx.images(conf_a), plan.a, plan.b, selected.patches, sizes=selected.sizes,
-        placements=selected.placements, n_random=selected.n_random, seed=ctx.seed, device=ctx.device,
+        placements=PLACEMENTS, n_random=selected.n_random, seed=ctx.seed, device=ctx.device,
         batch_size=cfg.patch_batch_size, controls=selected.controls,
     )
     # Held out: the confirmation half took no part in choosing these patches, so the family the
@@ -123,7 +125,7 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     n_screened = len(screen) + len(candidates)
     judged = judge_evaluation(confirmation, n_screened=len(selected.patches), alpha=cfg.confirm_alpha)
     cm_row = np.bincount(preds[labels == plan.a], minlength=ctx.num_classes)
-    suite = dataclasses.replace(selected, baseline=judged, metadata={
+    suite = dataclasses.replace(selected, placements=PLACEMENTS, baseline=judged, metadata={
         "layer": ctx.layer, "accuracy": float((labels == preds).mean()),
         "num_images": int(uid.size), "num_a": int(cm_row.sum()),
         "confusion_rate": float(cm_row[plan.b] / max(1, cm_row.sum())), "screened_cells": [list(c) for c, _ in screen], "candidate_cells": [list(c) for c in chosen],
