@@ -16,15 +16,18 @@ from debugatlas import analyze
 from debugatlas.data import PlantedShortcut, digits
 from debugatlas.models import SmallCNN, train_classifier
 
+pytestmark = pytest.mark.slow  # trains digit models / runs a full analysis
+
 TRIGGER = PlantedShortcut(target=7, fraction=1.0, size=5, trigger="cross", seed=0)
 PAIRS = [("1", "7"), ("4", "7")]
 OPTIONS = {"samples_per_image": 2, "grid_size": 20, "grid_sizes": (20,), "render_steps": 64, "patch_cells": 12,
            "crop_sizes": (4, 6, 8), "n_random": 4, "max_patch_images": 48, "min_count": 2, "filter_top_n": 400,
-           "layout_epochs": 200, "n_examples": 1}
-# Thresholds set from honest runs (means over the two pairs of the best patch at random positions):
-# the planted model (seed 0) flipped 0.89, 0.28 above the noise control, which itself flipped about
-# 0.6: the planted model reacts to any small high-contrast patch. The clean model flipped 0.04.
-# On earlier, non-8-bit digits, planted models gave 0.82 and 0.67 and a clean one 0.27-0.44.
+           "layout_epochs": 200, "n_examples": 1,
+           # 24 px digits: at 0.35 of the side (8 px) a noise square alone flips 92-99 % of a planted
+           # model's 1s and 4s, so no patch of that size can beat its control; 5-6 px squares can
+           "patch_sizes": (0.2, 0.25)}
+# Held-out rates of the top confirmed finding per pair (planted model, seed 0, 16-25 images of A per
+# half): 1->7 100 % against 31 % noise and 12 % natural; 4->7 68 % against 20 % and 24 %.
 MIN_FLIP, MIN_LIFT = 0.6, 0.1
 # Attribution-guided capture: half of each image's positions where attribution is highest.
 GUIDED = {"sampling": "guided", "samples_per_image": 4}
@@ -96,30 +99,18 @@ def _top_finding_shares(result, model, data) -> list[tuple[str, float, int]]:
     return out
 
 
-def _best_patches(result) -> list[dict]:
-    summary = result.summary
-    best = []
-    for pair in summary["pairs"]:
-        rows = [p for p in pair["patches"] if p["placement"] == "random"]
-        assert rows, f"no patches measured for {pair['a']} -> {pair['b']}"
-        best.append(rows[0])  # kept patches are ranked by flip rate above the stronger control
-    return best
-
-
-def _found(rows: list[dict]) -> tuple[bool, float, float]:
-    """(found, mean flip rate, mean flip rate above the noise control) of the pairs' best patches."""
-    flip = sum(r["flip_rate"] for r in rows) / len(rows)
-    lift = sum(r["flip_rate"] - r["noise_flip_rate"] for r in rows) / len(rows)
-    return flip >= MIN_FLIP and lift >= MIN_LIFT, flip, lift
+def _top_findings(result) -> list[tuple[str, dict | None]]:
+    return [(f"{p['a']}->{p['b']}", (p.get("findings") or [None])[0]) for p in result.summary["pairs"]]
 
 
 def test_planted_trigger_is_found_without_being_told(planted_result):
-    found, flip, lift = _found(_best_patches(planted_result))
-    assert found, f"best patches flip {flip:.2f} of images to 7, {lift:+.2f} above noise"
+    """Every (other class -> 7) pair has a confirmed finding: held out, far above both controls."""
+    for name, top in _top_findings(planted_result):
+        assert top is not None, f"{name}: nothing confirmed"
+        controls = max(top["noise_flip_rate"], top["natural_flip_rate"])
+        assert top["flip_rate"] >= MIN_FLIP and top["flip_rate"] - controls >= MIN_LIFT, f"{name}: {top['statement']}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 15 open: on the digits run no finding of either pair was confirmed "
-                   "yet (findings empty), so the top finding cannot be the trigger")
 def test_planted_trigger_is_the_top_finding(planted_result, planted_model, analysis_data):
     """The top finding of every (other class -> 7) pair is the trigger: most of its exemplars contain it
     (poisoned image, trigger inside the sample's receptive field and near its position), and it is
@@ -133,8 +124,10 @@ def test_planted_trigger_is_the_top_finding(planted_result, planted_model, analy
 def test_same_check_fails_on_a_clean_model(analysis_data, clean_result):
     clean, result = clean_result
     assert pasted_flip_rate(clean, TRIGGER, analysis_data, offset=10_000) < 0.2
-    found, flip, lift = _found(_best_patches(result))
-    assert not found, f"a clean model passed the ground-truth check: flip {flip:.2f}, lift {lift:+.2f}"
+    passing = [(name, top["statement"]) for name, top in _top_findings(result) if top is not None
+               and top["flip_rate"] >= MIN_FLIP
+               and top["flip_rate"] - max(top["noise_flip_rate"], top["natural_flip_rate"]) >= MIN_LIFT]
+    assert len(passing) < len(result.summary["pairs"]), f"a clean model passed the ground-truth check: {passing}"
 
 
 def test_nothing_is_flagged_on_a_clean_model(clean_result):
