@@ -74,9 +74,11 @@ def candidate_counts(run_dir: Path, summary: dict) -> list[int]:
     """Candidate cells tried per pair, read from the run directory's saved suites."""
     import json
 
+    from debugatlas.artifacts.paths import SUITE_FILE, suite_dir
+
     counts = []
     for k in range(len(summary["pairs"])):
-        path = Path(run_dir) / "suite" / f"pair{k}" / "suite.json"
+        path = Path(run_dir) / suite_dir(k) / SUITE_FILE
         meta = json.loads(path.read_text()).get("metadata", {}) if path.is_file() else {}
         counts.append(len(meta.get("candidate_cells", [])))
     return counts

@@ -76,7 +76,11 @@ def test_cifar10_results_rebuild_from_a_run_directory(tmp_path, trained_cnn, dig
     summary = json.loads((out / "summary.json").read_text())
     pair = summary["pairs"][0]
     assert f"### {pair['a']} → {pair['b']}" in text and "- Device: test" in text
-    assert "Candidate cells tried: 3;" in text  # read back from the saved suite's metadata
+    from debugatlas.artifacts.paths import SUITE_FILE, suite_dir
+
+    meta = json.loads((out / suite_dir(0) / SUITE_FILE).read_text())["metadata"]
+    assert 3 <= len(meta["candidate_cells"])  # the best-screened cells, then the purest islands of B
+    assert f"Candidate cells tried: {len(meta['candidate_cells'])};" in text  # read back from that metadata
     assert script.main(["--from-run", str(tmp_path / "missing")]) == 2
     assert "summary.json does not exist" in capsys.readouterr().err
 
