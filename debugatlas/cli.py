@@ -184,10 +184,13 @@ def _demo(args) -> int:
     print(f"debugatlas demo ({args.scenario}): accuracy {summary['accuracy']:.3f} on {summary['num_images']} "
           f"validation images, {summary['num_samples']} activation samples at {summary['layer']!r}")
     for pair in summary["pairs"]:
-        best = max((p["flip_rate"] for p in pair["patches"]), default=None)
-        tail = f", best patch flips {best:.0%}" if best is not None else ""
-        print(f"  {pair['a']} -> {pair['b']}: {pair['confused']} confused, "
-              f"{len(pair['confusing_cells'])} candidate cells{tail}")
+        findings = pair.get("findings") or []
+        near = ", a near miss" if pair.get("kind") == "near_miss" else ""
+        print(f"  {pair['a']} -> {pair['b']}: {pair['confused']} confused{near}; "
+              f"{len(findings) or 'nothing'} confirmed")
+        for finding in findings:
+            flag = " [suspected shortcut]" if finding.get("suspected_shortcut") else ""
+            print(f"    - {finding['statement']}{flag}")
     print(f"report: {Path(args.out) / 'index.html'}  ({time.perf_counter() - started:.0f} s)")
     return EXIT_OK
 
