@@ -16,6 +16,7 @@ from ..core.inputs import (
     inspect_dataset, layer_positions, resolve_pairs,
 )
 from ..core.model import Normalized, layer_name, on_device, resolve_layer
+from ..core.progress import RunProgress
 from ..data import class_names as _class_names
 from ..patches.split import split_images
 from . import examples, findings, icons, patch_stage, prepare, summary, views
@@ -25,7 +26,10 @@ from .records import AnalysisResult, PairFinding, PairTest, Rendered
 
 _CHECKED_IMAGES = 4
 AUTO_PER_CELL = 5  # samples_per_image="auto" aims at this many vectors per cell of the main grid
-SPARSE_PER_CELL = 2  # below this average the grid shrinks, and the summary says so
+SPARSE_PER_CELL = 2
+# expected shares of a run's time per stage (the progress bar's time left), from the digits demo
+STAGE_WEIGHTS = (("capture", 2), ("attribution", 3), ("layout", 10), ("render", 30), ("patches", 50),
+                 ("examples", 5))  # below this average the grid shrinks, and the summary says so
 
 
 def analyze(
@@ -73,8 +77,9 @@ def analyze(
         if config.samples_per_image == "auto":
             config = dataclasses.replace(config, samples_per_image=_auto_samples(net, module, name, probe, config,
                                                                                  len(data)))
-        ctx = RunContext(net, name, module, data, dev, int(seed), config, tuple(names), progress)
-        result = _run(ctx, activations, normalize, model_spec, started, wanted, user_layer)
+        with RunProgress(STAGE_WEIGHTS, enabled=bool(progress)) as bar:
+            ctx = RunContext(net, name, module, data, dev, int(seed), config, tuple(names), bar)
+            result = _run(ctx, activations, normalize, model_spec, started, wanted, user_layer)
     result = dataclasses.replace(result, out_dir=Path(out_dir) if out_dir is not None else None)
     if out_dir is not None:
         from ..report.rundir import write_run
@@ -118,7 +123,7 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
         field = _field_fraction(ctx, tested)
         found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, field_fraction=field)
                  for p, t in zip(plans, tested)]
-    with ctx.stage("attribution"):
+    with ctx.stage("attribution", shown_as="examples"):
         shown = [examples.misclassified(ctx, acts=acts, plan=p) for p in plans]
         crops = [_finding_crops(ctx, acts, atlas, f) for f in found]
     pair_results = [_finding(k, plan, view, rendered, test, found[k], crops[k], shown[k], cfg.render_cells)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..core.datasets import load_images
-from ..core.progress import progress_bar
+from ..core.progress import RunProgress
 from .config import AnalysisConfig
 
 log = logging.getLogger("debugatlas")
@@ -42,7 +42,8 @@ class RunContext:
     layer:  the analysed layer's name in `model.named_modules()`; module: that layer.
     dataset: yields (image [C, H, W] in [0, 1], label); sample ids index into it.
     class_names: one name per model output. seed: every random choice of the run derives from it.
-    progress: show progress bars. timer: seconds per stage (summary.json's `timings_s`).
+    progress: the run's one progress bar (None: silent). timer: seconds per stage (summary.json's
+    `timings_s`).
     """
 
     model: nn.Module
@@ -53,7 +54,7 @@ class RunContext:
     seed: int
     config: AnalysisConfig
     class_names: tuple[str, ...] = ()
-    progress: bool = False
+    progress: RunProgress | None = None
     timer: StageTimer = field(default_factory=StageTimer)
 
     @property
@@ -65,9 +66,14 @@ class RunContext:
         return load_images(self.dataset, ids)
 
     def bar(self, desc: str):
-        """A `progress(done, total)` callback for one stage, or None when progress is off."""
-        return progress_bar(self.progress, desc)
+        """The `progress(done, total)` callback of the running stage, or None when progress is off."""
+        return self.progress.callback() if self.progress is not None else None
 
-    def stage(self, name: str):
-        """Context manager timing one stage."""
-        return self.timer.stage(name)
+    @contextlib.contextmanager
+    def stage(self, name: str, shown_as: str | None = None) -> Iterator[None]:
+        """Time one stage (summed under `name`) and show it on the progress bar (as `shown_as`)."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.timer.stage(name))
+            if self.progress is not None:
+                stack.enter_context(self.progress.stage(shown_as or name))
+            yield
