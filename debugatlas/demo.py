@@ -51,8 +51,11 @@ def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: 
     module = ClassifierModule(digits_cnn(), lr=3e-3)
     pairs = [(str(d), str(SHORTCUT.target)) for d in (1, 4)] if shortcut is not None else "auto"
     layer = "model.layer2" if shortcut is not None else "model.layer3"
+    options = demo_options()
+    if shortcut is not None:  # a 5 px trigger covers few positions: half of them where attribution is highest
+        options.update(sampling="guided", samples_per_image=4)
     callback = AtlasCallback(layer, pairs=pairs, every_n_epochs=epochs, dirpath=out, subdir="",
-                             seed=seed, model_spec="debugatlas.demo:digits_cnn", **demo_options())
+                             seed=seed, model_spec="debugatlas.demo:digits_cnn", **options)
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(max_epochs=epochs, accelerator=device, devices=1, callbacks=[callback],
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import SequentialSampler
 
 from ..capture import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, ActivationSet, merge_shards
+from ..capture.recorder import GUIDED
 from ..core.errors import DebugAtlasError
 from ..core.model import resolve_layer
 from ..pipeline.config import AnalysisConfig
@@ -50,7 +51,9 @@ class AtlasCallback(pl.Callback):
         dirpath: where `epoch_<n>/` folders and the run's timeline `index.html` go; by default
             `<save_dir>/<name>/<version>/atlas` of the trainer's first logger (as `ModelCheckpoint`
             places checkpoints), or `<default_root_dir>/atlas` without a logger.
-        sampling, samples_per_image, cap, seed: capture settings (see `capture.ActivationRecorder`).
+        sampling, samples_per_image, cap, seed: capture settings (see `capture.ActivationRecorder`);
+            `sampling="guided"` (attribution-guided positions) captures the validation set again at
+            analysis time, since a validation hook cannot take gradients.
         store_dir, disk_threshold_bytes: the on-disk vector store for large captures (used when the
             reservoir would exceed 256 MiB by default; None keeps it in memory).
         normalize: (mean, std) when the module expects normalised input; images stay in [0, 1].
@@ -75,8 +78,8 @@ class AtlasCallback(pl.Callback):
             raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise DebugAtlasError(f"`AtlasCallback(every_n_epochs={every_n_epochs!r})` must be an integer >= 1.")
-        if sampling not in SAMPLING:
-            raise DebugAtlasError(f"`AtlasCallback(sampling={sampling!r})` is not one of {list(SAMPLING)}.")
+        if sampling not in SAMPLING + (GUIDED,):
+            raise DebugAtlasError(f"`AtlasCallback(sampling={sampling!r})` is not one of {list(SAMPLING + (GUIDED,))}.")
         both = sorted(set(options or {}) & set(analysis_options))
         if both:
             raise DebugAtlasError(f"`AtlasCallback` got {both} both in `options=` and as keywords. HINT: pass each once.")
@@ -96,8 +99,11 @@ class AtlasCallback(pl.Callback):
         self.last_activations = None
         self.model_spec = model_spec
         self.analysis_options = dict(analysis_options)
-        self.recorder = ActivationRecorder(layer, sampling, samples_per_image, cap, seed, store_dir=store_dir,
-                                           disk_threshold_bytes=disk_threshold_bytes)
+        # guided sampling needs a gradient pass, which a validation hook cannot take: the hook then
+        # records uniformly, and the analysis captures the validation set again with guided positions
+        self.guided = sampling == GUIDED
+        self.recorder = ActivationRecorder(layer, "random" if self.guided else sampling, samples_per_image, cap, seed,
+                                           store_dir=store_dir, disk_threshold_bytes=disk_threshold_bytes)
         self.cap = int(cap)
         # recorded in summary.json's config (capture itself happens in the validation hooks)
         self.capture_options = {"sampling": sampling, "samples_per_image": int(samples_per_image), "cap": int(cap)}
@@ -292,7 +298,8 @@ class AtlasCallback(pl.Callback):
         previous = self.runs[-1].get("timings_s") if self.runs else None
         with AnalysisProgress(f"epoch {epoch}, layer {self.layer}, {len(acts):,} vectors", previous):
             result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
-                             out_dir=out, seed=self.seed, class_names=self.class_names, activations=acts,
+                             out_dir=out, seed=self.seed, class_names=self.class_names,
+                             activations=None if self.guided else acts,
                              title=f"{type(pl_module).__name__}, epoch {epoch}", model_spec=self.model_spec,
                              **self.capture_options, **self.analysis_options)
         self.last_result = result
