@@ -1,26 +1,21 @@
 """The CI gate: rerun saved patch suites against a checkpoint; fail when a confirmed confusion comes back.
 
-`check_suite` measures and returns a `CheckReport`; `main` is `debugatlas check` (exit 0 when every
+`check_suite` measures and returns a `CheckReport`; `cli.check_main` is `debugatlas check` (exit 0 when every
 check holds, 1 when one fails, 2 for bad input); `assert_suite_holds` is the pytest form.
 Rates are compared by their Wilson 95 % intervals (`GATE_RULE`), so a rerun on other images of
 the same classes does not fail by chance.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from .artifacts.atomic import write_text
-from .artifacts.summary import baseline_pair, baseline_patch_rates, read_summary
+from .artifacts.summary import baseline_pair, baseline_patch_rates
 from .core.errors import DebugAtlasError
 from .patches.stats import wilson_interval
 from .artifacts.paths import SUITE_FILE
@@ -353,66 +348,3 @@ def assert_suite_holds(suite_or_dir, model: nn.Module, dataset, **limits) -> Che
     if not report.passed:
         raise AssertionError("patch suite check failed:\n" + report.table())
     return report
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="debugatlas check",
-        description="Rerun a saved patch suite against a checkpoint and gate its confirmed findings "
-                    "(exit 0: all hold, 1: a check failed, 2: bad input).",
-    )
-    from .cli import add_model_arguments
-
-    parser.add_argument("--suite", required=True, help="suite folder (suite.json), or a folder of suite folders")
-    add_model_arguments(parser)
-    parser.add_argument("--data", required=True, help="ImageFolder root: <class>/<image files>")
-    rule = parser.add_mutually_exclusive_group()
-    rule.add_argument("--max-flip-rate", type=float, help="absolute limit on every gated patch's flip rate")
-    rule.add_argument("--baseline", help="summary.json whose rates, accuracy and confusions are the reference "
-                                         "(default: the suite's own baseline)")
-    parser.add_argument("--tolerance", type=float, default=0.05,
-                        help="allowed gap between the new and the baseline 95 %% intervals (0.05)")
-    parser.add_argument("--min-accuracy", type=float)
-    parser.add_argument("--max-confusion", type=float, help="limit on the rate of images of A predicted B")
-    parser.add_argument("--json", help="write the report as JSON here")
-    parser.add_argument("--junit", help="write JUnit XML here")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--image-size", type=int, help="resize images to N x N (default: the suite's)")
-    parser.add_argument("--grayscale", action="store_true", help="read images as one channel (default: as the suite)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`debugatlas check ...`: prints the table; returns 0 (all hold), 1 (a check failed), 2 (bad input)."""
-    from .cli import model_from_args
-    from .core.model import Normalized
-    from .data import image_folder
-
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        suites = load_suites(args.suite)
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise DebugAtlasError("`--device cuda` but CUDA is not available. HINT: use `--device cpu`.")
-        model, normalize = model_from_args(args)
-        model = (Normalized(model, *normalize) if normalize else model).to(args.device)
-        c, h, w = suites[0].image_shape
-        size = args.image_size if args.image_size is not None else (h if h == w else None)
-        dataset = image_folder(args.data, size=size, grayscale=args.grayscale or c == 1)
-        baseline = None
-        if args.baseline is not None:
-            baseline = read_summary(args.baseline)
-        report = check_suite(suites, model, dataset, max_flip_rate=args.max_flip_rate, baseline=baseline,
-                             tolerance=args.tolerance, min_accuracy=args.min_accuracy,
-                             max_confusion=args.max_confusion, device=args.device)
-        print(report.table())
-        if args.json:
-            write_text(args.json, json.dumps(report.to_dict(), indent=1))
-        if args.junit:
-            write_text(args.junit, report.to_junit_xml())
-    except (DebugAtlasError, OSError) as exc:
-        print(f"debugatlas check: error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if report.passed else 1

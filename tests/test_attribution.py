@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from debugatlas import DebugAtlasError
-from debugatlas.attribution import _relaxed, attribute, pixel_attribution
+from debugatlas.attribution import attribute, pixel_attribution
+from debugatlas.core.gradients import relaxed_pooling as _relaxed
 from debugatlas.capture import ActivationSet, capture
 from debugatlas.core import load_images
 from debugatlas.data import TensorImageDataset

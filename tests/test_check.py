@@ -15,7 +15,8 @@ from torch import nn
 
 from debugatlas.core import DebugAtlasError
 from debugatlas.core import load_images
-from debugatlas.check import assert_suite_holds, check_suite, main
+from debugatlas.check import assert_suite_holds, check_suite
+from debugatlas.cli import check_main as main
 from debugatlas.data import PlantedShortcut, TensorImageDataset, digits, image_folder
 from debugatlas.models import small_digits_cnn, train_classifier
 from debugatlas.patches import Patch, to_uint8

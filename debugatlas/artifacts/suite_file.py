@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import DebugAtlasError
-from ..patches.types import SELECTION_RULE, Patch, PatchEvaluation, from_uint8, to_uint8
 from .atomic import staged_dir
+from .images import from_uint8, to_uint8
 from .paths import SUITE_FILE, SUITE_ROOT, SUMMARY_FILE
 
 SUITE_SCHEMA_VERSION = 1
@@ -17,7 +17,7 @@ SUITE_SCHEMA_VERSION = 1
 
 def suite_dict(suite) -> dict:
     """The `suite.json` content of a `PatchSuite` (plain values)."""
-    def entry(p: Patch, folder: str) -> dict:
+    def entry(p, folder: str) -> dict:
         return {"id": p.id, "cell": None if p.cell is None else list(p.cell), "source": p.source,
                 "resize": p.resize, "file": f"{folder}/{p.id}.png", "shape": list(p.image.shape)}
 
@@ -57,7 +57,8 @@ def write_suite(suite, directory: str | Path) -> Path:
 
 
 def read_suite(directory: str | Path) -> dict[str, Any]:
-    """The fields of a `PatchSuite` saved in `directory` (for `PatchSuite(**fields)`), every file checked."""
+    """The plain fields of a suite saved in `directory`, every file checked: patches and controls as
+    {id, cell, source, resize, image [C, h, w] float32}, the baseline as its dict, selection or None."""
     directory = Path(directory)
     path = directory / SUITE_FILE
     if not directory.is_dir():
@@ -85,10 +86,10 @@ def read_suite(directory: str | Path) -> dict[str, Any]:
             "controls": [_load_patch(directory, e) for e in data["controls"]],
             "sizes": tuple(float(s) for s in data["sizes"]), "placements": tuple(str(p) for p in data["placements"]),
             "n_random": int(data["n_random"]), "seed": int(data["seed"]),
-            "baseline": PatchEvaluation.from_dict(data["baseline"]),
+            "baseline": dict(data["baseline"]),
             "class_names": [str(c) for c in data["class_names"]],
             "image_shape": tuple(int(v) for v in data["image_shape"]),
-            "batch_size": int(data.get("batch_size", 256)), "selection": str(data.get("selection", SELECTION_RULE)),
+            "batch_size": int(data.get("batch_size", 256)), "selection": data.get("selection"),
             "metadata": dict(data.get("metadata", {})),
         }
     except (KeyError, TypeError, ValueError) as exc:
@@ -112,7 +113,7 @@ def _suite_hint(directory: Path) -> str:
     return "pass a folder written by `PatchSuite.save` (or the `suite/` folder of a run directory)."
 
 
-def _load_patch(directory: Path, entry: dict) -> Patch:
+def _load_patch(directory: Path, entry: dict) -> dict:
     from PIL import Image, UnidentifiedImageError
 
     file = directory / entry["file"]
@@ -132,4 +133,5 @@ def _load_patch(directory: Path, entry: dict) -> Patch:
             f"Patch file {str(file)!r} has shape {list(pixels.shape)}; suite.json says {entry['shape']}. "
             "HINT: the file was replaced; save the suite again."
         )
-    return Patch(entry["id"], entry.get("cell"), entry["source"], pixels, bool(entry["resize"]))
+    return {"id": entry["id"], "cell": entry.get("cell"), "source": entry["source"], "image": pixels,
+            "resize": bool(entry["resize"])}

@@ -109,7 +109,7 @@ def guided_positions(
 def _batch(model, layer, images, ids, k_random, k_guided, classes, seed, device):
     """Positions, rule, vectors [B, m, C], logits and the layer's (H, W) for one batch
     (one forward, one batched backward)."""
-    from ..attribution import position_attribution
+    from ..core.gradients import position_attribution
 
     maps, h, logits = position_attribution(model, layer, images, classes=classes, device=device)
     pos, rule = choose_guided(maps, ids, k_random, k_guided, seed)

@@ -113,7 +113,20 @@ class PatchSuite:
         """Read a suite written by `save`, checking the schema, every PNG and every shape."""
         from ..artifacts.suite_file import read_suite
 
-        return cls(**read_suite(directory))
+        fields = read_suite(directory)
+        try:
+            fields["patches"] = [Patch(**p) for p in fields["patches"]]
+            fields["controls"] = [Patch(**p) for p in fields["controls"]]
+            fields["baseline"] = PatchEvaluation.from_dict(fields["baseline"])
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, DebugAtlasError):
+                raise
+            raise DebugAtlasError(
+                f"The suite in {str(directory)!r} is incomplete or malformed ({type(exc).__name__}: {exc}). "
+                "HINT: save the suite again."
+            ) from exc
+        fields["selection"] = fields["selection"] or SELECTION_RULE
+        return cls(**fields)
 
 
 @dataclass

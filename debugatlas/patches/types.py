@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
 
+from ..artifacts.images import from_uint8, to_uint8
 from ..core.errors import DebugAtlasError
 
 SOURCES = ("icon", "icon_crop", "exemplar", "noise", "natural", "optimised", "in_context")
@@ -65,19 +65,6 @@ class Patch:
     def quantized(self) -> "Patch":
         """A copy whose pixels are rounded to 8 bits, exactly as they come back from a PNG."""
         return replace(self, image=from_uint8(to_uint8(self.image)))
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[C, h, w] in [0, 1] -> [h, w, C] uint8 (rounded)."""
-    return (image.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def from_uint8(array: np.ndarray) -> torch.Tensor:
-    """[h, w, C] (or [h, w]) uint8 -> [C, h, w] float32 in [0, 1]."""
-    array = np.array(array, dtype=np.uint8, copy=True)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
 
 
 @dataclass
