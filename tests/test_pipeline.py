@@ -1,0 +1,49 @@
+"""The pipeline's own contract: stages on one RunContext, inputs left as they were given."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from debugatlas import analyze
+from debugatlas.capture import capture
+from debugatlas.data import TensorImageDataset
+
+
+class Wide(nn.Module):
+    """A 1x1 convolution to 4,096 channels: a default cap of 100,000 vectors of it exceeds the
+    in-memory limit, so capture writes them to the on-disk store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.wide = nn.Conv2d(1, 4096, 1)
+        self.head = nn.Linear(4096, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.wide(x)).mean((2, 3)))
+
+
+def _images(n: int = 16) -> TensorImageDataset:
+    g = torch.Generator().manual_seed(1)
+    return TensorImageDataset(torch.rand(n, 1, 8, 8, generator=g), [i % 2 for i in range(n)], ["a", "b"])
+
+
+def test_a_capture_that_goes_to_disk_names_its_layer(tmp_path):
+    result = analyze(Wide(), _images(), "wide", samples_per_image=4, n_neighbors=5, render=False, patches=False,
+                     layout="pca", out_dir=tmp_path / "run")
+    assert result.activations.layer == "wide" and result.summary["layer"] == "wide"
+    assert len(result.activations) == 16 * 4 and (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_given_activations_are_not_changed():
+    data = _images()
+    model = Wide()
+    acts = capture(model, data, "wide", samples_per_image=4)
+    acts.preds[:] = -1  # unknown predictions: analyze() fills them in its own copy
+    before = {name: getattr(acts, name).clone() for name in ("vectors", "image_ids", "labels", "preds", "positions")}
+    layer = acts.layer
+    result = analyze(model, data, "wide", activations=acts, n_neighbors=5, render=False, patches=False, layout="pca")
+    assert (result.activations.preds >= 0).all()
+    assert acts.layer == layer
+    for name, value in before.items():
+        assert torch.equal(getattr(acts, name), value), name
