@@ -113,16 +113,12 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
             heatmap[..., 0], heatmap[..., 3] = 1.0, _blob(rng, 24, 1)
             files[heat] = heatmap
             misclassified.append({"id": 100 + m, "image": image, "heatmap": heat, "p_b": 0.5 + m / 15})
-        table, patches = [], []
+        patches = []
         for c in range(3):
             file = f"patches/{stem}_cell{c}.png"
             files[file] = _blob(rng, 16)
             for placement, boost in (("static", 0.0), ("dynamic", 0.2), ("random", -0.1)):
                 flip = max(0.0, 0.45 - 0.15 * c + boost)
-                table.append({"candidate": f"cell ({c}, 3)", "source": "icon", "placement": placement,
-                              "flip_rate": flip, "noise_flip_rate": 0.04 + boost / 4,
-                              "natural_flip_rate": 0.08 + boost / 3, "p_b_before": 0.02,
-                              "p_b_after": flip * 0.9, "n_images": 80, "file": file})
                 if placement != "random":
                     verdict = VERDICTS[c] if confirmed else "not_confirmed"
                     patches.append({"id": f"{stem}-{c}-{placement}", "cell": [c, 3], "file": file,
@@ -152,7 +148,7 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
               "notes": [f"only {n + 5} misclassified images of {a}"],
               "filtered_a": f"{stem}_filtered_a.png", "filtered_b": f"{stem}_filtered_b.png",
               "comparison": f"{stem}_comparison.png", "cells": cells,
-              "misclassified": misclassified, "patch_table": table, "findings": rd_findings}
+              "misclassified": misclassified, "findings": rd_findings}
         sm = {"a": a, "b": b, "kind": "confused" if confirmed else "near_miss", "patches": patches,
               "findings": findings, "confusing_cells": [
             {"cell": c["cell"], "score": c["score"], "count": c["count"],
@@ -263,7 +259,7 @@ def test_missing_sections_are_named_not_broken(tmp_path):
     broken = {"classes": "oops", "confusion_matrix": [[1, 2], [3]], "pairs": "x",
               "timings_s": {"layout": float("nan")}, "accuracy": "high"}
     rd = {"atlases": [{"grid_size": 0}, {"grid_size": 4, "cells": [{"cell": [9, 9]}, {"cell": "x"}]}],
-          "pairs": [{"a": "cat", "b": "dog", "cells": [{}], "patch_table": [{}], "misclassified": [{}]}],
+          "pairs": [{"a": "cat", "b": "dog", "cells": [{}], "misclassified": [{}]}],
           "suite": {"dir": None}}
     html = write_report(tmp_path, broken, rd).read_text(encoding="utf-8")
     assert "cat" in html and "No activation atlas" not in html

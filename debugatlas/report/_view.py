@@ -186,11 +186,7 @@ def pair_view(index: int, names: tuple[str, str], rd: Mapping, sm: Mapping,
     crops_by_cell = {c["key"]: c["exemplars"] for c in cells if c["key"] is not None}
     cells, dropped = _listed_cells(cells)
     sm_patches = [mapping(p) for p in sequence(sm.get("patches"))]
-    with_verdicts = any(p.get("verdict") is not None for p in sm_patches)
-    use_table = sequence(rd.get("patch_table")) and not with_verdicts
-    raw_patches = rd.get("patch_table") if use_table else sm_patches
-    entries = [_patch_entry(mapping(p), images, f"patch {n}")
-               for n, p in enumerate(sequence(raw_patches), start=1)]
+    entries = [_patch_entry(p, images, f"patch {n}") for n, p in enumerate(sm_patches, start=1)]
     shown, folded = _patch_rows(entries)
     patches_by_id = {as_text(p.get("id")): p for p in sm_patches if p.get("id") is not None}
     confused = as_int(rd.get("confused"))

@@ -24,16 +24,12 @@ styles, and exactly one script (by its SHA-256 hash); everything else, network i
                 "findings": [{"cell": [i, j], "exemplars": [path], "patch_image": path}],
                 "cells": [{"cell", "score", "count", "count_a", "attribution_a", "attribution_b",
                            "icon", "exemplars": [path]}],
-                "misclassified": [{"id", "image", "heatmap", "p_b"}],
-                "patch_table": [{"candidate", "source", "placement", "flip_rate", "noise_flip_rate",
-                                 "natural_flip_rate", "p_b_before", "p_b_after", "n_images",
-                                 "file"}]}],
+                "misclassified": [{"id", "image", "heatmap", "p_b"}]}],
      "suite": {"dir", "check_command"} | None}
 
 Pairs come from report_data in its order, then any pair only the summary names; a pair without
 report_data `cells` shows the summary's `confusing_cells`. Patch rows come from the summary's
-`patches` (with `verdict`, `flip_rate_ci`, `p_value`); report_data's `patch_table` is used only
-when the summary's rows carry no verdict. Cells with a score <= 0 are not listed.
+`patches` (with `verdict`, `flip_rate_ci`, `p_value`). Cells with a score <= 0 are not listed.
 
 Findings (the page opens with them) are the summary's `pairs[].findings` (schema 1 extended:
 `cell`, `statement`, `patch` (a patch id), `flip_rate`, `flip_rate_ci`, `noise_flip_rate`,
