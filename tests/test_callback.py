@@ -157,6 +157,7 @@ def test_a_failed_analysis_is_logged_and_training_goes_on(digits_data, tmp_path,
     assert all(not m._forward_hooks for m in module.modules())
 
 
+@pytest.mark.slow
 def test_a_fresh_model_that_predicts_one_class_trains_through(digits_data, tmp_path, caplog):
     # Epoch 0 predicts class 0 for every image: no image of A is classified correctly, so no patch
     # rate can be measured (None, or no rows). The callback analyses, renders, patch-tests, and
@@ -182,6 +183,7 @@ def test_a_fresh_model_that_predicts_one_class_trains_through(digits_data, tmp_p
     assert "—" in (tmp_path / "atlas" / "index.html").read_text()  # missing rates shown as gaps
 
 
+@pytest.mark.slow
 def test_reports_go_under_the_loggers_version_folder(digits_data, tmp_path):
     from pytorch_lightning.loggers import CSVLogger
 

@@ -237,6 +237,7 @@ def _args(root, weights, *extra):
             "--weights", str(root / weights), "--data", str(root / "data"), *extra]
 
 
+@pytest.mark.slow
 def test_gate_passes_on_its_own_checkpoint(cli_setup, capsys):
     root, suite = cli_setup
     assert suite.baseline.get("trigger", "random").flip_rate < 0.2  # the clean model ignores the trigger
@@ -257,6 +258,7 @@ def test_gate_passes_on_its_own_checkpoint(cli_setup, capsys):
     assert main(args) == 0
 
 
+@pytest.mark.slow
 def test_gate_fails_when_the_trigger_is_learned(cli_setup, capsys):
     root, _ = cli_setup
     code = main(_args(root, "planted.pt", "--junit", str(root / "bad.xml"), "--json", str(root / "bad.json")))
@@ -273,6 +275,7 @@ def test_gate_fails_when_the_trigger_is_learned(cli_setup, capsys):
     assert main(_args(root, "clean.pt", "--max-flip-rate", "0.3")) == 0
 
 
+@pytest.mark.slow
 def test_gate_bad_input_exits_2(cli_setup, tmp_path, capsys):
     root, suite = cli_setup
     assert main(["--suite", str(tmp_path / "none"), "--model", "debugatlas.models:small_digits_cnn",
@@ -295,6 +298,7 @@ def test_gate_bad_input_exits_2(cli_setup, tmp_path, capsys):
     assert "schema_version" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_suite_load_then_check_in_python(cli_setup):
     root, _ = cli_setup
     model = small_digits_cnn()

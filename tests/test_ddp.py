@@ -32,6 +32,7 @@ def _summary(path: Path) -> dict:
             "cells": cells}
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_atlas_as_one(tmp_path):
     # 539 validation images x 3 samples = 1,617 vectors: each rank keeps its 810 (below the cap),
     # the merged set is capped to 1,000 with the seed, as one process's reservoir does.
@@ -46,6 +47,7 @@ def test_two_processes_give_the_same_atlas_as_one(tmp_path):
     assert two == one
 
 
+@pytest.mark.slow
 def test_rank0_failure_makes_every_rank_raise(tmp_path):
     done = _run_two(tmp_path / "fail", "--fail", timeout=150)
     assert done.returncode != 0

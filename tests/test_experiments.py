@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
@@ -25,6 +26,7 @@ def _load(name: str):
         sys.path.remove(str(EXPERIMENTS))
 
 
+@pytest.mark.slow
 def test_imagenet_plumbing_mode_runs_end_to_end(tmp_path):
     script = _load("imagenet_shark_baseball")
     out = tmp_path / "run"

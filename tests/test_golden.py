@@ -12,6 +12,8 @@ import pytest
 
 from _golden import golden_run
 
+pytestmark = pytest.mark.slow  # trains digit models / runs a full analysis
+
 EXPECTED = Path(__file__).parent / "data" / "expected_summary.json"
 RATE_TOL = 1e-6
 

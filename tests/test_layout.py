@@ -86,6 +86,7 @@ def test_umap_same_seed_same_layout(umap_fit):
     assert not np.allclose(other.raw_embedding_, first.raw_embedding_)
 
 
+@pytest.mark.slow
 def test_umap_params_recorded_as_plain_values(umap_fit):
     x, _, layout = umap_fit
     p = layout.params_
@@ -262,6 +263,7 @@ def test_torch_fuzzy_graph_matches_umap_learn(digits_graph):
     np.testing.assert_allclose([ours[k] for k in theirs], list(theirs.values()), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_backend_close_to_umap_learn_and_deterministic(digits_graph):
     x = digits_graph[0]
     settings = dict(n_neighbors=15, metric="euclidean", knn="exact", seed=0)
@@ -279,6 +281,7 @@ def test_torch_backend_close_to_umap_learn_and_deterministic(digits_graph):
     assert set(p["stage_seconds"]) == {"pca", "knn", "graph", "init", "optimise"}
 
 
+@pytest.mark.slow
 def test_auto_backend_as_trustworthy_as_umap_learn_with_the_paper_settings(digits_graph):
     """Default settings (cosine, 50 neighbours, min_dist 0.05): "auto" now runs the torch backend."""
     from sklearn.manifold import trustworthiness
@@ -330,6 +333,7 @@ def _epoch_inputs(digits_graph):
     return x, head, tail, weight, a, b, start
 
 
+@pytest.mark.slow
 def test_torch_epochs_the_gpu_code_path_agree_with_the_cpu_loop(digits_graph):
     """`_torch_epochs` (what runs on CUDA) run on the CPU: as good as the compiled loop, seeded."""
     from debugatlas.layout.torch_umap import optimize as _optimize, torch_epochs as _torch_epochs

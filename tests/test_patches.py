@@ -283,6 +283,7 @@ def _trigger_rates(model, shortcut, val):
     return flips / total, noise / total, natural / total
 
 
+@pytest.mark.slow
 def test_planted_trigger_flips_far_above_noise_and_not_on_clean_model(digit_models):
     shortcut, val, planted, clean = digit_models
     flip, noise, natural = _trigger_rates(planted, shortcut, val)

@@ -104,6 +104,7 @@ def _summary(report_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+@pytest.mark.slow
 def test_report_renders_offline_and_safely(visit, report_dir, tmp_path):
     page = visit.page
     headings = page.eval_on_selector_all("h2, h3", "els => els.map(e => e.textContent.trim())")
@@ -211,6 +212,7 @@ def test_atlas_tooltip_exemplars_and_grid_sizes(visit, tmp_path):
     assert all(u.startswith("file:") for u in visit.requests)
 
 
+@pytest.mark.slow
 def test_findings_open_the_page_and_the_icons_view_shows_icons(visit):
     page = visit.page
     top = page.evaluate("() => document.getElementById('findings').getBoundingClientRect().top")
@@ -233,6 +235,7 @@ def test_findings_open_the_page_and_the_icons_view_shows_icons(visit):
     assert not visit.console_errors, visit.console_errors
 
 
+@pytest.mark.slow
 def test_finding_cells_are_outlined_and_named_on_the_atlas(visit):
     page = visit.page
     if page.locator("#atlas-canvas").count() == 0:

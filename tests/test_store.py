@@ -89,6 +89,7 @@ def test_image_picks_depend_on_seed_and_id_only():
     assert torch.bincount(many, minlength=10).min() > 1800  # roughly uniform
 
 
+@pytest.mark.slow
 def test_callback_with_disk_store_writes_the_same_atlas(tmp_path, digits_data):
     import json
 
