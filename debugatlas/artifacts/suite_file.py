@@ -11,6 +11,7 @@ from ..core.errors import DebugAtlasError
 from .atomic import staged_dir
 from .images import from_uint8, to_uint8
 from .paths import SUITE_FILE, SUITE_ROOT, SUMMARY_FILE
+from .summary import read_versioned_json
 
 SUITE_SCHEMA_VERSION = 1
 
@@ -68,16 +69,7 @@ def read_suite(directory: str | Path) -> dict[str, Any]:
         )
     if not path.is_file():
         raise DebugAtlasError(f"{str(path)!r} is missing. HINT: {_suite_hint(directory)}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DebugAtlasError(f"{str(path)!r} is not valid JSON ({exc}). HINT: save the suite again.") from exc
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SUITE_SCHEMA_VERSION:
-        raise DebugAtlasError(
-            f"{str(path)!r} has schema_version {version!r}; this debugatlas reads {SUITE_SCHEMA_VERSION}. "
-            "HINT: rebuild the suite with this version of debugatlas."
-        )
+    data = read_versioned_json(path, SUITE_SCHEMA_VERSION, "save the suite again with this version of debugatlas")
     try:
         return {
             "a": str(data["a"]), "b": str(data["b"]), "a_index": int(data["a_index"]),

@@ -75,6 +75,20 @@ def write_summary(run_dir: str | Path, summary: dict) -> Path:
     return write_text(Path(run_dir) / SUMMARY_FILE, dumps(summary))
 
 
+def read_versioned_json(path: Path, version: int, redo: str) -> dict:
+    """The JSON object in `path`, whose `schema_version` must be `version`; `redo` says how to make a new one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DebugAtlasError(f"{str(path)!r} is not valid JSON ({exc}). HINT: {redo}.") from exc
+    found = data.get("schema_version") if isinstance(data, dict) else None
+    if found != version:
+        raise DebugAtlasError(
+            f"{str(path)!r} has schema_version {found!r}; this debugatlas reads {version}. HINT: {redo}."
+        )
+    return data
+
+
 def read_summary(path: str | Path) -> dict:
     """A summary.json (its path, or the run directory holding it), checked for its schema version."""
     path = Path(path)
@@ -84,17 +98,7 @@ def read_summary(path: str | Path) -> dict:
         raise DebugAtlasError(
             f"{str(path)!r} does not exist. HINT: pass a run directory written by `analyze()` or its summary.json."
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DebugAtlasError(f"{str(path)!r} is not valid JSON ({exc}). HINT: rerun the analysis.") from exc
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
-        raise DebugAtlasError(
-            f"{str(path)!r} has schema_version {version!r}; this debugatlas reads {SCHEMA_VERSION}. "
-            "HINT: rerun the analysis with this version of debugatlas."
-        )
-    return data
+    return read_versioned_json(path, SCHEMA_VERSION, "rerun the analysis with this version of debugatlas")
 
 
 def baseline_pair(baseline: dict | None, a: str, b: str) -> dict | None:

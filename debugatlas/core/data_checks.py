@@ -30,7 +30,8 @@ class DatasetInfo:
     class_counts: tuple[int, ...] | None
 
 
-def _as_tensor(image: Any, index: int) -> torch.Tensor:
+def as_image_tensor(image: Any, index: int) -> torch.Tensor:
+    """dataset[index]'s image as a [C, H, W] tensor (numpy arrays taken, [H, W] gets a channel), or a clear error."""
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
     if not isinstance(image, torch.Tensor):
@@ -60,7 +61,7 @@ def pixel_scale(image: Any, index: int = 0) -> float:
     NaN or Inf pixels, negative pixels (already normalised images) and values above 255 are errors
     naming `index`.
     """
-    image = _as_tensor(image, index)
+    image = as_image_tensor(image, index)
     if image.dtype == torch.bool:
         return 1.0
     if image.dtype == torch.uint8:
@@ -107,7 +108,7 @@ def to_unit_range(image: Any, index: int, scale: float) -> torch.Tensor:
     dataset mixes pixel ranges.
     """
     own = pixel_scale(image, index)
-    image = _as_tensor(image, index)
+    image = as_image_tensor(image, index)
     if image.dtype == torch.uint8:
         scale = 1.0 / EIGHT_BIT
     elif own < scale:
@@ -200,7 +201,7 @@ def inspect_dataset(dataset, sample: int = 16, num_classes: int | None = None, s
     shape, scales, labels = None, [], []
     for index in checked:
         image, label = _item(dataset, index)
-        image = _as_tensor(image, index)
+        image = as_image_tensor(image, index)
         scales.append(pixel_scale(image, index))
         if shape is None:
             shape, first = tuple(image.shape), index
@@ -244,7 +245,7 @@ class CheckedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = _item(self.dataset, index)
-        tensor = _as_tensor(image, index)
+        tensor = as_image_tensor(image, index)
         out = to_unit_range(tensor, index, self.scale)
         if (tensor.dtype == torch.uint8 or self.scale != 1.0) and not self._warned:
             self._warned = True

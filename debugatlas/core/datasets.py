@@ -5,6 +5,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from .data_checks import as_image_tensor
 from .errors import DebugAtlasError
 
 
@@ -28,17 +29,7 @@ def _check_item(item, index: int) -> tuple[torch.Tensor, int]:
             f"dataset[{index}] is a {type(item).__name__}, not an (image, label) pair. "
             "HINT: wrap the dataset so that it yields (image tensor in [0, 1], int label)."
         )
-    image, label = item[0], item[1]
-    if not isinstance(image, torch.Tensor):
-        raise DebugAtlasError(
-            f"dataset[{index}][0] is a {type(image).__name__}, not a tensor. "
-            "HINT: add `torchvision.transforms.ToTensor()` to the dataset's transform."
-        )
-    if image.dim() == 2:
-        image = image.unsqueeze(0)
-    if image.dim() != 3:
-        raise DebugAtlasError(f"dataset[{index}][0] has shape {tuple(image.shape)}; expected [C, H, W].")
-    return image.float(), int(label)
+    return as_image_tensor(item[0], index).float(), int(item[1])
 
 
 def load_images(dataset, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
