@@ -1,6 +1,7 @@
 """Capture: sampled activation vectors of one layer (`ActivationSet`), recorded by a forward hook."""
 from .activations import ActivationSet
-from .recorder import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, capture, image_picks
+from .recorder import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, image_picks
+from .run import capture
 from .shards import merge_shards
 from .store import DiskVectors
 
