@@ -1,8 +1,8 @@
 """End-to-end `analyze()` time per stage: default options against the options of the earlier behaviour.
 
-Default: one layout for every view, only the shown cells rendered, batched patch tests. Earlier
-behaviour ("old"): ``filtered_layout="own"`` (a UMAP per class-filtered and comparison atlas),
-``render_scope="all"`` (every valid cell of every atlas inverted), ``patch_batching="per_candidate"``,
+Default: one layout for every view, only the main grid's cells rendered, batched patch tests.
+Earlier behaviour ("old"): ``filtered_layout="own"`` (a UMAP per class-filtered and comparison
+atlas, whose own cells are then inverted too), ``patch_batching="per_candidate"``,
 ``layout_backend="umap-learn"`` (what "auto" chose below 4,096 vectors on a GPU, 50,000 on a CPU).
 Both variants analyse the same trained model on the same images, each in a fresh Python process
 (as a user's run or a CI job pays import and compilation costs), one after the other in one run.
@@ -34,8 +34,7 @@ import time
 from pathlib import Path
 
 # umap-learn: what backend="auto" chose before for fewer than 4,096 vectors on a GPU, 50,000 on a CPU
-OLD_OPTIONS = {"filtered_layout": "own", "render_scope": "all", "patch_batching": "per_candidate",
-               "layout_backend": "umap-learn"}
+OLD_OPTIONS = {"filtered_layout": "own", "patch_batching": "per_candidate", "layout_backend": "umap-learn"}
 STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
 ROOT = Path(__file__).resolve().parent.parent
 

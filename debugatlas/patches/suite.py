@@ -168,6 +168,7 @@ def build_suite(
     device: torch.device | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     metadata: dict | None = None,
+    batched: bool = True,
 ) -> PatchSuite:
     """Quantise the candidates and controls to 8 bits, measure them, keep the `keep` best.
 
@@ -183,7 +184,7 @@ def build_suite(
     controls = [p.quantized() for p in control_patches(candidates, images_b, shape, sizes, seed)]
     evaluation = evaluate_patches(model, images_a, a, b, candidates, sizes=sizes, placements=placements,
                                   n_random=n_random, seed=seed, batch_size=batch_size, device=device,
-                                  progress=progress, controls=controls)
+                                  progress=progress, controls=controls, batched=batched)
     ranked = [r.patch_id for r in evaluation.ranked(rank_by)]
     kept = ranked if keep is None else ranked[:int(keep)]
     by_id = {p.id: p for p in candidates}

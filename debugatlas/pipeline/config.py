@@ -7,6 +7,7 @@ from typing import Any
 from ..core.errors import DebugAtlasError
 
 FILTERED_LAYOUTS = ("shared", "own")
+PATCH_BATCHING = ("batched", "per_candidate")
 
 
 @dataclass
@@ -27,6 +28,8 @@ class AnalysisConfig:
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
     Patches: patches, patch_cells (cells that go from screening to the full test), patch_sizes,
     crop_sizes, n_random, max_patch_images (per half), patch_batch_size (images per forward pass),
+    patch_batching ("batched": every candidate, control and position share forward passes;
+    "per_candidate": one candidate at a time, the earlier behaviour, same results),
     in_context_patches (also synthesise each candidate as a patch optimised in context),
     split_fraction (share of each class's images in the selection half), confirm_alpha (family-wise
     error rate of the verdicts, see `patches.stats`).
@@ -66,6 +69,7 @@ class AnalysisConfig:
     n_random: int = 8
     max_patch_images: int = 200
     patch_batch_size: int = 256
+    patch_batching: str = "batched"
     in_context_patches: bool = True
     split_fraction: float = 0.5
     confirm_alpha: float = 0.05
@@ -117,6 +121,8 @@ class AnalysisConfig:
             self.grid_sizes = (self.grid_size,) + self.grid_sizes
         if any(g < 1 for g in self.grid_sizes):
             raise DebugAtlasError(f"`grid_sizes={self.grid_sizes!r}` must be integers >= 1.")
+        if self.patch_batching not in PATCH_BATCHING:
+            raise DebugAtlasError(f"`patch_batching={self.patch_batching!r}` is not one of {list(PATCH_BATCHING)}.")
         if self.filtered_layout not in FILTERED_LAYOUTS:
             raise DebugAtlasError(f"`filtered_layout={self.filtered_layout!r}` is not one of {list(FILTERED_LAYOUTS)}.")
         from ..layout import BACKENDS

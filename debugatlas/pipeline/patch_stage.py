@@ -67,7 +67,8 @@ def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Render
         return []
     evaluation = evaluate_patches(ctx.model, images_a, plan.a, plan.b, patches, sizes=ctx.config.patch_sizes[:1],
                                   placements=(SCREEN_PLACEMENT,), n_random=ctx.config.n_random, seed=ctx.seed,
-                                  batch_size=ctx.config.patch_batch_size, device=ctx.device, controls=[])
+                                  batch_size=ctx.config.patch_batch_size, device=ctx.device, controls=[],
+                                  batched=ctx.config.patch_batching == "batched")
     rates = [(p.cell, evaluation.get(p.id, SCREEN_PLACEMENT).flip_rate) for p in patches]
     return sorted(rates, key=lambda cr: -(cr[1] if cr[1] == cr[1] else -1.0))
 
@@ -114,11 +115,12 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
         ctx.model, images_sel, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
         placements=(SCREEN_PLACEMENT,), n_random=cfg.n_random, seed=ctx.seed, keep=10, device=ctx.device,
         batch_size=cfg.patch_batch_size, progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
+        batched=cfg.patch_batching == "batched",
     )
     confirmation = evaluate_patches(
         ctx.model, ctx.images(conf_a), plan.a, plan.b, selected.patches, sizes=selected.sizes,
         placements=PLACEMENTS, n_random=selected.n_random, seed=ctx.seed, device=ctx.device,
-        batch_size=cfg.patch_batch_size, controls=selected.controls,
+        batch_size=cfg.patch_batch_size, controls=selected.controls, batched=cfg.patch_batching == "batched",
     )
     # Held out: the confirmation half took no part in choosing these patches, so the family the
     # correction must cover is the patches tested on it (per placement), not every screened one.
