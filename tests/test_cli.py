@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
+from _folders import make_image_folder
 
 from debugatlas.cli import add_model_arguments, analysis_options, main, model_from_args, parse_value
 from debugatlas.core.errors import DebugAtlasError
@@ -17,14 +16,7 @@ SMALL_CNN = ["--model", "debugatlas.models:SmallCNN", "--model-args", "in_channe
 
 
 def _image_folder(root, per_class=8, size=32):
-    rng = np.random.default_rng(0)
-    for k, name in enumerate(("a", "b", "c")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 128, (size, size, 3))
-            pixels[..., k] += 127
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return make_image_folder(root, classes=("a", "b", "c"), per_class=per_class, size=size)
 
 
 def test_parse_value_reads_python_literals():

@@ -6,10 +6,9 @@ import json
 import sys
 import uuid
 
-import numpy as np
 import pytest
+from _folders import make_image_folder
 import torch
-from PIL import Image
 
 from debugatlas.cli import main
 from debugatlas.core.errors import DebugAtlasError
@@ -18,18 +17,6 @@ from debugatlas.models import NORMALIZE_PRESETS, load_model, normalization
 FAST = ["--option", "layout=pca", "--option", "render=False", "--option", "patches=False",
         "--option", "grid_size=4", "--option", "grid_sizes=4", "--option", "n_pairs=1", "--option", "batch_size=16",
         "--option", "n_examples=0"]
-
-
-def make_image_folder(root, classes=("cat", "dog", "fox"), per_class=8, size=32, seed=0):
-    """Tiny RGB PNGs, each class tinted its own colour, laid out as an ImageFolder."""
-    rng = np.random.default_rng(seed)
-    for k, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 128, (size, size, 3))
-            pixels[..., k] += 127
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def _accuracy(model, root, normalize=None):
