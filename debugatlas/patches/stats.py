@@ -130,7 +130,7 @@ def judge(counts: Sequence[TrialCounts], n_screened: int | None = None, alpha: f
     if n_screened < len(counts):
         raise DebugAtlasError(
             f"`n_screened={n_screened}` is smaller than the {len(counts)} candidates judged. "
-            "HINT: pass the number of candidates screened in all (selection half included)."
+            "HINT: pass the number of candidates in the family (every patch tested on these images)."
         )
     raw_noise, raw_natural, ints = [], [], []
     for k, c in enumerate(counts):

@@ -12,7 +12,7 @@ from typing import Any
 from ._values import as_float as _num, cell as _cell_key, mapping as _mapping, sequence as _sequence
 
 VERDICTS = {
-    "confirmed": ("confirmed", "beats both controls after correction for the candidates screened"),
+    "confirmed": ("confirmed", "beats both controls on held-out images, corrected for the patches tested there"),
     "natural": ("natural", "no better than a crop of a real image of the target class"),
     "not_confirmed": ("not confirmed", "does not beat both controls"),
 }
