@@ -27,7 +27,9 @@ class AnalysisConfig:
     paper). Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
     Patches: patches, patch_cells (cells that go from screening to the full test), patch_sizes,
-    crop_sizes, n_random, max_patch_images (per half), patch_batch_size (images per forward pass),
+    crop_sizes, n_random, max_patch_images (images of A in the confirmation half), selection_images
+    (images of A in the selection half: screening and ranking only choose, so fewer suffice),
+    patch_batch_size (images per forward pass),
     patch_batching ("batched": every candidate, control and position share forward passes;
     "per_candidate": one candidate at a time, the earlier behaviour, same results),
     in_context_patches (also synthesise each candidate as a patch optimised in context),
@@ -63,11 +65,12 @@ class AnalysisConfig:
     render_attempts: int = 1
     render_batch_size: int = 64
     patches: bool = True
-    patch_cells: int = 32
+    patch_cells: int = 16
     patch_sizes: tuple[float, ...] = (0.25, 0.35)
     crop_sizes: tuple[int, ...] = ()
     n_random: int = 8
-    max_patch_images: int = 200
+    max_patch_images: int = 100
+    selection_images: int = 48
     patch_batch_size: int = 256
     patch_batching: str = "batched"
     in_context_patches: bool = True
@@ -111,7 +114,7 @@ class AnalysisConfig:
                 raise DebugAtlasError(f"`{name}={value!r}` must be a number in (0, 1).")
         positive = ("cap", "batch_size", "grid_size", "min_count", "n_exemplars",
                     "filter_top_n", "n_pairs", "top_cells", "render_steps", "render_attempts",
-                    "render_batch_size", "n_random", "max_patch_images", "n_neighbors", "patch_batch_size")
+                    "render_batch_size", "n_random", "max_patch_images", "selection_images", "n_neighbors", "patch_batch_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

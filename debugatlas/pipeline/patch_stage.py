@@ -2,15 +2,23 @@
 
 Per pair (A, B), on images of A split by id into a selection and a confirmation half:
 1. screen: every valid cell whose attribution pushes toward B (over A), and every confusing cell,
-   pasted as its icon at one size and random positions on the selection half, in large batches;
+   pasted as its icon at one size and half of `n_random` random positions on `SCREEN_IMAGES` images
+   of the selection half, in large batches;
 2. select: the `patch_cells` best-screened cells, and the `ISLAND_CELLS` cells most purely of B
-   among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon crops, capped
-   exemplar crops, and an in-context patch when asked), measured with controls at random positions
-   on the selection half; the 10 best by flip rate above the stronger control are kept;
+   among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon crops,
+   capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS` in
+   all, an in-context patch when asked), measured with controls at half of `n_random` random
+   positions on the selection half (at most `selection_images`); the 10 best by flip rate above
+   the stronger control are kept;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
    and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
    patches: the confirmation half took no part in choosing them, so the screened and selected
-   candidates do not enter its family. The suite's baseline is this confirmation measurement.
+   candidates do not enter its family. The suite's baseline is this confirmation measurement,
+   at every placement and all `n_random` positions, on at most `max_patch_images` images.
+
+Screening and selection only choose, so they use fewer images and positions than the
+confirmation that reports; every stage is a batch of forward passes whose size does not grow
+with the number of images analysed.
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ from .records import Cell, PairPlan, PairTest, PairViews, Rendered
 
 SCREEN_PLACEMENT = "random"
 ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
+IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, then the best screened
+SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
 
 
 def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
@@ -58,6 +68,11 @@ def _sample(ids: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(ids)[:limit])
 
 
+def _choosing_positions(n_random: int) -> int:
+    """Random positions per image while screening and selecting: half of the confirmation's."""
+    return max(1, int(n_random) // 2)
+
+
 def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Rendered,
             images_a: torch.Tensor) -> list[tuple[Cell, float]]:
     """(cell, screening flip rate) of every cell with an icon, best first (stable on ties)."""
@@ -65,8 +80,9 @@ def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Render
                for i, j in cells if (i, j) in rendered.icons]
     if not patches:
         return []
-    evaluation = evaluate_patches(ctx.model, images_a, plan.a, plan.b, patches, sizes=ctx.config.patch_sizes[:1],
-                                  placements=(SCREEN_PLACEMENT,), n_random=ctx.config.n_random, seed=ctx.seed,
+    evaluation = evaluate_patches(ctx.model, images_a[:SCREEN_IMAGES], plan.a, plan.b, patches,
+                                  sizes=ctx.config.patch_sizes[:1], placements=(SCREEN_PLACEMENT,),
+                                  n_random=_choosing_positions(ctx.config.n_random), seed=ctx.seed,
                                   batch_size=ctx.config.patch_batch_size, device=ctx.device, controls=[],
                                   batched=ctx.config.patch_batching == "batched")
     rates = [(p.cell, evaluation.get(p.id, SCREEN_PLACEMENT).flip_rate) for p in patches]
@@ -79,7 +95,7 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     from ..render import exemplar_crops
 
     cfg = ctx.config
-    sel_a = _sample(split.ids("selection", plan.a), cfg.max_patch_images, ctx.seed)
+    sel_a = _sample(split.ids("selection", plan.a), cfg.selection_images, ctx.seed)
     conf_a = _sample(split.ids("confirmation", plan.a), cfg.max_patch_images, ctx.seed)
     uid, labels, preds = acts.per_image()
     ids_b = _sample(uid[labels == plan.b], cfg.max_patch_images, ctx.seed + 1)
@@ -104,7 +120,9 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     kwargs = {"crop_sizes": cfg.crop_sizes} if cfg.crop_sizes else {}
     candidates = candidate_patches(entries, resize_exemplars=None, image_shape=tuple(images_sel.shape[1:]),
                                    sizes=cfg.patch_sizes, **kwargs)
-    candidates += in_context(ctx, plan=plan, atlas=atlas, acts=acts, cells=chosen, images_a=images_sel)
+    island_cells = [cell for cell, _ in islands[:ISLAND_CELLS]]
+    context_cells = (island_cells + [c for c in chosen if c not in island_cells])[:IN_CONTEXT_CELLS]
+    candidates += in_context(ctx, plan=plan, atlas=atlas, acts=acts, cells=context_cells, images_a=images_sel)
     if not candidates:
         return PairTest(n_screened=len(screen), screen_seconds=screen_seconds,
                         notes=("patch tests skipped: no cell pushes toward B",))
@@ -113,13 +131,14 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     # placement is measured on the selection half; the held-out half measures every placement.
     selected = build_suite(
         ctx.model, images_sel, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
-        placements=(SCREEN_PLACEMENT,), n_random=cfg.n_random, seed=ctx.seed, keep=10, device=ctx.device,
+        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, keep=10,
+        device=ctx.device,
         batch_size=cfg.patch_batch_size, progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
         batched=cfg.patch_batching == "batched",
     )
     confirmation = evaluate_patches(
         ctx.model, ctx.images(conf_a), plan.a, plan.b, selected.patches, sizes=selected.sizes,
-        placements=PLACEMENTS, n_random=selected.n_random, seed=ctx.seed, device=ctx.device,
+        placements=PLACEMENTS, n_random=cfg.n_random, seed=ctx.seed, device=ctx.device,
         batch_size=cfg.patch_batch_size, controls=selected.controls, batched=cfg.patch_batching == "batched",
     )
     # Held out: the confirmation half took no part in choosing these patches, so the family the
@@ -127,7 +146,7 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     n_screened = len(screen) + len(candidates)
     judged = judge_evaluation(confirmation, n_screened=len(selected.patches), alpha=cfg.confirm_alpha)
     cm_row = np.bincount(preds[labels == plan.a], minlength=ctx.num_classes)
-    suite = dataclasses.replace(selected, placements=PLACEMENTS, baseline=judged, metadata={
+    suite = dataclasses.replace(selected, placements=PLACEMENTS, n_random=cfg.n_random, baseline=judged, metadata={
         "layer": ctx.layer, "accuracy": float((labels == preds).mean()),
         "num_images": int(uid.size), "num_a": int(cm_row.sum()),
         "confusion_rate": float(cm_row[plan.b] / max(1, cm_row.sum())), "screened_cells": [list(c) for c, _ in screen], "candidate_cells": [list(c) for c in chosen],
