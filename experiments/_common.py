@@ -84,16 +84,33 @@ def candidate_counts(run_dir: Path, summary: dict) -> list[int]:
     return counts
 
 
+def interval(row: dict) -> str:
+    """"41.0 % [33–49 %]" from a summary.json patch row (flip rate and its 95 % Wilson interval)."""
+    ci = row.get("flip_rate_ci")
+    if not ci or ci[0] is None:
+        return pct(row.get("flip_rate"))
+    return f"{pct(row['flip_rate'])} [{100 * ci[0]:.0f}–{100 * ci[1]:.0f} %]"
+
+
 def pair_table(summary: dict, tried_per_pair: list[int]) -> str:
-    """One markdown table per pair: candidates, kept patches, flip rates and controls per placement."""
+    """Per pair: its findings' statements, then one table row per placement for the best kept patch,
+    measured on the held-out (confirmation) half: flip rate with its interval, both controls, verdict."""
     out = []
     for pair, tried in zip(summary["pairs"], tried_per_pair):
         kept = len({r["id"] for r in pair["patches"]})
+        kind = " — near miss (no confusion; closest call)" if pair.get("kind") == "near_miss" else ""
         out.append(f"### {pair['a']} → {pair['b']} ({pair['confused']} of the analysed {pair['a']} images "
-                   f"predicted {pair['b']})\n")
+                   f"predicted {pair['b']}){kind}\n")
         out.append(f"Candidate cells tried: {tried}; kept patches: {kept}; confusing cells ranked: "
                    f"{len(pair['confusing_cells'])}.\n")
-        out.append("| placement | best patch | source | images | flip rate | mean of kept | noise control | natural control |")
+        findings = pair.get("findings") or []
+        if findings:
+            out += [f"- Finding {k + 1}: {f.get('statement', '')}" for k, f in enumerate(findings)]
+        else:
+            out.append("- Nothing confirmed: no kept patch beat both controls on the held-out half.")
+        out.append("")
+        out.append("| placement | best patch | source | held-out images | flip rate [95 % CI] | noise control | "
+                   "natural control | verdict |")
         out.append("|---|---|---|---|---|---|---|---|")
         for placement in ("static", "dynamic", "random"):
             rows = [r for r in pair["patches"] if r["placement"] == placement and r["flip_rate"] is not None]
@@ -101,10 +118,9 @@ def pair_table(summary: dict, tried_per_pair: list[int]) -> str:
             if best is None:
                 out.append(f"| {placement} | – | – | 0 | – | – | – | – |")
                 continue
-            mean = sum(r["flip_rate"] for r in rows) / len(rows)
             out.append(f"| {placement} | `{best['id']}` | {best['source']} | {best['n_images']} | "
-                       f"{pct(best['flip_rate'])} | {pct(mean)} | {pct(best['noise_flip_rate'])} | "
-                       f"{pct(best['natural_flip_rate'])} |")
+                       f"{interval(best)} | {pct(best['noise_flip_rate'])} | "
+                       f"{pct(best['natural_flip_rate'])} | {best.get('verdict', '–')} |")
         out.append("")
     return "\n".join(out)
 
