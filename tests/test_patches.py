@@ -417,3 +417,14 @@ def test_run_rejects_mismatched_dataset(planted_suite):
     wrong_classes = TensorImageDataset(torch.rand(4, 1, 24, 24), [4, 4, 1, 1], list("abcdefghij"))
     with pytest.raises(DebugAtlasError, match="classes"):
         suite.run(planted, wrong_classes)
+
+
+def test_kept_patches_give_synthesized_candidates_their_places():
+    from debugatlas.patches.suite import _keep
+
+    ranked = ["e1", "e2", "e3", "s1", "e4", "s2"]
+    assert _keep(ranked, 4, 2, {"s1", "s2"}) == ["e1", "e2", "s1", "s2"]  # e3 gives way to s2
+    assert _keep(ranked, 4, 0, {"s1", "s2"}) == ["e1", "e2", "e3", "s1"]  # ranking alone
+    assert _keep(["e1", "e2", "e3", "e4", "s1"], 3, 2, {"s1"}) == ["e1", "e2", "s1"]  # only one exists
+    assert _keep(["s1", "e1", "s2"], 2, 2, {"s1", "s2"}) == ["s1", "s2"]
+    assert _keep(ranked, 10, 2, {"s1", "s2"}) == ranked  # room for all

@@ -169,11 +169,16 @@ def build_suite(
     progress: Callable[[int, int], None] | None = None,
     metadata: dict | None = None,
     batched: bool = True,
+    min_synthesized: int = 0,
 ) -> PatchSuite:
     """Quantise the candidates and controls to 8 bits, measure them, keep the `keep` best.
 
     Ranking is by measured flip rate above the stronger control (`PatchResult.lift`) under
-    `rank_by` (default "random" when evaluated), never by attribution. The baseline holds the kept patches and all controls, every placement.
+    `rank_by` (default "random" when evaluated), never by attribution. Of the `keep` places, up to
+    `min_synthesized` go to the best synthesized candidates (any source but a real exemplar crop)
+    when the ranking alone would keep fewer: a crop of a real image that holds a feature often
+    outranks every image made from the feature's direction, and the suite is meant to test both.
+    The baseline holds the kept patches and all controls, every placement.
     """
     names = [str(c) for c in class_names]
     for label, idx in (("a", a), ("b", b)):
@@ -186,13 +191,27 @@ def build_suite(
                                   n_random=n_random, seed=seed, batch_size=batch_size, device=device,
                                   progress=progress, controls=controls, batched=batched)
     ranked = [r.patch_id for r in evaluation.ranked(rank_by)]
-    kept = ranked if keep is None else ranked[:int(keep)]
+    kept = ranked if keep is None else _keep(ranked, int(keep), int(min_synthesized),
+                                             {p.id for p in candidates if p.source != "exemplar"})
     by_id = {p.id: p for p in candidates}
     evaluation.results = ([r for pid in kept for r in evaluation.results if r.patch_id == pid]
                           + [r for r in evaluation.results if r.is_control])
     return PatchSuite(names[a], names[b], int(a), int(b), [by_id[i] for i in kept], controls,
                       evaluation.sizes, evaluation.placements, int(n_random), int(seed), evaluation, names,
                       shape, int(batch_size), SELECTION_RULE, dict(metadata or {}))
+
+
+def _keep(ranked: list[str], keep: int, min_synthesized: int, synthesized: set[str]) -> list[str]:
+    """The first `keep` of `ranked`, with the best `min_synthesized` synthesized ids among them
+    (replacing the lowest-ranked others), in ranking order."""
+    kept = ranked[:keep]
+    wanted = [i for i in ranked if i in synthesized][:min(min_synthesized, keep)]
+    missing = [i for i in wanted if i not in kept]
+    if missing:
+        others = [i for i in kept if i not in wanted]
+        drop = set(others[len(others) - len(missing):])
+        kept = [i for i in ranked if (i in kept and i not in drop) or i in missing]
+    return kept
 
 
 def summary_patch_entries(suite: PatchSuite, prefix: str = "patches/",

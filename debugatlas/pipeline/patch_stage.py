@@ -8,8 +8,9 @@ Per pair (A, B), on images of A split by id into a selection and a confirmation 
    among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon crops,
    capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS` in
    all, an in-context patch when asked), measured with controls at half of `n_random` random
-   positions on the selection half (at most `selection_images`); the 10 best by flip rate above
-   the stronger control are kept;
+   positions on the selection half (at most `selection_images`); the `KEEP` best by flip rate above
+   the stronger control are kept, at least half of them synthesized (not real exemplar crops)
+   when there are enough;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
    and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
    patches: the confirmation half took no part in choosing them, so the screened and selected
@@ -41,6 +42,7 @@ SCREEN_PLACEMENT = "random"
 ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
 IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, then the best screened
 SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
+KEEP = 10  # patches confirmed on the held-out half; half of the places go to synthesized ones
 
 
 def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
@@ -131,10 +133,10 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     # placement is measured on the selection half; the held-out half measures every placement.
     selected = build_suite(
         ctx.model, images_sel, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
-        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, keep=10,
+        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, keep=KEEP,
         device=ctx.device,
         batch_size=cfg.patch_batch_size, progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
-        batched=cfg.patch_batching == "batched",
+        batched=cfg.patch_batching == "batched", min_synthesized=KEEP // 2,
     )
     confirmation = evaluate_patches(
         ctx.model, ctx.images(conf_a), plan.a, plan.b, selected.patches, sizes=selected.sizes,
