@@ -15,10 +15,13 @@ Cases:
               539 validation images with the demo's options (1,078 vectors);
   cifar       CIFAR-10 (``--images`` validation images, 3,000 by default) with `CifarResNet(width=16)`
               trained briefly on ``--train-images`` others, default analysis options;
+  cifar-vgg   as "cifar" with `CifarVGG` (below: 64-512 channels, about five times the ResNet-20's
+              multiply-adds per image), analysed at layer2;
   cifar-cuda  as "cifar" with 2,000 images, trained and analysed on ``--device cuda``.
 
     .venv/bin/python experiments/bench_analyze.py --case digits
     .venv/bin/python experiments/bench_analyze.py --case cifar [--images 3000] [--train-seconds 120]
+    .venv/bin/python experiments/bench_analyze.py --case cifar-vgg --train-images 5000 --train-seconds 120
     python experiments/bench_analyze.py --case cifar-cuda --device cuda   # experiments/run_gpu.sh
     [--variants default old] [--archive ../shared/data/cifar10-train.tgz] [--layer layer2]
 """
@@ -39,6 +42,37 @@ STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _vgg():
+    """`CifarVGG`: a VGG-style net for 32 px images, two conv-BN-ReLU per stage at 64, 128, 256, 512
+    channels, max-pooled between stages (layer1 32 px, layer2 16 px, layer3 8 px, layer4 4 px)."""
+    from torch import nn
+
+    class CifarVGG(nn.Module):
+        def __init__(self, num_classes: int = 10) -> None:
+            super().__init__()
+
+            def stage(cin: int, cout: int, pool: bool) -> nn.Sequential:
+                mods = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+                return nn.Sequential(*mods, *([nn.MaxPool2d(2)] if pool else []))
+
+            self.layer1 = stage(3, 64, False)
+            self.layer2 = stage(64, 128, False)
+            self.layer3 = stage(128, 256, False)
+            self.layer4 = stage(256, 512, False)
+            self.down = nn.MaxPool2d(2)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(512, num_classes)
+
+        def forward(self, x):
+            x = self.down(self.layer1(x))
+            x = self.down(self.layer2(x))
+            x = self.down(self.layer3(x))
+            return self.fc(self.pool(self.layer4(x)).flatten(1))
+
+    return CifarVGG()
+
+
 def _dataset(case: str, args):
     """(train, val) of the case, the same in the parent and in every child process."""
     if case == "digits":
@@ -57,6 +91,8 @@ def _model(case: str):
         from debugatlas.demo import digits_cnn
 
         return digits_cnn()
+    if case == "cifar-vgg":
+        return _vgg()
     from debugatlas.models import CifarResNet
 
     return CifarResNet(width=16)
@@ -128,7 +164,7 @@ def _train(args, path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["digits", "cifar", "cifar-cuda"], default="digits")
+    parser.add_argument("--case", choices=["digits", "cifar", "cifar-vgg", "cifar-cuda"], default="digits")
     parser.add_argument("--device", default=None, help="cpu or cuda (cifar-cuda: cuda)")
     parser.add_argument("--images", type=int, default=None, help="CIFAR-10 images analysed (3,000; cuda 2,000)")
     parser.add_argument("--train-images", type=int, default=10_000)
