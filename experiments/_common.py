@@ -105,7 +105,9 @@ def pair_table(summary: dict, tried_per_pair: list[int]) -> str:
                    f"{len(pair['confusing_cells'])}.\n")
         findings = pair.get("findings") or []
         if findings:
-            out += [f"- Finding {k + 1}: {f.get('statement', '')}" for k, f in enumerate(findings)]
+            out += [f"- Finding {k + 1} (cell {f.get('cell')}, {f.get('source')} `{f.get('patch')}`"
+                    f"{', suspected shortcut' if f.get('suspected_shortcut') else ''}): {f.get('statement', '')}"
+                    for k, f in enumerate(findings)]
         else:
             out.append("- Nothing confirmed: no kept patch beat both controls on the held-out half.")
         out.append("")
