@@ -2,12 +2,12 @@
 
 Per pair (A, B), on images of A split by id into a selection and a confirmation half:
 1. screen: every valid cell whose attribution pushes toward B (over A), and every confusing cell,
-   pasted as its icon at one size and half of `n_random` random positions on `SCREEN_IMAGES` images
+   pasted as its icon at one size and half of `n_random` (at least 4) random positions on `SCREEN_IMAGES` images
    of the selection half, in large batches;
 2. select: the `patch_cells` best-screened cells, and the `ISLAND_CELLS` cells most purely of B
    among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon crops,
    capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS` in
-   all, an in-context patch when asked), measured with controls at half of `n_random` random
+   all, an in-context patch when asked), measured with controls at half of `n_random` (at least 4) random
    positions on the selection half (at most `selection_images`); the `KEEP` best by flip rate above
    the stronger control are kept, at least half of them synthesized (not real exemplar crops)
    when there are enough;
@@ -42,6 +42,7 @@ SCREEN_PLACEMENT = "random"
 ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
 IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, then the best screened
 SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
+MIN_CHOOSING_POSITIONS = 4  # fewer left small patches ranked on too few placements per image
 KEEP = 10  # patches confirmed on the held-out half; half of the places go to synthesized ones
 
 
@@ -71,8 +72,9 @@ def _sample(ids: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 
 def _choosing_positions(n_random: int) -> int:
-    """Random positions per image while screening and selecting: half of the confirmation's."""
-    return max(1, int(n_random) // 2)
+    """Random positions per image while screening and selecting: half of the confirmation's, at
+    least `MIN_CHOOSING_POSITIONS` (or all of them when there are fewer)."""
+    return min(int(n_random), max(MIN_CHOOSING_POSITIONS, int(n_random) // 2))
 
 
 def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Rendered,
