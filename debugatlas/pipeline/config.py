@@ -114,7 +114,8 @@ class AnalysisConfig:
                 raise DebugAtlasError(f"`{name}={value!r}` must be a number in (0, 1).")
         positive = ("cap", "batch_size", "grid_size", "min_count", "n_exemplars",
                     "filter_top_n", "n_pairs", "top_cells", "render_steps", "render_attempts",
-                    "render_batch_size", "n_random", "max_patch_images", "selection_images", "n_neighbors", "patch_batch_size")
+                    "render_batch_size", "n_random", "max_patch_images", "selection_images", "n_neighbors",
+                    "patch_batch_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -2,15 +2,15 @@
 
 Per pair (A, B), on images of A split by id into a selection and a confirmation half:
 1. screen: every valid cell whose attribution pushes toward B (over A), and every confusing cell,
-   pasted as its icon at one size and half of `n_random` (at least 4) random positions on `SCREEN_IMAGES` images
-   of the selection half, in large batches;
+   pasted as its icon at one size and half of `n_random` (at least 4) random positions on
+   `SCREEN_IMAGES` images of the selection half, in large batches;
 2. select: the `patch_cells` best-screened cells, and the `ISLAND_CELLS` cells most purely of B
-   among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon crops,
-   capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS` in
-   all, an in-context patch when asked), measured with controls at half of `n_random` (at least 4) random
-   positions on the selection half (at most `selection_images`); the `KEEP` best by flip rate above
-   the stronger control are kept, at least half of them synthesized (not real exemplar crops)
-   when there are enough;
+   among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon
+   crops, capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS`
+   in all, an in-context patch when asked), measured with controls at half of `n_random` (at
+   least 4) random positions on the selection half (at most `selection_images`); the `KEEP` best
+   by flip rate above the stronger control are kept, at least half of them synthesized (not real
+   exemplar crops) when there are enough;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
    and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
    patches: the confirmation half took no part in choosing them, so the screened and selected
@@ -135,8 +135,8 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     # placement is measured on the selection half; the held-out half measures every placement.
     selected = build_suite(
         ctx.model, images_sel, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
-        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, keep=KEEP,
-        device=ctx.device,
+        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed,
+        keep=KEEP, device=ctx.device,
         batch_size=cfg.patch_batch_size, progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
         batched=cfg.patch_batching == "batched", min_synthesized=KEEP // 2,
     )
