@@ -47,3 +47,21 @@ def test_given_activations_are_not_changed():
     assert acts.layer == layer
     for name, value in before.items():
         assert torch.equal(getattr(acts, name), value), name
+
+
+def test_the_patch_stage_chooses_on_a_capped_selection_half_and_reports_on_the_other(tmp_path, trained_cnn,
+                                                                                      digits_data):
+    import json
+
+    from debugatlas.artifacts.paths import SUITE_FILE, suite_dir
+
+    out = tmp_path / "run"
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=out, seed=0, layout="pca",
+            grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=3, n_random=2, n_examples=1,
+            selection_images=6, max_patch_images=9)
+    meta = json.loads((out / suite_dir(0) / SUITE_FILE).read_text())["metadata"]
+    selection, confirmation = meta["selection_image_ids"], meta["confirmation_image_ids"]
+    assert len(selection) == 6 and len(confirmation) == 9  # the digits' 8s hold more than 15
+    assert not set(selection) & set(confirmation)
+    rows = json.loads((out / "summary.json").read_text())["pairs"][0]["patches"]
+    assert rows and all(r["n_images"] <= 9 for r in rows)  # counted on the confirmation half only
