@@ -5,11 +5,12 @@
 #
 # 1. the GPU benchmarks (render, attribution, capture, end-to-end analyze() default vs old options)
 #    while the GPU is otherwise idle;
-# 2. the CIFAR-10 run and the four planted-shortcut configurations (checker / cross trigger x
-#    fractions 0.5 / 0.2) as parallel processes on the one GPU, each with a share of the CPU cores;
+# 2. the CIFAR-10 run and the twelve planted-shortcut configurations (checker / cross / square / line
+#    trigger x fractions 0.5 / 0.2 / 0.1, layers 2 and 3, a clean model each) as parallel processes
+#    on the one GPU, each with a share of the CPU cores;
 # 3. the layout benchmark, if enough of the budget is left.
 # Writes reports/cifar10/, reports/planted/ and reports/bench/*.txt.
-# Choose parts with BENCH=0, ANALYZE=0, CIFAR=0, PLANTED="checker:0.5 cross:0.2" (trigger:fraction pairs),
+# Choose parts with BENCH=0, ANALYZE=0, CIFAR=0, PLANTED="checker:0.5 line:0.1" (trigger:fraction pairs),
 # LAYOUT_ARGS="..." (arguments of bench_layout.py).
 set -u
 archive=${1:-../shared/data/cifar10-train.tgz}
@@ -39,7 +40,8 @@ if [ "${CIFAR:-1}" = 1 ]; then
     timeout "$limit" "$py" experiments/cifar10.py --archive "$archive" --epochs "${CIFAR_EPOCHS:-10}" --n-val 2000 \
         > reports/bench/cifar10_stdout.txt 2>&1 &
 fi
-for config in ${PLANTED-checker:0.5 checker:0.2 cross:0.5 cross:0.2}; do
+export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1  # thirteen processes share the 16 cores
+for config in ${PLANTED-checker:0.5 checker:0.2 checker:0.1 cross:0.5 cross:0.2 cross:0.1 square:0.5 square:0.2 square:0.1 line:0.5 line:0.2 line:0.1}; do
     trigger=${config%%:*} fraction=${config##*:}
     timeout "$limit" "$py" experiments/planted_shortcut.py --archive "$archive" --triggers "$trigger" \
         --fractions "$fraction" --epochs 30 --train-seconds "${TRAIN_S:-110}" \
