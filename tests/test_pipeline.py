@@ -65,3 +65,27 @@ def test_the_patch_stage_chooses_on_a_capped_selection_half_and_reports_on_the_o
     assert not set(selection) & set(confirmation)
     rows = json.loads((out / "summary.json").read_text())["pairs"][0]["patches"]
     assert rows and all(r["n_images"] <= 9 for r in rows)  # counted on the confirmation half only
+
+
+def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(monkeypatch, tmp_path, trained_cnn,
+                                                                              digits_data):
+    from debugatlas.pipeline import patch_stage
+
+    calls = []
+    real = patch_stage.build_suite
+
+    def recording(model, images_a, images_b, a, b, patches, *args, **kwargs):
+        calls.append((len(images_a), [p.id for p in patches], kwargs["keep"]))
+        return real(model, images_a, images_b, a, b, patches, *args, **kwargs)
+
+    monkeypatch.setattr(patch_stage, "build_suite", recording)
+    monkeypatch.setattr(patch_stage, "RACE_IMAGES", 4)
+    monkeypatch.setattr(patch_stage, "KEEP", 2)
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
+            layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=4, n_random=2,
+            n_examples=1, selection_images=12, max_patch_images=9, crop_sizes=(4, 6))
+    (n_first, first, keep), (n_all, second, _) = calls
+    assert (n_first, n_all) == (4, 12)  # the first round on RACE_IMAGES, then the whole (capped) half
+    assert len(first) > 3 * keep and keep == max(3 * 2, len(first) // 3)
+    assert len(second) == keep and set(second) <= set(first)
+    assert second == [i for i in first if i in second]  # original order kept

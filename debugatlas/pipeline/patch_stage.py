@@ -8,9 +8,10 @@ Per pair (A, B), on images of A split by id into a selection and a confirmation 
    among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon
    crops, capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS`
    in all, an in-context patch when asked), measured with controls at half of `n_random` (at
-   least 4) random positions on the selection half (at most `selection_images`); the `KEEP` best
-   by flip rate above the stronger control are kept, at least half of them synthesized (not real
-   exemplar crops) when there are enough;
+   least 4) random positions on the selection half (at most `selection_images`; when it holds
+   more than `2 * RACE_IMAGES`, only the best third of many candidates after a first round on
+   `RACE_IMAGES` of them); the `KEEP` best by flip rate above the stronger control are kept, at
+   least half of them synthesized (not real exemplar crops) when there are enough;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
    and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
    patches: the confirmation half took no part in choosing them, so the screened and selected
@@ -44,6 +45,7 @@ IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, th
 SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
 MIN_CHOOSING_POSITIONS = 4  # fewer left small patches ranked on too few placements per image
 KEEP = 10  # patches confirmed on the held-out half; half of the places go to synthesized ones
+RACE_IMAGES = 16  # a first selection round on this many images keeps the best third of many candidates
 
 
 def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
@@ -131,6 +133,7 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
         return PairTest(n_screened=len(screen), screen_seconds=screen_seconds,
                         notes=("patch tests skipped: no cell pushes toward B",))
     images_b = ctx.images(ids_b) if ids_b.size else None
+    candidates = _race(ctx, plan, candidates, images_sel, images_b)
     # Selection ranks by the flip rate above the stronger control at random positions, so only that
     # placement is measured on the selection half; the held-out half measures every placement.
     selected = build_suite(
@@ -159,6 +162,28 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     })
     return PairTest(suite=suite, n_screened=len(screen), screen_seconds=round(screen_seconds, 3),
                     n_candidates=len(candidates))
+
+
+def _race(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images_sel: torch.Tensor,
+          images_b: torch.Tensor | None) -> list[Patch]:
+    """The candidates that are ranked on the whole selection half.
+
+    All of them when the half holds at most `2 * RACE_IMAGES` images or the candidates are few;
+    otherwise a first round on `RACE_IMAGES` images keeps the best third (at least `3 * KEEP`,
+    half of them synthesized when there are enough), in their original order.
+    """
+    keep = max(3 * KEEP, len(candidates) // 3)
+    if len(images_sel) <= 2 * RACE_IMAGES or len(candidates) <= keep:
+        return candidates
+    cfg = ctx.config
+    first = build_suite(
+        ctx.model, images_sel[:RACE_IMAGES], images_b, plan.a, plan.b, candidates, list(ctx.class_names),
+        sizes=cfg.patch_sizes, placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random),
+        seed=ctx.seed, keep=keep, device=ctx.device, batch_size=cfg.patch_batch_size,
+        batched=cfg.patch_batching == "batched", min_synthesized=keep // 2,
+    )
+    ids = {p.id for p in first.patches}
+    return [p for p in candidates if p.id in ids]
 
 
 def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: ActivationSet, cells: list[Cell],
