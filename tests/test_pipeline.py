@@ -89,3 +89,7 @@ def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(mo
     assert len(first) > 3 * keep and keep == max(3 * 2, len(first) // 3)
     assert len(second) == keep and set(second) <= set(first)
     assert second == [i for i in first if i in second]  # original order kept
+    import json
+
+    pair = json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"][0]
+    assert pair["screening"]["n_candidates"] == len(first)  # every candidate was measured, not the survivors

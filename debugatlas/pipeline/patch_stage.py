@@ -133,16 +133,15 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
         return PairTest(n_screened=len(screen), screen_seconds=screen_seconds,
                         notes=("patch tests skipped: no cell pushes toward B",))
     images_b = ctx.images(ids_b) if ids_b.size else None
-    candidates = _race(ctx, plan, candidates, images_sel, images_b)
-    # Selection ranks by the flip rate above the stronger control at random positions, so only that
-    # placement is measured on the selection half; the held-out half measures every placement.
-    selected = build_suite(
-        ctx.model, images_sel, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
-        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed,
-        keep=KEEP, device=ctx.device,
-        batch_size=cfg.patch_batch_size, progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"),
-        batched=cfg.patch_batching == "batched", min_synthesized=KEEP // 2,
-    )
+    n_candidates = len(candidates)
+    racing = max(3 * KEEP, n_candidates // 3)
+    if len(images_sel) > 2 * RACE_IMAGES and n_candidates > racing:
+        # many candidates: a first round on RACE_IMAGES images; the best third goes on, in order
+        first = _rank(ctx, plan, candidates, images_sel[:RACE_IMAGES], images_b, keep=racing)
+        ids = {p.id for p in first.patches}
+        candidates = [p for p in candidates if p.id in ids]
+    selected = _rank(ctx, plan, candidates, images_sel, images_b, keep=KEEP,
+                     progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"))
     confirmation = evaluate_patches(
         ctx.model, ctx.images(conf_a), plan.a, plan.b, selected.patches, sizes=selected.sizes,
         placements=PLACEMENTS, n_random=cfg.n_random, seed=ctx.seed, device=ctx.device,
@@ -150,7 +149,7 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     )
     # Held out: the confirmation half took no part in choosing these patches, so the family the
     # correction must cover is the patches tested on it (per placement), not every screened one.
-    n_screened = len(screen) + len(candidates)
+    n_screened = len(screen) + n_candidates
     judged = judge_evaluation(confirmation, n_screened=len(selected.patches), alpha=cfg.confirm_alpha)
     cm_row = np.bincount(preds[labels == plan.a], minlength=ctx.num_classes)
     suite = dataclasses.replace(selected, placements=PLACEMENTS, n_random=cfg.n_random, baseline=judged, metadata={
@@ -161,29 +160,21 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
         "selection_image_ids": [int(i) for i in sel_a], "confirmation_image_ids": [int(i) for i in conf_a],
     })
     return PairTest(suite=suite, n_screened=len(screen), screen_seconds=round(screen_seconds, 3),
-                    n_candidates=len(candidates))
+                    n_candidates=n_candidates)
 
 
-def _race(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images_sel: torch.Tensor,
-          images_b: torch.Tensor | None) -> list[Patch]:
-    """The candidates that are ranked on the whole selection half.
-
-    All of them when the half holds at most `2 * RACE_IMAGES` images or the candidates are few;
-    otherwise a first round on `RACE_IMAGES` images keeps the best third (at least `3 * KEEP`,
-    half of them synthesized when there are enough), in their original order.
-    """
-    keep = max(3 * KEEP, len(candidates) // 3)
-    if len(images_sel) <= 2 * RACE_IMAGES or len(candidates) <= keep:
-        return candidates
+def _rank(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images: torch.Tensor,
+          images_b: torch.Tensor | None, keep: int, progress=None):
+    """`build_suite` on selection images: the flip rate above the stronger control at random
+    positions ranks, so only that placement is measured (the held-out half measures every one);
+    `keep` best, half of them synthesized when there are enough."""
     cfg = ctx.config
-    first = build_suite(
-        ctx.model, images_sel[:RACE_IMAGES], images_b, plan.a, plan.b, candidates, list(ctx.class_names),
-        sizes=cfg.patch_sizes, placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random),
-        seed=ctx.seed, keep=keep, device=ctx.device, batch_size=cfg.patch_batch_size,
+    return build_suite(
+        ctx.model, images, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
+        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, keep=keep,
+        device=ctx.device, batch_size=cfg.patch_batch_size, progress=progress,
         batched=cfg.patch_batching == "batched", min_synthesized=keep // 2,
     )
-    ids = {p.id for p in first.patches}
-    return [p for p in candidates if p.id in ids]
 
 
 def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: ActivationSet, cells: list[Cell],
