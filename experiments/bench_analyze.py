@@ -3,7 +3,8 @@
 Default: one layout for every view, only the main grid's cells rendered, batched patch tests.
 Earlier behaviour ("old"): ``filtered_layout="own"`` (a UMAP per class-filtered and comparison
 atlas, whose own cells are then inverted too), ``patch_batching="per_candidate"``,
-``layout_backend="umap-learn"`` (what "auto" chose below 4,096 vectors on a GPU, 50,000 on a CPU).
+``layout_backend="umap-learn"`` (what "auto" chose below 4,096 vectors on a GPU, 50,000 on a CPU),
+``choosing_precision="float32"`` (screening and ranking at the model's own precision).
 Both variants analyse the same trained model on the same images, each in a fresh Python process
 (as a user's run or a CI job pays import and compilation costs), one after the other in one run.
 The script prints `summary["timings_s"]` of each, the wall time of the `analyze()` call and of the
@@ -37,7 +38,8 @@ import time
 from pathlib import Path
 
 # umap-learn: what backend="auto" chose before for fewer than 4,096 vectors on a GPU, 50,000 on a CPU
-OLD_OPTIONS = {"filtered_layout": "own", "patch_batching": "per_candidate", "layout_backend": "umap-learn"}
+OLD_OPTIONS = {"filtered_layout": "own", "patch_batching": "per_candidate", "layout_backend": "umap-learn",
+               "choosing_precision": "float32"}
 STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
 ROOT = Path(__file__).resolve().parent.parent
 

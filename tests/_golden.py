@@ -5,7 +5,8 @@ import torch
 
 OPTIONS = dict(samples_per_image=2, grid_size=10, grid_sizes=(10,), n_pairs=2, layout_epochs=50,
                filter_top_n=200, render_steps=16, patch_cells=4, crop_sizes=(4, 6), n_random=2,
-               max_patch_images=40, min_count=2, n_exemplars=4, n_examples=2, top_cells=8, render_cells=8)
+               max_patch_images=40, min_count=2, n_exemplars=4, n_examples=2, top_cells=8, render_cells=8,
+               choosing_precision="bfloat16")  # not "auto": the same choice on a CPU without native bfloat16
 
 
 def golden_run(out_dir=None):

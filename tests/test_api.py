@@ -99,6 +99,8 @@ def test_bad_inputs(trained_cnn, digits_data):
         analyze(trained_cnn, [val[i][0] for i in range(20)], "layer3", **FAST)
     with pytest.raises(DebugAtlasError, match="Unknown analysis option"):
         analyze(trained_cnn, val, "layer3", grid=20)
+    with pytest.raises(DebugAtlasError, match="choosing_precision='half'"):
+        analyze(trained_cnn, val, "layer3", choosing_precision="half")
     few = TensorImageDataset(val.images[:10], val.labels[:10], val.classes)
     with pytest.raises(DebugAtlasError, match="n_neighbors"):
         analyze(trained_cnn, few, "layer3", samples_per_image=1, render=False, patches=False)

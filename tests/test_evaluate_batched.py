@@ -141,3 +141,17 @@ def test_patch_pixels_land_where_the_loop_puts_them():
             assert torch.equal(img[0, r:r + 2, c:c + 2], patch.image[0])
             assert float(img.sum()) == pytest.approx(float(patch.image.sum()))
         assert found == corners
+
+
+def test_reduced_precision_counts_nearly_the_same_flips_and_bad_names_are_refused():
+    """bfloat16 autocast (what the choosing stages use where the device has it) rounds logits, so a
+    few images near a decision boundary may flip differently; the rates stay close."""
+    model, images, a, b, patches, images_b = _setting()
+    kwargs = dict(images_b=images_b, sizes=(0.25, 0.5), n_random=3, seed=3)
+    full = evaluate_patches(model, images, a, b, patches, **kwargs)
+    reduced = evaluate_patches(model, images, a, b, patches, precision="bfloat16", **kwargs)
+    assert [r.patch_id for r in reduced.results] == [r.patch_id for r in full.results]
+    gaps = [abs(x.flip_rate - y.flip_rate) for x, y in zip(full.results, reduced.results)]
+    assert max(gaps) <= 0.1 and any(0 < r.flip_rate < 1 for r in full.results)
+    with pytest.raises(DebugAtlasError, match="precision"):
+        evaluate_patches(model, images, a, b, patches, precision="half", **kwargs)

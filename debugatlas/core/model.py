@@ -123,6 +123,33 @@ class Normalized(nn.Module):
         return self.model((x - self.mean.to(x.device)) / self.std.to(x.device))
 
 
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def fast_precision(device: torch.device | str) -> str:
+    """The reduced precision `device` runs natively, for forwards whose results only choose:
+    "bfloat16" on a CPU whose oneDNN has native bfloat16 (AVX512-BF16, AMX) and on CUDA devices
+    that support it, "float16" on other CUDA devices, else "float32"."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        try:
+            return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+        except (AttributeError, RuntimeError):
+            return "float32"
+    return "float32"
+
+
+def precision_context(device: torch.device | str, precision: str):
+    """Autocast to `precision` on `device` ("float32": a no-op context)."""
+    if precision not in PRECISIONS:
+        raise DebugAtlasError(f"`precision={precision!r}` is not one of {list(PRECISIONS)}.")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, precision))
+
+
 @contextlib.contextmanager
 def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
     """Run on `device` (default: the model's own), moving the model back afterwards."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import DebugAtlasError
-from ..core.model import as_logits, model_device, preserved_model_state
+from ..core.model import as_logits, model_device, precision_context, preserved_model_state
 from .candidates import _center_crop, _geometry, control_patches
 from .types import DEFAULT_SIZES, PLACEMENTS, Patch, PatchEvaluation, PatchResult
 
@@ -75,14 +75,15 @@ def _configs(variants, placements, height, width, n_random, seed) -> list[tuple[
     return configs
 
 
-def _logits(model: nn.Module, batch: torch.Tensor, b: int) -> torch.Tensor:
+def _logits(model: nn.Module, batch: torch.Tensor, b: int, precision: str = "float32") -> torch.Tensor:
     if batch.device.type == "cpu" and batch.dim() == 4:
         # CPU convolutions run about 1.4x faster on channels-last input (experiments/bench_analyze.py)
         batch = batch.contiguous(memory_format=torch.channels_last)
-    return as_logits(model(batch), min_classes=b + 1).float()
+    with precision_context(batch.device, precision):
+        return as_logits(model(batch), min_classes=b + 1).float()
 
 
-def _measure(model, images, b, patch, sizes, placements, n_random, seed, batch_size, device):
+def _measure(model, images, b, patch, sizes, placements, n_random, seed, batch_size, device, precision):
     """Flips [N, K] bool, P(B) [N, K], the configs and the variants for one patch."""
     n, c, height, width = images.shape
     variants = paste_variants(patch, sizes, (c, height, width))
@@ -96,7 +97,7 @@ def _measure(model, images, b, patch, sizes, placements, n_random, seed, batch_s
         for k, (vi, r, col, _) in enumerate(configs):
             ph, pw = pixels[vi].shape[-2:]
             batch[:, k, :, r:r + ph, col:col + pw] = pixels[vi]
-        logits = _logits(model, batch.flatten(0, 1), b).view(chunk.shape[0], len(configs), -1)
+        logits = _logits(model, batch.flatten(0, 1), b, precision).view(chunk.shape[0], len(configs), -1)
         flips.append((logits.argmax(-1) == b).cpu())
         probs.append(logits.softmax(-1)[..., b].cpu())
     k = len(configs)
@@ -125,7 +126,7 @@ def auto_max_batch(image_shape: Sequence[int], batch_size: int = 256,
     return int(max(int(batch_size), min(cap, budget // max(1, per_image))))
 
 
-def _measure_all(model, images, b, plans, max_batch, device, progress):
+def _measure_all(model, images, b, plans, max_batch, device, progress, precision):
     """Every (patch, size, position) trial on every image, in forwards of at most `max_batch` images.
 
     Trials of all patches (controls included) are packed together: a block of trials x a chunk of
@@ -154,7 +155,7 @@ def _measure_all(model, images, b, plans, max_batch, device, progress):
         for i0 in range(0, n, per_image):
             chunk = images[i0:i0 + per_image]
             batch = torch.where(mask, overlay, chunk[None])  # [trials, images, C, H, W]
-            logits = _logits(model, batch.flatten(0, 1), b).view(len(block), chunk.shape[0], -1)
+            logits = _logits(model, batch.flatten(0, 1), b, precision).view(len(block), chunk.shape[0], -1)
             flips[i0:i0 + chunk.shape[0], t0:t0 + len(block)] = (logits.argmax(-1) == b).T.cpu()
             probs[i0:i0 + chunk.shape[0], t0:t0 + len(block)] = logits.softmax(-1)[..., b].T.cpu()
         if progress is not None:
@@ -210,6 +211,7 @@ def evaluate_patches(
     controls: Sequence[Patch] | None = None,
     batched: bool = True,
     max_batch: int | None = None,
+    precision: str = "float32",
 ) -> PatchEvaluation:
     """Paste each patch onto the images of A the model gets right and count flips to B.
 
@@ -227,6 +229,9 @@ def evaluate_patches(
     earlier loop, kept for comparison). Both give the same results up to the model's own float
     differences between batch sizes (some CPU convolutions round the last bits differently).
     `progress(done, total)` counts patches (candidates and controls) measured.
+    `precision` other than "float32" runs every forward under autocast to it (`core.model.
+    fast_precision`): faster where the device has it natively, for measurements that only choose;
+    flip counts can differ from the model's own precision on images near a decision boundary.
     """
     placements = tuple(placements)
     sizes = tuple(float(s) for s in sizes)
@@ -260,7 +265,7 @@ def evaluate_patches(
         model.eval()
         preds, p_b = [], []
         for start in range(0, len(images_a), batch_size):
-            logits = _logits(model, images_a[start:start + batch_size].to(device), max(a, b))
+            logits = _logits(model, images_a[start:start + batch_size].to(device), max(a, b), precision)
             preds.append(logits.argmax(-1).cpu())
             p_b.append(logits.softmax(-1)[:, b].cpu())
         keep = torch.cat(preds) == a if preds else torch.zeros(0, dtype=torch.bool)
@@ -268,13 +273,14 @@ def evaluate_patches(
         p_before = float(torch.cat(p_b)[keep].mean()) if int(keep.sum()) else float("nan")
         if batched:
             plans = [_plan(p, sizes, placements, int(n_random), seed, shape) for p in everything]
-            measured = _measure_all(model, images, b, plans, per_forward, device, progress)
+            measured = _measure_all(model, images, b, plans, per_forward, device, progress, precision)
             for patch, (variants, configs), (flips, probs) in zip(everything, plans, measured):
                 geometry = _geometry(patch, height, width)
                 results += [_summarise(patch, geometry, pl, flips, probs, configs, variants, p_before)
                             for pl in placements]
         for done, patch in enumerate(everything if not batched else [], 1):
-            measured = _measure(model, images, b, patch, sizes, placements, int(n_random), seed, batch_size, device)
+            measured = _measure(model, images, b, patch, sizes, placements, int(n_random), seed, batch_size, device,
+                                precision)
             geometry = _geometry(patch, height, width)
             results += [_summarise(patch, geometry, pl, *measured, p_before) for pl in placements]
             if progress is not None:

@@ -170,6 +170,7 @@ def build_suite(
     metadata: dict | None = None,
     batched: bool = True,
     min_synthesized: int = 0,
+    precision: str = "float32",
 ) -> PatchSuite:
     """Quantise the candidates and controls to 8 bits, measure them, keep the `keep` best.
 
@@ -178,7 +179,8 @@ def build_suite(
     `min_synthesized` go to the best synthesized candidates (any source but a real exemplar crop)
     when the ranking alone would keep fewer: a crop of a real image that holds a feature often
     outranks every image made from the feature's direction, and the suite is meant to test both.
-    The baseline holds the kept patches and all controls, every placement.
+    The baseline holds the kept patches and all controls, every placement. `precision`: see
+    `evaluate_patches` (a suite chosen at reduced precision is confirmed at the model's own).
     """
     names = [str(c) for c in class_names]
     for label, idx in (("a", a), ("b", b)):
@@ -189,7 +191,7 @@ def build_suite(
     controls = [p.quantized() for p in control_patches(candidates, images_b, shape, sizes, seed)]
     evaluation = evaluate_patches(model, images_a, a, b, candidates, sizes=sizes, placements=placements,
                                   n_random=n_random, seed=seed, batch_size=batch_size, device=device,
-                                  progress=progress, controls=controls, batched=batched)
+                                  progress=progress, controls=controls, batched=batched, precision=precision)
     ranked = [r.patch_id for r in evaluation.ranked(rank_by)]
     kept = ranked if keep is None else _keep(ranked, int(keep), int(min_synthesized),
                                              {p.id for p in candidates if p.source != "exemplar"})

@@ -15,7 +15,7 @@ from ..core.inputs import (
     CheckedDataset, auto_samples_per_image, check_class_names, check_model, check_normalize, fit_grid,
     inspect_dataset, layer_positions, resolve_pairs,
 )
-from ..core.model import Normalized, layer_name, on_device, resolve_layer
+from ..core.model import Normalized, fast_precision, layer_name, on_device, resolve_layer
 from ..core.progress import RunProgress
 from ..data import class_names as _class_names
 from ..patches.split import split_images
@@ -77,6 +77,8 @@ def analyze(
         if config.samples_per_image == "auto":
             config = dataclasses.replace(config, samples_per_image=_auto_samples(net, module, name, probe, config,
                                                                                  len(data)))
+        if config.choosing_precision == "auto":
+            config = dataclasses.replace(config, choosing_precision=fast_precision(dev))
         with RunProgress(STAGE_WEIGHTS, enabled=bool(progress)) as bar:
             ctx = RunContext(net, name, module, data, dev, int(seed), config, tuple(names), bar)
             result = _run(ctx, activations, normalize, model_spec, started, wanted, user_layer)

@@ -8,6 +8,7 @@ from ..core.errors import DebugAtlasError
 
 FILTERED_LAYOUTS = ("shared", "own")
 PATCH_BATCHING = ("batched", "per_candidate")
+CHOOSING_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -32,6 +33,9 @@ class AnalysisConfig:
     patch_batch_size (images per forward pass),
     patch_batching ("batched": every candidate, control and position share forward passes;
     "per_candidate": one candidate at a time, the earlier behaviour, same results),
+    choosing_precision ("auto": the reduced precision the device runs natively, see
+    `core.model.fast_precision`; or "float32", "bfloat16", "float16"): the precision of the forwards
+    that screen and rank candidates; the held-out confirmation always runs the model as given,
     in_context_patches (also synthesise each candidate as a patch optimised in context),
     split_fraction (share of each class's images in the selection half), confirm_alpha (family-wise
     error rate of the verdicts, see `patches.stats`).
@@ -73,6 +77,7 @@ class AnalysisConfig:
     selection_images: int = 48
     patch_batch_size: int = 256
     patch_batching: str = "batched"
+    choosing_precision: str = "auto"
     in_context_patches: bool = True
     split_fraction: float = 0.5
     confirm_alpha: float = 0.05
@@ -127,6 +132,9 @@ class AnalysisConfig:
             raise DebugAtlasError(f"`grid_sizes={self.grid_sizes!r}` must be integers >= 1.")
         if self.patch_batching not in PATCH_BATCHING:
             raise DebugAtlasError(f"`patch_batching={self.patch_batching!r}` is not one of {list(PATCH_BATCHING)}.")
+        if self.choosing_precision not in CHOOSING_PRECISIONS:
+            raise DebugAtlasError(f"`choosing_precision={self.choosing_precision!r}` is not one of "
+                                  f"{list(CHOOSING_PRECISIONS)}.")
         if self.filtered_layout not in FILTERED_LAYOUTS:
             raise DebugAtlasError(f"`filtered_layout={self.filtered_layout!r}` is not one of {list(FILTERED_LAYOUTS)}.")
         from ..layout import BACKENDS
