@@ -259,3 +259,32 @@ def test_inversion_relaxes_strict_determinism_only_on_cuda_and_restores_it():
             assert not torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_run_whitening_comes_from_the_random_samples_when_guided_ones_crowd_one_direction():
+    """Guided samples piled on one direction (a trigger) must not make that direction look common:
+    the whitening is taken from the uniformly random vectors, so the direction keeps its weight."""
+    from debugatlas.capture import ActivationSet
+    from debugatlas.capture.activations import RULE_ATTRIBUTION, RULE_RANDOM
+    from debugatlas.pipeline.icons import run_whitening
+
+    g = torch.Generator().manual_seed(0)
+    c, n_random, n_guided = 8, 400, 400
+    trigger = torch.zeros(c)
+    trigger[0] = 5.0
+    vectors = torch.cat([torch.randn(n_random, c, generator=g),
+                         trigger + 0.1 * torch.randn(n_guided, c, generator=g)])
+    rule = torch.tensor([RULE_RANDOM] * n_random + [RULE_ATTRIBUTION] * n_guided, dtype=torch.int8)
+    n = n_random + n_guided
+    acts = ActivationSet(vectors.half(), torch.arange(n), torch.zeros(n, dtype=torch.long),
+                         torch.zeros(n, dtype=torch.long), torch.zeros(n, 2, dtype=torch.long), "x", (4, 4), n, rule)
+    from_random, from_all = run_whitening(acts), whitening_matrix(vectors)
+    assert torch.allclose(from_random, whitening_matrix(vectors[:n_random].half().float()))
+    weight = lambda w: float(trigger @ w @ trigger) / float(trigger @ trigger)  # noqa: E731
+    assert weight(from_random) > 10 * weight(from_all)
+    m = n_random + 10
+    mostly_guided = torch.tensor([RULE_ATTRIBUTION] * (m - 15) + [RULE_RANDOM] * 15, dtype=torch.int8)
+    few = ActivationSet(vectors[:m].half(), torch.arange(m), torch.zeros(m, dtype=torch.long),
+                        torch.zeros(m, dtype=torch.long), torch.zeros(m, 2, dtype=torch.long), "x", (4, 4), m,
+                        mostly_guided)
+    assert torch.allclose(run_whitening(few), whitening_matrix(vectors[:m].half().float()))  # too few random

@@ -21,7 +21,7 @@ def render(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, views: tuple[P
     Receptive-field crops of the exemplars are made for the top `render_cells` confusing cells of
     each pair.
     """
-    from ..render import FeatureInversion, cell_directions, draw_icon_atlas, exemplar_crops, whitening_matrix
+    from ..render import FeatureInversion, cell_directions, draw_icon_atlas, exemplar_crops
 
     cfg = ctx.config
     cells: list[Cell] = []
@@ -40,7 +40,7 @@ def render(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, views: tuple[P
     means = torch.from_numpy(np.stack([a.mean_activation[i, j] for a, cs in groups for i, j in cs]))
     inverter = FeatureInversion(ctx.model, ctx.module, tuple(ctx.images([0]).shape[1:]), steps=cfg.render_steps,
                                 attempts=cfg.render_attempts, batch_size=cfg.render_batch_size, seed=ctx.seed)
-    result = inverter.invert(cell_directions(means, whitening_matrix(acts.vectors.float())))
+    result = inverter.invert(cell_directions(means, run_whitening(acts)))
     icons = {cell: result.icons[k] for k, cell in enumerate(cells)}
     view_atlases = {}
     start = len(cells)
@@ -59,3 +59,18 @@ def render(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, views: tuple[P
                                                   cell.exemplars[:cfg.n_exemplars])
     objective = {cell: float(result.objective[k]) for k, cell in enumerate(cells)}
     return Rendered(icons, objective, draw_icon_atlas(icons, atlas.counts, atlas.grid_size), view_atlases, crops)
+
+
+def run_whitening(acts: ActivationSet) -> torch.Tensor:
+    """The whitening of the run's directions, from the uniformly random samples.
+
+    Guided sampling puts many vectors where attribution is high, a small trigger among them; a
+    whitening from all vectors would count that direction as common and shrink it in every cell
+    direction, the very feature the guided samples were drawn to find. With fewer random vectors
+    than twice the channels, all vectors are used.
+    """
+    from ..render import whitening_matrix
+
+    random = acts.random_mask()
+    vectors = acts.vectors[random] if int(random.sum()) >= 2 * acts.vectors.shape[1] else acts.vectors
+    return whitening_matrix(vectors.float())

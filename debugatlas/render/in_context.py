@@ -20,11 +20,17 @@ import torch
 from torch import nn
 
 from ..core.errors import DebugAtlasError
-from ..core.model import generator, gradient_context, layer_name_and_module, model_device, run_to_layer
+from ..core.model import (PRECISIONS, generator, gradient_context, layer_name_and_module, model_device,
+                          precision_context, run_to_layer)
 from .objectives import _as_matrix
 from .param import FourierImage
 from .transforms import RandomTransforms
 
+# Adam's step size on the Fourier coefficients. A patch covers a few layer positions, so its few
+# coefficients must move far: optimised from the true trigger's mean activation on four planted
+# CIFAR-10 models (checker, cross, flat square, line; ResNet width 16, layer2), 128 steps at 0.05
+# flipped 13-90 % of held-out images, at 0.5 76-100 % (the trigger itself: 64-90 %).
+LR = 0.5
 # Patch transforms: no padding or shift (the random paste position already moves the patch).
 PATCH_TRANSFORMS = RandomTransforms(pad=0, jitter=0, scale=(0.9, 1.1), degrees=10.0)
 
@@ -78,12 +84,15 @@ class InContextInversion:
     contexts: pasted copies per direction and step (each its own image and position).
     transforms: True for `PATCH_TRANSFORMS` (scale and rotation of the patch), False, or a
         `RandomTransforms`.
+    precision: the forwards run under autocast to it ("float32": as the model is); the patch, its
+        parameters and the objective stay float32.
     """
 
     def __init__(self, model: nn.Module, layer: str | nn.Module, images: torch.Tensor, patch_size: int,
-                 steps: int = 128, lr: float = 0.05, contexts: int = 8, eval_contexts: int = 16,
+                 steps: int = 128, lr: float = LR, contexts: int = 8, eval_contexts: int = 16,
                  power: float = 4.0, cos_floor: float = 0.1, batch_size: int = 32, seed: int = 0,
-                 transforms: bool | RandomTransforms = True, decorrelate: bool = True) -> None:
+                 transforms: bool | RandomTransforms = True, decorrelate: bool = True,
+                 precision: str = "float32") -> None:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise DebugAtlasError(f"`InContextInversion(images=...)` has shape {shape}; expected non-empty "
@@ -106,6 +115,9 @@ class InContextInversion:
         self.contexts, self.eval_contexts, self.batch_size = int(contexts), int(eval_contexts), int(batch_size)
         self.power, self.cos_floor, self.seed = float(power), float(cos_floor), int(seed)
         self.decorrelate = bool(decorrelate)
+        if precision not in PRECISIONS:
+            raise DebugAtlasError(f"`InContextInversion(precision={precision!r})` is not one of {list(PRECISIONS)}.")
+        self.precision = precision
         self.transforms = PATCH_TRANSFORMS if transforms is True else (transforms or None)
 
     # -- public ---------------------------------------------------------------------------------
@@ -171,7 +183,8 @@ class InContextInversion:
         for k in range(n):
             r, c = int(rows[k]), int(cols[k])
             batch[:, k, :, r:r + p, c:c + p] = pasted[:, k]
-        out = run_to_layer(self.model, self.module, batch.flatten(0, 1), self.layer_name)
+        with precision_context(device, self.precision):
+            out = run_to_layer(self.model, self.module, batch.flatten(0, 1), self.layer_name)
         if out.dim() != 4:
             raise DebugAtlasError(
                 f"Layer {self.layer_name!r} outputs shape {tuple(out.shape)}; in-context inversion needs a "
@@ -199,7 +212,7 @@ class InContextInversion:
             "transforms": (self.transforms.params(self.patch_size, self.patch_size)
                            if self.transforms is not None else None),
             "objective_at": "mean over the layer positions whose centre lies in the pasted patch",
-            "device": str(device),
+            "device": str(device), "precision": self.precision,
         }
 
 
