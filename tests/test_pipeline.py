@@ -93,3 +93,47 @@ def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(mo
 
     pair = json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"][0]
     assert pair["screening"]["n_candidates"] == len(first)  # every candidate was measured, not the survivors
+
+
+def test_choosing_runs_at_the_chosen_precision_and_the_confirmation_at_the_models_own(monkeypatch, tmp_path,
+                                                                                       trained_cnn, digits_data):
+    """Screening, the race and the selection only choose: they may run in bfloat16. The held-out
+    measurement every reported rate comes from runs the model as given (no autocast)."""
+    import json
+
+    from debugatlas.pipeline import patch_stage
+
+    calls = []
+    real_evaluate, real_build = patch_stage.evaluate_patches, patch_stage.build_suite
+
+    def evaluate(model, images_a, a, b, patches, **kwargs):
+        calls.append(("evaluate", [p.id for p in patches], kwargs.get("precision", "float32")))
+        return real_evaluate(model, images_a, a, b, patches, **kwargs)
+
+    def build(model, images_a, images_b, a, b, patches, *args, **kwargs):
+        calls.append(("build", [p.id for p in patches], kwargs.get("precision", "float32")))
+        return real_build(model, images_a, images_b, a, b, patches, *args, **kwargs)
+
+    monkeypatch.setattr(patch_stage, "evaluate_patches", evaluate)
+    monkeypatch.setattr(patch_stage, "build_suite", build)
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
+            layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=3, n_random=2, n_examples=1,
+            selection_images=12, max_patch_images=9, choosing_precision="bfloat16")
+    screen, *ranking, confirm = calls
+    assert screen[0] == "evaluate" and screen[2] == "bfloat16"
+    assert ranking and all(kind == "build" and precision == "bfloat16" for kind, _, precision in ranking)
+    assert confirm[0] == "evaluate" and confirm[2] == "float32"
+    # every screened cell is tried as its icon and as a crop of its first real exemplar
+    icons = {i for i in screen[1] if not i.endswith("-x")}
+    crops = {i[:-2] for i in screen[1] if i.endswith("-x")}
+    assert crops and crops <= icons | crops and len(crops) >= len(icons) // 2
+    config = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
+    assert config["choosing_precision"] == "bfloat16"
+
+
+def test_auto_precision_is_resolved_and_recorded(tmp_path, trained_cnn, digits_data):
+    from debugatlas.core.model import PRECISIONS, fast_precision
+
+    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], seed=0, layout="pca",
+                     grid_size=8, grid_sizes=(8,), render=False, patches=False, n_examples=1)
+    assert result.summary["config"]["choosing_precision"] == fast_precision("cpu") in PRECISIONS

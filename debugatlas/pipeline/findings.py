@@ -1,6 +1,8 @@
 """Findings: the confirmed features of a pair, one per atlas cell, each said in one plain sentence."""
 from __future__ import annotations
 
+from collections import Counter
+
 from ..artifacts.paths import icon_path
 from ..atlas import Atlas
 from ..capture import ActivationSet
@@ -27,10 +29,17 @@ def statement(plan: PairPlan, r: PatchResult) -> str:
 
 def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet, field_fraction: float,
                   limit: int = 5) -> tuple[dict, ...]:
-    """Confirmed patches grouped by cell, in the order the selection half ranked them.
+    """Confirmed patches grouped by cell: first the cells that hold most of the kept patches, then
+    in the order the selection half ranked them.
 
-    Per cell the representative result is the confirmed one under the first placement of
-    random, static, dynamic. Each finding carries the suspected-shortcut evidence of its cell.
+    A feature that flips in several forms (crops of its real exemplars, its icon, a patch
+    optimised from its direction) is better established than one that flips only as an
+    optimised patch: a patch optimised in context from a cell next to a strong feature can
+    flip as well as the feature's own, while the cell's exemplars show something else. How
+    many of a cell's patches the selection half kept measures that support without using the
+    held-out half. Per cell the representative result is the confirmed one under the first
+    placement of random, static, dynamic. Each finding carries the suspected-shortcut evidence
+    of its cell.
     """
     if test.suite is None:
         return ()
@@ -41,8 +50,9 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
         best.setdefault(r.cell, r)
     labels = acts.labels.numpy()
     rank = {p.id: k for k, p in enumerate(test.suite.patches)}  # the selection half's order, not the held-out one
+    support = Counter(p.cell for p in test.suite.patches)
     out = []
-    for cell, r in sorted(best.items(), key=lambda kv: rank[kv[1].patch_id])[:limit]:
+    for cell, r in sorted(best.items(), key=lambda kv: (-support[kv[0]], rank[kv[1].patch_id]))[:limit]:
         samples = atlas.exemplars.get(cell, [])
         evidence = shortcut_evidence(atlas, labels, cell, plan.b, field_fraction, confirmed=True)
         patch = next(p for p in test.suite.patches if p.id == r.patch_id)

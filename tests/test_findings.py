@@ -1,0 +1,45 @@
+"""Findings: confirmed patches grouped by cell, the best-supported cell first."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from debugatlas.patches import Patch, PatchResult
+from debugatlas.pipeline import findings
+from debugatlas.pipeline.records import PairPlan, PairTest
+
+
+def _result(pid, source, cell, rate, verdict):
+    r = PatchResult(pid, source, cell, False, "native-5x5", "random", 40, rate, rate, 0.1, 0.5, 0.2, (0.2, 0, 0),
+                    noise_flip_rate=0.05, natural_flip_rate=0.1)
+    r.verdict, r.flip_rate_ci, r.p_value = verdict, (rate - 0.1, rate + 0.05), 0.001
+    return r
+
+
+def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ranked(monkeypatch):
+    """An optimised patch from a cell next to a feature can flip as well as the feature's own; the
+    feature's cell is the one whose real exemplars and icon crops the selection half kept too."""
+    neighbour, feature = (8, 18), (7, 17)
+    kept = [("c8-18-ctx5", "in_context", neighbour), ("c7-17-ctx5", "in_context", feature),
+            ("c7-17-ex3", "exemplar", feature), ("c7-17-crop6r", "icon_crop", feature)]
+    suite = SimpleNamespace(
+        patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False) for pid, source, cell in kept],
+        baseline=SimpleNamespace(results=[_result("c8-18-ctx5", "in_context", neighbour, 0.91, "confirmed"),
+                                          _result("c7-17-ctx5", "in_context", feature, 0.91, "confirmed"),
+                                          _result("c7-17-ex3", "exemplar", feature, 1.0, "natural"),
+                                          _result("c7-17-crop6r", "icon_crop", feature, 0.48, "not_confirmed")]))
+    evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
+    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    atlas = SimpleNamespace(exemplars={feature: [0, 1], neighbour: [2]})
+    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7]), image_ids=torch.tensor([10, 11, 12]))
+    plan = PairPlan(1, 7, "1", "7", 3)
+    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
+    assert [f["cell"] for f in out] == [list(feature), list(neighbour)]
+    assert out[0]["patch"] == "c7-17-ctx5" and out[0]["exemplar_ids"] == [10, 11]
+    # with equal support, the selection half's order decides
+    suite.patches = suite.patches[:2]
+    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
+    assert [f["cell"] for f in out] == [list(neighbour), list(feature)]
+    assert np.isclose(out[0]["flip_rate"], 0.91)
