@@ -137,3 +137,30 @@ def test_auto_precision_is_resolved_and_recorded(tmp_path, trained_cnn, digits_d
     result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], seed=0, layout="pca",
                      grid_size=8, grid_sizes=(8,), render=False, patches=False, n_examples=1)
     assert result.summary["config"]["choosing_precision"] == fast_precision("cpu") in PRECISIONS
+
+
+def test_many_screened_cells_race_on_a_few_images_before_the_full_screen(monkeypatch, tmp_path, trained_cnn,
+                                                                         digits_data):
+    import json
+
+    from debugatlas.pipeline import patch_stage
+
+    calls = []
+    real = patch_stage.evaluate_patches
+
+    def evaluate(model, images_a, a, b, patches, **kwargs):
+        calls.append((len(images_a), [p.cell for p in patches]))
+        return real(model, images_a, a, b, patches, **kwargs)
+
+    monkeypatch.setattr(patch_stage, "evaluate_patches", evaluate)
+    monkeypatch.setattr(patch_stage, "SCREEN_RACE_IMAGES", 3)
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
+            layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=1, n_random=2, n_examples=1,
+            selection_images=12, max_patch_images=9)
+    (n_first, first), (n_full, full) = calls[:2]
+    cells = list(dict.fromkeys(first))
+    keep = max(3, len(cells) // 4)
+    assert (n_first, n_full) == (3, 12) and len(cells) > keep
+    assert len(set(full)) == keep and set(full) <= set(cells)
+    screening = json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"][0]["screening"]
+    assert screening["n_screened"] == len(cells)  # every cell counts, not only the survivors

@@ -4,7 +4,8 @@ Per pair (A, B), on images of A split by id into a selection and a confirmation 
 1. screen: every valid cell whose attribution pushes toward B (over A), and every confusing cell,
    pasted as its icon and as a crop of its first exemplar (`screening_crops`), at one size and
    half of `n_random` (at least 4) random positions on `SCREEN_IMAGES` images of the selection
-   half, in large batches; a cell scores the better of the two;
+   half, in large batches; a cell scores the better of the two (with many cells, a first round on
+   `SCREEN_RACE_IMAGES` images keeps the best `3 * patch_cells`, or a quarter, for the full screen);
 2. select: the `patch_cells` best-screened cells, and the `ISLAND_CELLS` cells most purely of B
    among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon
    crops, capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS`
@@ -46,6 +47,7 @@ SCREEN_PLACEMENT = "random"
 ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
 IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, then the best screened
 SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
+SCREEN_RACE_IMAGES = 8  # with many cells, a first screening round on this many keeps the best
 MIN_CHOOSING_POSITIONS = 4  # fewer left small patches ranked on too few placements per image
 KEEP = 10  # patches confirmed on the held-out half; half of the places go to synthesized ones
 RACE_IMAGES = 16  # a first selection round on this many images keeps the best third of many candidates
@@ -85,14 +87,34 @@ def _choosing_positions(n_random: int) -> int:
 def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Rendered, images_a: torch.Tensor,
             crops: dict[Cell, torch.Tensor]) -> list[tuple[Cell, float]]:
     """(cell, screening flip rate) of every cell with an icon or an exemplar crop, best first (stable
-    on ties); a cell's rate is the better of its icon's and its crop's."""
+    on ties); a cell's rate is the better of its icon's and its crop's.
+
+    With more than `3 * patch_cells` such cells, a first round on `SCREEN_RACE_IMAGES` images keeps
+    the best of them (that many, or a quarter of all), which are screened again on all
+    `SCREEN_IMAGES`; the others follow, in the first round's order, with its rates.
+    """
     patches = [Patch(f"s{i}-{j}", (i, j), "icon", rendered.icons[(i, j)]).quantized()
                for i, j in cells if (i, j) in rendered.icons]
     patches += [Patch(f"s{i}-{j}-x", (i, j), "exemplar", crops[(i, j)], resize=False).quantized()
                 for i, j in cells if (i, j) in crops]
     if not patches:
         return []
-    evaluation = evaluate_patches(ctx.model, images_a[:SCREEN_IMAGES], plan.a, plan.b, patches,
+    order = {cell: k for k, cell in enumerate(cells)}
+    images = images_a[:SCREEN_IMAGES]
+    screened = len({p.cell for p in patches})
+    keep = max(3 * ctx.config.patch_cells, screened // 4)
+    if screened <= keep or len(images) < 2 * SCREEN_RACE_IMAGES:
+        return _screen_rates(ctx, plan, patches, images, order)
+    first = _screen_rates(ctx, plan, patches, images[:SCREEN_RACE_IMAGES], order)
+    going_on = {cell for cell, _ in first[:keep]}
+    second = _screen_rates(ctx, plan, [p for p in patches if p.cell in going_on], images, order)
+    return second + first[keep:]
+
+
+def _screen_rates(ctx: RunContext, plan: PairPlan, patches: list[Patch], images: torch.Tensor,
+                  order: dict[Cell, int]) -> list[tuple[Cell, float]]:
+    """(cell, best flip rate of its patches) on `images`, at one size and random positions, best first."""
+    evaluation = evaluate_patches(ctx.model, images, plan.a, plan.b, patches,
                                   sizes=ctx.config.patch_sizes[:1], placements=(SCREEN_PLACEMENT,),
                                   n_random=_choosing_positions(ctx.config.n_random), seed=ctx.seed,
                                   batch_size=ctx.config.patch_batch_size, device=ctx.device, controls=[],
@@ -103,7 +125,6 @@ def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Render
         rate = evaluation.get(p.id, SCREEN_PLACEMENT).flip_rate
         rate = rate if rate == rate else -1.0
         best[p.cell] = max(best.get(p.cell, -1.0), rate)
-    order = {cell: k for k, cell in enumerate(cells)}
     return sorted(best.items(), key=lambda cr: (-cr[1], order[cr[0]]))
 
 
