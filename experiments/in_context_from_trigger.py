@@ -5,12 +5,13 @@ whose mean activation is the trigger's) and *synthesising a patch from a directi
 direction is given: the mean `layer` activation at the trigger's centre position over the poisoned
 validation images. For each trigger kind, a CifarResNet is trained on poisoned CIFAR-10 (as in
 `planted_shortcut.py`'s CPU configuration), and `InContextInversion` makes a patch from the
-whitened direction at each (lr, steps) asked for, with the images of A (truck) that the model
+whitened direction at each (lr, steps, copies pasted per step) asked for, with the images of A (truck) that the model
 gets right as contexts. Each patch, the trigger itself (5 x 5, its own pixels) and a noise square
 are pasted at 8 seeded random positions on held-out trucks the model gets right; the table is the
-share sent to the planted class (airplane), with a Wilson 95 % interval over images x positions.
+share of (image, position) trials sent to the planted class (airplane), with a Wilson 95 % interval
+over those trials (positions on one image are not independent, so it is narrower than one over images).
 
-    .venv/bin/python experiments/in_context_from_trigger.py              # 4 kinds, lr 0.05 and 0.5
+    .venv/bin/python experiments/in_context_from_trigger.py     # 4 kinds, lr 0.05 / 0.5, 64 / 128 steps, 4 / 8 copies
     .venv/bin/python experiments/in_context_from_trigger.py --kinds square --lrs 0.05 0.2 0.5 --steps 64 128
 
 Writes the table to reports/bench/in_context_from_trigger.txt (`--out`). Trained models are kept
@@ -96,23 +97,24 @@ def run_kind(args, kind: str, say) -> None:
     seconds = {}
     for lr in args.lrs:
         for steps in args.steps:
-            start = time.perf_counter()
-            result = InContextInversion(model, args.layer, contexts, args.patch_size, steps=steps, lr=lr,
-                                        seed=args.seed).invert(direction)
-            name = f"lr {lr:g}, {steps} steps"
-            seconds[name] = time.perf_counter() - start
-            patches.append(Patch(name, (0, 0), "in_context", result.patches[0], resize=False))
+            for per_step in args.per_step:
+                start = time.perf_counter()
+                result = InContextInversion(model, args.layer, contexts, args.patch_size, steps=steps, lr=lr,
+                                            contexts=per_step, seed=args.seed).invert(direction)
+                name = f"lr{lr:g}-{steps}steps-{per_step}ctx"
+                seconds[name] = time.perf_counter() - start
+                patches.append(Patch(name, (0, 0), "in_context", result.patches[0], resize=False))
     evaluation = evaluate_patches(model, held, args.a, args.target, patches, placements=("random",),
                                   n_random=8, seed=args.seed)
     say(f"\n{kind}: {len(contexts)} context and {evaluation.n_images} held-out {val.classes[args.a]} images "
         f"the model gets right; flips to {val.classes[args.target]} at 8 random positions")
-    say(f"{'patch':24s} {'flip':>7s} {'95 % interval':>15s} {'seconds':>8s}")
+    say(f"{'patch':26s} {'flip':>7s} {'95 % interval':>15s} {'seconds':>8s}")
     trials = evaluation.n_images * 8
     for r in evaluation.results:
         lo, hi = wilson_interval(round(r.flip_rate * trials), trials)
         label = f"noise {r.patch_id.split('-')[-1]}" if r.is_control else r.patch_id
         took = f"{seconds[r.patch_id]:.1f}" if r.patch_id in seconds else ""
-        say(f"{label:24s} {100 * r.flip_rate:6.1f}% {f'[{100 * lo:.0f}-{100 * hi:.0f} %]':>15s} {took:>8s}")
+        say(f"{label:26s} {100 * r.flip_rate:6.1f}% {f'[{100 * lo:.0f}-{100 * hi:.0f} %]':>15s} {took:>8s}")
 
 
 def main(argv=None) -> int:
@@ -121,6 +123,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", nargs="+", default=["checker", "cross", "square", "line"])
     parser.add_argument("--lrs", nargs="+", type=float, default=[0.05, 0.5])
     parser.add_argument("--steps", nargs="+", type=int, default=[64, 128])
+    parser.add_argument("--per-step", nargs="+", type=int, default=[4, 8], help="pasted copies per step")
     parser.add_argument("--layer", default="layer2")
     parser.add_argument("--patch-size", type=int, default=8, help="pixels (the pipeline: 0.25 x 32)")
     parser.add_argument("--contexts", type=int, default=32, help="images of A the patch is optimised on")

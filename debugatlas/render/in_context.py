@@ -27,10 +27,13 @@ from .param import FourierImage
 from .transforms import RandomTransforms
 
 # Adam's step size on the Fourier coefficients. A patch covers a few layer positions, so its few
-# coefficients must move far: optimised from the true trigger's mean activation on four planted
-# CIFAR-10 models (checker, cross, flat square, line; ResNet width 16, layer2), 128 steps at 0.05
-# flipped 13-90 % of held-out images, at 0.5 76-100 % (the trigger itself: 64-90 %).
+# coefficients must move far. Optimised from a planted trigger's own mean activation (four planted
+# CIFAR-10 models: checker, cross, flat square, line; ResNet width 16, layer2; 128 steps), the
+# patches sent 11-97 % of held-out trucks to airplane at 0.05 and 83-100 % at 0.5, the trigger
+# itself 78-92 % (reports/bench/in_context_from_trigger.txt). Pasted copies per direction and
+# step: 4 did as well as 8 there (93, 100, 83, 100 % against 85, 100, 76, 100 %) at half the forwards.
 LR = 0.5
+CONTEXTS = 4
 # Patch transforms: no padding or shift (the random paste position already moves the patch).
 PATCH_TRANSFORMS = RandomTransforms(pad=0, jitter=0, scale=(0.9, 1.1), degrees=10.0)
 
@@ -89,7 +92,7 @@ class InContextInversion:
     """
 
     def __init__(self, model: nn.Module, layer: str | nn.Module, images: torch.Tensor, patch_size: int,
-                 steps: int = 128, lr: float = LR, contexts: int = 8, eval_contexts: int = 16,
+                 steps: int = 128, lr: float = LR, contexts: int = CONTEXTS, eval_contexts: int = 16,
                  power: float = 4.0, cos_floor: float = 0.1, batch_size: int = 32, seed: int = 0,
                  transforms: bool | RandomTransforms = True, decorrelate: bool = True,
                  precision: str = "float32") -> None:
