@@ -22,7 +22,8 @@ Cases:
 
     .venv/bin/python experiments/bench_analyze.py --case digits
     .venv/bin/python experiments/bench_analyze.py --case cifar [--images 3000] [--train-seconds 120]
-    .venv/bin/python experiments/bench_analyze.py --case cifar-vgg --train-images 5000 --train-seconds 120
+    .venv/bin/python experiments/bench_analyze.py --case cifar-vgg --train-images 5000 --train-seconds 120 \
+        [--model-file /tmp/vgg.pt]   # the same trained model in every run
     python experiments/bench_analyze.py --case cifar-cuda --device cuda   # experiments/run_gpu.sh
     [--variants default old] [--archive ../shared/data/cifar10-train.tgz] [--layer layer2]
 """
@@ -177,6 +178,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["default", "old"], choices=["default", "old"])
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per variant")
     parser.add_argument("--out", default=None, help="report file (default reports/bench/analyze_<case>.txt)")
+    parser.add_argument("--model-file", default=None,
+                        help="keep the trained weights here and reuse them when the file exists: a brief "
+                             "CPU training differs from run to run, and so does the analysis's work")
     parser.add_argument("--child", choices=["default", "old"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,8 +211,12 @@ def main() -> None:
     say(f"old options: { {k: v for k, v in OLD_OPTIONS.items() if k not in missing} }")
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "model.pt"
-        say(_train(args, weights))
+        weights = Path(args.model_file) if args.model_file else Path(tmp) / "model.pt"
+        if args.model_file and weights.is_file():
+            say(f"model: {weights} (trained by an earlier run with the same --model-file)")
+        else:
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            say(_train(args, weights))
         for variant in variants:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--weights", str(weights),
                    "--case", args.case, "--device", args.device, "--images", str(args.images),
