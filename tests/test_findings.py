@@ -32,14 +32,19 @@ def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ra
                                           _result("c7-17-crop6r", "icon_crop", feature, 0.48, "not_confirmed")]))
     evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
     monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
-    atlas = SimpleNamespace(exemplars={feature: [0, 1], neighbour: [2]})
+    counts = np.zeros((20, 20), dtype=np.int64)
+    counts[feature], counts[neighbour] = 9, 5
+    atlas = SimpleNamespace(exemplars={feature: [0, 1], neighbour: [2]}, counts=counts)
     acts = SimpleNamespace(labels=torch.tensor([7, 7, 7]), image_ids=torch.tensor([10, 11, 12]))
     plan = PairPlan(1, 7, "1", "7", 3)
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
     assert [f["cell"] for f in out] == [list(feature), list(neighbour)]
     assert out[0]["patch"] == "c7-17-ctx5" and out[0]["exemplar_ids"] == [10, 11]
-    # with equal support, the selection half's order decides
+    # equal support: more samples first; equal counts too: the selection half's order
     suite.patches = suite.patches[:2]
+    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
+    assert [f["cell"] for f in out] == [list(feature), list(neighbour)]
+    counts[feature] = 5
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
     assert [f["cell"] for f in out] == [list(neighbour), list(feature)]
     assert np.isclose(out[0]["flip_rate"], 0.91)

@@ -30,14 +30,15 @@ def statement(plan: PairPlan, r: PatchResult) -> str:
 def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet, field_fraction: float,
                   limit: int = 5) -> tuple[dict, ...]:
     """Confirmed patches grouped by cell: first the cells that hold most of the kept patches, then
-    in the order the selection half ranked them.
+    the cells with more samples, then in the order the selection half ranked them.
 
     A feature that flips in several forms (crops of its real exemplars, its icon, a patch
     optimised from its direction) is better established than one that flips only as an
     optimised patch: a patch optimised in context from a cell next to a strong feature can
-    flip as well as the feature's own, while the cell's exemplars show something else. How
+    flip as well as the feature's own, while the cell's few exemplars show something else. How
     many of a cell's patches the selection half kept measures that support without using the
-    held-out half. Per cell the representative result is the confirmed one under the first
+    held-out half; among equally supported cells, the one the model's activations fall in more
+    often speaks for more images. Per cell the representative result is the confirmed one under the first
     placement of random, static, dynamic. Each finding carries the suspected-shortcut evidence
     of its cell.
     """
@@ -52,7 +53,8 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     rank = {p.id: k for k, p in enumerate(test.suite.patches)}  # the selection half's order, not the held-out one
     support = Counter(p.cell for p in test.suite.patches)
     out = []
-    for cell, r in sorted(best.items(), key=lambda kv: (-support[kv[0]], rank[kv[1].patch_id]))[:limit]:
+    order = sorted(best.items(), key=lambda kv: (-support[kv[0]], -int(atlas.counts[kv[0]]), rank[kv[1].patch_id]))
+    for cell, r in order[:limit]:
         samples = atlas.exemplars.get(cell, [])
         evidence = shortcut_evidence(atlas, labels, cell, plan.b, field_fraction, confirmed=True)
         patch = next(p for p in test.suite.patches if p.id == r.patch_id)
