@@ -385,7 +385,7 @@ def main(argv=None) -> int:
     parser.add_argument("--grid-size", type=int, default=None)
     args = parser.parse_args(argv)
     cpu = args.device == "cpu"
-    defaults = ({"n_train": 10_000, "n_val": 2000, "epochs": 5, "width": 16, "blocks": 1, "fractions": [0.5],
+    defaults = ({"n_train": 10_000, "n_val": 3000, "epochs": 8, "width": 16, "blocks": 1, "fractions": [0.5],
                  "layers": ["layer2"]} if cpu
                 else {"n_train": None, "n_val": 2000, "epochs": 20, "width": 16, "blocks": 3,
                       "fractions": [0.5, 0.2, 0.1], "layers": ["layer2", "layer3"]})
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.options = ({"samples_per_image": 4, "grid_size": 20, "grid_sizes": (20,), "layout": "umap",
-                     "layout_backend": "torch", "render_steps": 64, "patch_cells": 8, "crop_sizes": (4, 6, 8),
+                     "layout_backend": "torch", "patch_cells": 8, "crop_sizes": (4, 6, 8),
                      "n_random": 4, "min_count": 2, "n_examples": 1}
                     if cpu else {"samples_per_image": 8, "crop_sizes": (4, 6, 8), "render_steps": 256,
                                  "render_batch_size": 256, "patch_cells": 16})
