@@ -38,9 +38,9 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     flip as well as the feature's own, while the cell's few exemplars show something else. How
     many of a cell's patches the selection half kept measures that support without using the
     held-out half; among equally supported cells, the one the model's activations fall in more
-    often speaks for more images. Per cell the representative result is the confirmed one under the first
-    placement of random, static, dynamic. Each finding carries the suspected-shortcut evidence
-    of its cell.
+    often speaks for more images. Per cell the representative result is the confirmed one under
+    the first placement of random, static, dynamic. Each finding carries the suspected-shortcut
+    evidence of its cell.
     """
     if test.suite is None:
         return ()
