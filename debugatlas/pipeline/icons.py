@@ -40,7 +40,8 @@ def render(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, views: tuple[P
     means = torch.from_numpy(np.stack([a.mean_activation[i, j] for a, cs in groups for i, j in cs]))
     inverter = FeatureInversion(ctx.model, ctx.module, tuple(ctx.images([0]).shape[1:]), steps=cfg.render_steps,
                                 attempts=cfg.render_attempts, batch_size=cfg.render_batch_size, seed=ctx.seed)
-    result = inverter.invert(cell_directions(means, run_whitening(acts)))
+    whitening = run_whitening(acts)
+    result = inverter.invert(cell_directions(means, whitening))
     icons = {cell: result.icons[k] for k, cell in enumerate(cells)}
     view_atlases = {}
     start = len(cells)
@@ -58,7 +59,8 @@ def render(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, views: tuple[P
                 crops[(k, cell.cell)] = exemplar_crops(ctx.model, ctx.module, ctx.dataset, acts,
                                                   cell.exemplars[:cfg.n_exemplars])
     objective = {cell: float(result.objective[k]) for k, cell in enumerate(cells)}
-    return Rendered(icons, objective, draw_icon_atlas(icons, atlas.counts, atlas.grid_size), view_atlases, crops)
+    return Rendered(icons, objective, draw_icon_atlas(icons, atlas.counts, atlas.grid_size), view_atlases, crops,
+                    whitening)
 
 
 def run_whitening(acts: ActivationSet) -> torch.Tensor:

@@ -177,7 +177,8 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
                                    sizes=cfg.patch_sizes, **kwargs)
     island_cells = [cell for cell, _ in islands[:ISLAND_CELLS]]
     context_cells = (island_cells + [c for c in chosen if c not in island_cells])[:IN_CONTEXT_CELLS]
-    candidates += in_context(ctx, plan=plan, atlas=atlas, acts=acts, cells=context_cells, images_a=images_sel)
+    candidates += in_context(ctx, plan=plan, atlas=atlas, acts=acts, cells=context_cells, images_a=images_sel,
+                             whitening=rendered.whitening)
     if not candidates:
         return PairTest(n_screened=len(screen), screen_seconds=screen_seconds,
                         notes=("patch tests skipped: no cell pushes toward B",))
@@ -227,8 +228,9 @@ def _rank(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images: torc
 
 
 def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: ActivationSet, cells: list[Cell],
-               images_a: torch.Tensor) -> list[Patch]:
-    """In-context patches of `cells` (see `render.in_context`), when `in_context_patches` is on."""
+               images_a: torch.Tensor, whitening: torch.Tensor | None = None) -> list[Patch]:
+    """In-context patches of `cells` (see `render.in_context`), when `in_context_patches` is on;
+    `whitening`: the run's (`Rendered.whitening`), made here from `acts` when None."""
     if not ctx.config.in_context_patches or not cells:
         return []
     from ..render import cell_directions
@@ -236,7 +238,7 @@ def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: Activatio
     from .icons import run_whitening
 
     means = torch.from_numpy(np.stack([atlas.mean_activation[i, j] for i, j in cells]))
-    directions = cell_directions(means, run_whitening(acts))
+    directions = cell_directions(means, whitening if whitening is not None else run_whitening(acts))
     side = max(1, round(min(ctx.config.patch_sizes) * min(images_a.shape[-2:])))
     patches, _ = in_context_patches(ctx.model, ctx.module, images_a, cells, directions, side,
                                     steps=ctx.config.render_steps, seed=ctx.seed,

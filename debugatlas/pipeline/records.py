@@ -66,6 +66,8 @@ class Rendered:
     view_atlases: (pair index, "filtered_a" | "filtered_b" | "comparison") -> that view drawn as icons.
     exemplar_crops: (pair index, cell) -> [n, C, h, w] receptive-field crops of the cell's exemplars
     of class A of that pair.
+    whitening: [C, C] the whitening every cell direction of the run is built with (`icons.run_whitening`;
+    None when nothing was rendered).
     """
 
     icons: dict[Cell, torch.Tensor] = field(default_factory=dict)
@@ -73,6 +75,7 @@ class Rendered:
     icon_atlas: np.ndarray | None = None
     view_atlases: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     exemplar_crops: dict[tuple[int, Cell], torch.Tensor] = field(default_factory=dict)
+    whitening: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
