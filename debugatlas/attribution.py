@@ -45,7 +45,8 @@ def attribute(
     relaxed_maxpool: bool = False,
     device: torch.device | str | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
+    return_probs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attribution of every sampled vector in `acts` to each class: [N, K] float32 on the CPU.
 
     ``attr[i, j] = h_i · ∂logit_{classes[j]}/∂h`` at ``acts.positions[i]`` of image
@@ -53,7 +54,9 @@ def attribute(
     All classes when the model has at most 100 and `classes` is None; otherwise the columns are
     `classes`, in that order. Each unique image is run once, in batches of `batch_size` images.
     Works inside ``torch.inference_mode()``; the model is left as found. `progress(done, total)`
-    is called after each batch with counts of unique images.
+    is called after each batch with counts of unique images. With `return_probs`, also the softmax
+    probabilities over all outputs [U, num_classes] float32 of the U captured images, in increasing
+    image-id order (`ActivationSet.per_image`), from the same forward passes.
     """
     layer_name, module = layer_name_and_module(model, layer)
     _check_acts(acts, layer_name, dataset)
@@ -67,6 +70,7 @@ def attribute(
     bounds = torch.searchsorted(inverse[order], torch.tensor(starts + [len(unique)]))
 
     result: torch.Tensor | None = None
+    probs: list[torch.Tensor] = []
     selected: list[int] = []
     with gradient_context(model), relaxed_pooling(model, relaxed_maxpool):
         # allocated here, outside inference mode, so that it can be written to
@@ -80,6 +84,8 @@ def attribute(
                 selected = check_classes(classes, logits.shape[1])
                 result = torch.zeros(len(acts), len(selected), dtype=torch.float32)
             _check_finite(logits, batch_ids)
+            if return_probs:
+                probs.append(logits.detach().float().softmax(-1).cpu())
             index = _index(h, acts, samples, inverse[samples] - start, layer_name)
             vec = _at(h.detach(), index).float()
             grads = _class_gradients(logits, h, selected)
@@ -94,7 +100,7 @@ def attribute(
             f"Attributions are NaN or Inf for images {bad} of layer {layer_name!r}. "
             "HINT: the gradient overflows; check the model's weights and input range."
         )
-    return result
+    return (result, torch.cat(probs)) if return_probs else result
 
 
 def pixel_attribution(

@@ -411,3 +411,18 @@ def test_position_maps_need_a_spatial_layer():
         position_attribution(PooledNet(), "embed", torch.rand(2, 1, 8, 8))
     with pytest.raises(DebugAtlasError, match="targets"):
         position_attribution(_cnn(), "layer2", torch.rand(2, 1, 16, 16), targets=[0, 12])
+
+
+def test_probabilities_come_from_the_same_forwards(trained_cnn, digits_data):
+    from debugatlas.confusion import softmax_probs
+
+    val = digits_data[1]
+    subset = TensorImageDataset(val.images[:9], val.labels[:9], val.classes)
+    acts = capture(trained_cnn, subset, "layer2", samples_per_image=3, seed=1)
+    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))
+    shuffled = acts.subset(order)  # probabilities follow image ids, not sample order
+    attr, probs = attribute(trained_cnn, "layer2", subset, shuffled, batch_size=4, return_probs=True)
+    torch.testing.assert_close(attr, attribute(trained_cnn, "layer2", subset, shuffled, batch_size=4))
+    uid = shuffled.per_image()[0]
+    assert probs.shape == (len(uid), 10)
+    torch.testing.assert_close(probs.numpy(), softmax_probs(trained_cnn, subset, uid), rtol=1e-5, atol=1e-6)

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..attribution import MAX_ALL_CLASSES
 from ..capture import ActivationSet
 from ..core.datasets import load_images
 from ..core.inputs import (
@@ -107,10 +108,17 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
         ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, grid_size=grid, grid_sizes=sizes))
     cfg = ctx.config
     uid, labels, preds = acts.per_image()
-    confusion, plans = prepare.pairs(ctx, acts=acts, wanted=wanted)
+    attr = probs = None
+    if wanted is None and ctx.num_classes <= MAX_ALL_CLASSES:
+        # every class is attributed, so no pair is needed first, and picking the pairs takes the
+        # images' probabilities from the attribution's forward passes
+        with ctx.stage("attribution"):
+            attr, probs = views.attributions(ctx, acts=acts, plans=None, return_probs=True)
+    confusion, plans = prepare.pairs(ctx, acts=acts, wanted=wanted, probs=probs)
     split = split_images(uid, labels, ctx.seed, cfg.split_fraction)
-    with ctx.stage("attribution"):
-        attr = views.attributions(ctx, acts=acts, plans=plans)
+    if attr is None:
+        with ctx.stage("attribution"):
+            attr = views.attributions(ctx, acts=acts, plans=plans)
     with ctx.stage("layout"):
         layout = views.layout(ctx, acts=acts)
         atlases = views.atlases(ctx, acts=acts, attributions=attr, layout=layout)

@@ -56,16 +56,18 @@ def _predictions(ctx: RunContext, acts: ActivationSet) -> torch.Tensor:
     return torch.where(acts.preds < 0, fill, acts.preds)
 
 
-def pairs(ctx: RunContext, *, acts: ActivationSet,
-          wanted: list[tuple[int, int]] | None) -> tuple[np.ndarray, tuple[PairPlan, ...]]:
+def pairs(ctx: RunContext, *, acts: ActivationSet, wanted: list[tuple[int, int]] | None,
+          probs: np.ndarray | None = None) -> tuple[np.ndarray, tuple[PairPlan, ...]]:
     """The confusion matrix over the captured images and the pairs to study: `wanted`, or for
     `pairs="auto"` the most confused pairs, filled up with near misses when fewer than `n_pairs`
-    pairs are confused (`confusion.pick_pairs`)."""
+    pairs are confused (`confusion.pick_pairs`). `probs`: the images' softmax probabilities
+    (`ActivationSet.per_image` order) when already computed; else the model is run for them."""
     uid, labels, preds = acts.per_image()
     cm = confusion_matrix(labels, preds, ctx.num_classes)
     names = ctx.class_names
     if wanted is None:
-        probs = softmax_probs(ctx.model, ctx.dataset, uid, ctx.config.batch_size, ctx.device)
+        if probs is None:
+            probs = softmax_probs(ctx.model, ctx.dataset, uid, ctx.config.batch_size, ctx.device)
         picked = pick_pairs(cm, ctx.config.n_pairs, probs, labels, preds)
         chosen = [(p.a, p.b, p.kind) for p in picked]
     else:

@@ -17,26 +17,31 @@ from .records import Layout2D, PairPlan, PairViews
 _MIN_VIEW_SAMPLES = 5
 
 
-def attributions(ctx: RunContext, *, acts: ActivationSet, plans: tuple[PairPlan, ...]) -> torch.Tensor:
+def attributions(ctx: RunContext, *, acts: ActivationSet, plans: tuple[PairPlan, ...] | None,
+                 return_probs: bool = False) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
     """Attribution of every sample to every class [N, K] (see `attribution.attribute`).
 
     Models with more than `attribution.MAX_ALL_CLASSES` outputs are attributed to the classes of
-    the studied pairs only; the other columns are zero.
+    the studied pairs only (`plans`, needed then); the other columns are zero. `return_probs`: also
+    the softmax probabilities [U, K] of the captured images from the same forward passes
+    (`ActivationSet.per_image` order), which picking the pairs needs.
     """
     classes = None
     if ctx.num_classes > MAX_ALL_CLASSES:
-        classes = sorted({c for plan in plans for c in (plan.a, plan.b)})
+        classes = sorted({c for plan in plans or () for c in (plan.a, plan.b)})
         if not classes:
             raise DebugAtlasError(
                 f"The model has {ctx.num_classes} classes and no pair to study. HINT: pass `pairs=[(A, B)]`."
             )
-    attr = attribute(ctx.model, ctx.module, ctx.dataset, acts, classes=classes, batch_size=ctx.config.batch_size,
-                     relaxed_maxpool=ctx.config.relaxed_maxpool, device=ctx.device, progress=ctx.bar("attribution"))
-    if classes is None:
-        return attr
-    full = torch.zeros(attr.shape[0], ctx.num_classes)
-    full[:, classes] = attr
-    return full
+    out = attribute(ctx.model, ctx.module, ctx.dataset, acts, classes=classes, batch_size=ctx.config.batch_size,
+                    relaxed_maxpool=ctx.config.relaxed_maxpool, device=ctx.device, progress=ctx.bar("attribution"),
+                    return_probs=return_probs)
+    attr, probs = out if return_probs else (out, None)
+    if classes is not None:
+        full = torch.zeros(attr.shape[0], ctx.num_classes)
+        full[:, classes] = attr
+        attr = full
+    return (attr, probs.numpy()) if return_probs else attr
 
 
 def layout_options(ctx: RunContext) -> dict[str, Any]:
