@@ -11,7 +11,8 @@ from debugatlas.capture import capture
 from debugatlas.core import load_images
 from debugatlas.render import (
     COLOR_MATRIX, FeatureInversion, FourierImage, RandomTransforms, cell_directions,
-    decorrelate_colors, direction_objective, draw_icon_atlas, exemplar_crops, receptive_field, whitening_matrix,
+    decorrelate_colors, direction_objective, draw_icon_atlas, exemplar_crops, receptive_field, receptive_fields,
+    whitening_matrix,
 )
 
 
@@ -217,6 +218,21 @@ def test_receptive_field_of_known_conv_stack(setup):
     assert receptive_field(model, "layer3", (1, 24, 24), (3, 3)) == (5, 23, 5, 23)
     assert receptive_field(model, "layer2", (1, 24, 24), (3, 3)) == (9, 19, 9, 19)
     assert _hooks(model) == 0
+
+
+def test_receptive_fields_of_many_positions_match_one_at_a_time():
+    def stack():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 5, padding=2))
+
+    positions = [(0, 0), (3, 5), (7, 7), (3, 5), (-1, -1), (2, 6)]
+    together = receptive_fields(stack(), "3", (1, 16, 16), positions)  # a fresh model: nothing cached
+    alone = [receptive_field(stack(), "3", (1, 16, 16), pos) for pos in positions]
+    assert together == alone
+    # conv5 over the pooled grid at p sees pooled p-2..p+2, i.e. input pixels 2p-5..2p+6 (clipped)
+    assert together[0] == (0, 7, 0, 7) and together[1] == (1, 13, 5, 16) and together[4] == (0, 16, 0, 16)
+    with pytest.raises(DebugAtlasError, match="outside"):
+        receptive_fields(stack(), "3", (1, 16, 16), [(1, 1), (8, 0)])
 
 
 def test_exemplar_crops_cut_the_receptive_field(setup):

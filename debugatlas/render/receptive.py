@@ -43,32 +43,41 @@ def receptive_field(model: nn.Module, layer: str | nn.Module, input_shape: Seque
     hide pixels). Clipped to the image. Pooled outputs ((-1, -1), or an empty support) see the whole
     image. Cached per (model, layer, input shape, position).
     """
+    return receptive_fields(model, layer, input_shape, [position], trials, seed)[0]
+
+
+def receptive_fields(model: nn.Module, layer: str | nn.Module, input_shape: Sequence[int],
+                     positions: Sequence[Sequence[int]], trials: int = 16,
+                     seed: int = 0) -> list[tuple[int, int, int, int]]:
+    """`receptive_field` of each of `positions`; the ones not cached yet share one forward pass."""
     name, module = layer_name_and_module(model, layer)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise DebugAtlasError(f"`input_shape={tuple(input_shape)!r}` must be (C, H, W) positive integers.")
-    pos = tuple(int(p) for p in position)
+    wanted = [tuple(int(p) for p in position) for position in positions]
     whole = (0, shape[1], 0, shape[2])
-    if pos == (-1, -1):
-        return whole
     cache = _CACHE.setdefault(model, {}).setdefault((name, shape), {})
-    if pos in cache:
-        return cache[pos]
-    gen = generator(seed)
-    device = model_device(model)
-    with gradient_context(model):
-        images = torch.rand((max(1, int(trials)), *shape), generator=gen)
-        images[0] = 0.5
-        images = images.to(device).requires_grad_(True)
-        vectors = _select(run_to_layer(model, module, images, name), pos)
-        mix = torch.rand(vectors.shape[-1], generator=gen).add_(0.5).to(device)
-        (grad,) = torch.autograd.grad((vectors * mix).sum(), images)
-    support = (grad != 0).any(0).any(0)
-    rows = torch.nonzero(support.any(1)).flatten()
-    cols = torch.nonzero(support.any(0)).flatten()
-    region = whole if rows.numel() == 0 else (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-    cache[pos] = region
-    return region
+    missing = list(dict.fromkeys(pos for pos in wanted if pos != (-1, -1) and pos not in cache))
+    if missing:
+        gen = generator(seed)
+        device = model_device(model)
+        with gradient_context(model):
+            images = torch.rand((max(1, int(trials)), *shape), generator=gen)
+            images[0] = 0.5
+            images = images.to(device).requires_grad_(True)
+            output = run_to_layer(model, module, images, name)
+            mix = None
+            for k, pos in enumerate(missing):
+                vectors = _select(output, pos)
+                if mix is None:
+                    mix = torch.rand(vectors.shape[-1], generator=gen).add_(0.5).to(device)
+                (grad,) = torch.autograd.grad((vectors * mix).sum(), images, retain_graph=k + 1 < len(missing))
+                support = (grad != 0).any(0).any(0)
+                rows = torch.nonzero(support.any(1)).flatten()
+                cols = torch.nonzero(support.any(0)).flatten()
+                cache[pos] = (whole if rows.numel() == 0 else
+                              (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1))
+    return [whole if pos == (-1, -1) else cache[pos] for pos in wanted]
 
 
 def _window(start: int, stop: int, length: int, size: int) -> tuple[int, int]:
@@ -115,13 +124,13 @@ def exemplar_crops(model: nn.Module, layer: str | nn.Module, dataset, acts: Acti
     positions = acts.positions[index].tolist()
     if acts.spatial_shape is None:
         window = shape[1:]
+        fields = [receptive_field(model, layer, shape, pos) for pos in positions]
     else:
         centre = (acts.spatial_shape[0] // 2, acts.spatial_shape[1] // 2)
-        r0, r1, c0, c1 = receptive_field(model, layer, shape, centre)
+        (r0, r1, c0, c1), *fields = receptive_fields(model, layer, shape, [centre, *positions])
         window = (r1 - r0, c1 - c0)
     crops = []
-    for image, pos in zip(images, positions):
-        r0, r1, c0, c1 = receptive_field(model, layer, shape, pos)
+    for image, (r0, r1, c0, c1) in zip(images, fields):
         rows = _window(r0, r1, shape[1], window[0])
         cols = _window(c0, c1, shape[2], window[1])
         crops.append(_resize(_crop(image, rows, cols, fill), window))
