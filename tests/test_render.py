@@ -182,8 +182,23 @@ def test_identity_transform_and_seeded_transforms():
     assert not torch.allclose(a, images)
 
 
+def test_reduced_precision_icons_are_as_good_and_their_objective_is_measured_at_float32(setup):
+    model, _, _, dirs = setup
+    make = lambda precision: FeatureInversion(model, "layer3", (1, 24, 24), steps=64,  # noqa: E731
+                                              precision=precision)
+    full, reduced = make("float32"), make("bfloat16")
+    a, b = full.invert(dirs), reduced.invert(dirs)
+    assert b.params["precision"] == "bfloat16" and a.params["precision"] == "float32"
+    assert not torch.equal(a.icons, b.icons)
+    # the objective reported is the model's own (float32) score of the icon, not the autocast one
+    torch.testing.assert_close(b.objective, full.score(b.icons, dirs), rtol=1e-4, atol=1e-6)
+    # each icon is one optimisation run, so single icons vary either way; on the whole as good
+    assert (b.objective > 0).all() and b.objective.mean() > 0.8 * a.objective.mean()
+
+
 @pytest.mark.parametrize("kwargs", [dict(steps=0), dict(steps=-3), dict(attempts=0), dict(batch_size=0),
-                                    dict(lr=0.0), dict(image_size=(24, 24)), dict(transforms="yes")])
+                                    dict(lr=0.0), dict(image_size=(24, 24)), dict(transforms="yes"),
+                                    dict(precision="half")])
 def test_bad_settings_raise(setup, kwargs):
     model = setup[0]
     options = dict(image_size=(1, 24, 24)) | kwargs

@@ -35,8 +35,8 @@ class AnalysisConfig:
     "per_candidate": one candidate at a time, the earlier behaviour, same results),
     choosing_precision ("auto": the reduced precision the device runs natively, see
     `core.model.fast_precision`; or "float32", "bfloat16", "float16"): the precision of the forwards
-    that screen, rank and synthesise (in context) candidates; the held-out confirmation always runs
-    the model as given,
+    that synthesise (icons, in-context patches), screen and rank candidates; attribution, the icons'
+    reported objective and the held-out confirmation always run the model as given,
     in_context_patches (also synthesise each candidate as a patch optimised in context),
     split_fraction (share of each class's images in the selection half), confirm_alpha (family-wise
     error rate of the verdicts, see `patches.stats`).

@@ -39,7 +39,8 @@ def render(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, views: tuple[P
     groups = [(atlas, cells)] + ([(other, other.valid_cells()) for _, _, other in others] if own else [])
     means = torch.from_numpy(np.stack([a.mean_activation[i, j] for a, cs in groups for i, j in cs]))
     inverter = FeatureInversion(ctx.model, ctx.module, tuple(ctx.images([0]).shape[1:]), steps=cfg.render_steps,
-                                attempts=cfg.render_attempts, batch_size=cfg.render_batch_size, seed=ctx.seed)
+                                attempts=cfg.render_attempts, batch_size=cfg.render_batch_size, seed=ctx.seed,
+                                precision=cfg.choosing_precision)
     whitening = run_whitening(acts)
     result = inverter.invert(cell_directions(means, whitening))
     icons = {cell: result.icons[k] for k, cell in enumerate(cells)}

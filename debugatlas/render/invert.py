@@ -12,7 +12,8 @@ from torch import nn
 
 from ..core.errors import DebugAtlasError
 from ..core.model import (
-    generator, gradient_context, layer_name_and_module, model_device, run_to_layer, smallest_square_input,
+    PRECISIONS, generator, gradient_context, layer_name_and_module, model_device, precision_context, run_to_layer,
+    smallest_square_input,
 )
 from .objectives import _as_matrix, direction_objective, layer_vector
 from .param import FourierImage
@@ -65,7 +66,9 @@ class FeatureInversion:
     dot(h, v) * max(cos_floor, cos(h, v)) ** power over an image parameterised in Fourier space with 1/f
     scaling (decorrelated colour for 3 channels), with random pad/jitter/scale/rotate each step and
     Adam; the best of `attempts` runs per row is kept by final objective. Directions are processed
-    in chunks of `batch_size` rows on the model's device.
+    in chunks of `batch_size` rows on the model's device. `precision`: the optimisation's forwards
+    run under autocast to it ("float32": as the model is); the final objective that picks the best
+    attempt and is reported is measured at the model's own precision.
 
     Same seed and settings give the same icons (bit for bit on the CPU; on CUDA up to the atomic
     adds of `grid_sample`'s backward, which has no deterministic CUDA kernel: under
@@ -80,7 +83,7 @@ class FeatureInversion:
     def __init__(self, model: nn.Module, layer: str | nn.Module, image_size: tuple[int, int, int],
                  steps: int = 256, lr: float = 0.05, attempts: int = 1, power: float = 4.0,
                  batch_size: int = 64, seed: int = 0, transforms: bool | RandomTransforms = True,
-                 decorrelate: bool = True, cos_floor: float = 0.1) -> None:
+                 decorrelate: bool = True, cos_floor: float = 0.1, precision: str = "float32") -> None:
         if not isinstance(model, nn.Module):
             raise DebugAtlasError(f"`FeatureInversion(model=...)` got {type(model).__name__}, not an nn.Module.")
         size = tuple(image_size) if isinstance(image_size, (tuple, list, torch.Size)) else ()
@@ -97,7 +100,13 @@ class FeatureInversion:
             raise DebugAtlasError(
                 f"`FeatureInversion(transforms={transforms!r})` must be True, False or a RandomTransforms."
             )
+        if precision not in PRECISIONS:
+            raise DebugAtlasError(
+                f"`FeatureInversion(precision={precision!r})` is not one of {list(PRECISIONS)}. "
+                "HINT: 'float32' runs the model as it is."
+            )
         self.model = model
+        self.precision = precision
         self.layer_name, self.module = layer_name_and_module(model, layer)
         if not 0 <= cos_floor <= 1:
             raise DebugAtlasError(
@@ -162,7 +171,8 @@ class FeatureInversion:
                 images = param.image()
                 if self.transforms is not None:
                     images = self.transforms(images, gen)
-                loss = -self._objective(images, v).sum()
+                with precision_context(device, self.precision):
+                    loss = -self._objective(images, v).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -213,4 +223,5 @@ class FeatureInversion:
             "transforms": self.transforms.params(h, w) if self.transforms is not None else None,
             "objective_at": where, "pooled": where.startswith("pooled"),
             "skipped": torch.nonzero(skipped).flatten().tolist(), "device": str(device),
+            "precision": self.precision,
         }
