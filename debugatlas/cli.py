@@ -190,6 +190,7 @@ def _demo(args) -> int:
               f"{len(findings) or 'nothing'} confirmed")
         for finding in findings:
             flag = " [suspected shortcut]" if finding.get("suspected_shortcut") else ""
+            flag += " [synthesised patches only]" if finding.get("synthesized_only") else ""
             print(f"    - {finding['statement']}{flag}")
     print(f"report: {Path(args.out) / 'index.html'}  ({time.perf_counter() - started:.0f} s)")
     return EXIT_OK

@@ -48,3 +48,29 @@ def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ra
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
     assert [f["cell"] for f in out] == [list(neighbour), list(feature)]
     assert np.isclose(out[0]["flip_rate"], 0.91)
+
+
+def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
+    real, synthetic = (3, 4), (5, 6)
+    kept = [("c3-4-ctx5", "in_context", real), ("c3-4-ex0", "exemplar", real),
+            ("c5-6-ctx5", "in_context", synthetic), ("c5-6-icon", "icon", synthetic), ("c5-6-ex1", "exemplar", synthetic)]
+    results = [_result("c3-4-ctx5", "in_context", real, 0.9, "confirmed"),
+               _result("c3-4-ex0", "exemplar", real, 0.6, "confirmed"),
+               _result("c5-6-ctx5", "in_context", synthetic, 0.8, "confirmed"),
+               _result("c5-6-icon", "icon", synthetic, 0.5, "confirmed"),
+               _result("c5-6-ex1", "exemplar", synthetic, 0.3, "natural")]  # a real crop, not confirmed
+    suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
+                                     for pid, source, cell in kept],
+                            baseline=SimpleNamespace(results=results))
+    evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
+    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    counts = np.zeros((8, 8), dtype=np.int64)
+    atlas = SimpleNamespace(exemplars={real: [0], synthetic: [1]}, counts=counts)
+    acts = SimpleNamespace(labels=torch.tensor([7, 7]), image_ids=torch.tensor([10, 11]))
+    out = findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas,
+                                 acts=acts, field_fraction=0.1)
+    by_cell = {tuple(f["cell"]): f for f in out}
+    assert by_cell[real]["confirmed_sources"] == ["exemplar", "in_context"]
+    assert by_cell[real]["synthesized_only"] is False
+    assert by_cell[synthetic]["confirmed_sources"] == ["icon", "in_context"]
+    assert by_cell[synthetic]["synthesized_only"] is True

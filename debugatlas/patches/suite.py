@@ -17,7 +17,7 @@ from ..core.errors import DebugAtlasError
 from ..core.model import model_device, preserved_model_state
 from .candidates import control_patches
 from .evaluate import evaluate_patches
-from .types import DEFAULT_SIZES, PLACEMENTS, SELECTION_RULE, Patch, PatchEvaluation
+from .types import DEFAULT_SIZES, PLACEMENTS, REAL_SOURCES, SELECTION_RULE, Patch, PatchEvaluation
 
 
 @dataclass
@@ -194,7 +194,7 @@ def build_suite(
                                   progress=progress, controls=controls, batched=batched, precision=precision)
     ranked = [r.patch_id for r in evaluation.ranked(rank_by)]
     kept = ranked if keep is None else _keep(ranked, int(keep), int(min_synthesized),
-                                             {p.id for p in candidates if p.source != "exemplar"})
+                                             {p.id for p in candidates if p.source not in REAL_SOURCES})
     by_id = {p.id: p for p in candidates}
     evaluation.results = ([r for pid in kept for r in evaluation.results if r.patch_id == pid]
                           + [r for r in evaluation.results if r.is_control])

@@ -15,6 +15,7 @@ from ..core.errors import DebugAtlasError
 
 SOURCES = ("icon", "icon_crop", "exemplar", "noise", "natural", "optimised", "in_context")
 CONTROL_SOURCES = ("noise", "natural")
+REAL_SOURCES = ("exemplar",)  # crops of real images; every other non-control source is synthesized
 PLACEMENTS = ("static", "dynamic", "random")
 DEFAULT_SIZES = (0.25, 0.35)  # side fractions: at most about 12 % of the image
 DEFAULT_CROP_SIZES = (6, 8, 12, 16)

@@ -6,7 +6,7 @@ from collections import Counter
 from ..artifacts.paths import icon_path
 from ..atlas import Atlas
 from ..capture import ActivationSet
-from ..patches import PatchResult
+from ..patches import REAL_SOURCES, PatchResult
 from ..shortcut import shortcut_evidence
 from .records import PairPlan, PairTest
 
@@ -40,7 +40,9 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     held-out half; among equally supported cells, the one the model's activations fall in more
     often speaks for more images. Per cell the representative result is the confirmed one under
     the first placement of random, static, dynamic. Each finding carries the suspected-shortcut
-    evidence of its cell.
+    evidence of its cell, the sources of all its confirmed patches, and whether they are all
+    synthesized (no crop of a real image from the cell confirmed): then the finding says the model
+    can be pushed toward B along the cell's direction, not yet that real images carry it.
     """
     if test.suite is None:
         return ()
@@ -58,13 +60,16 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
         samples = atlas.exemplars.get(cell, [])
         evidence = shortcut_evidence(atlas, labels, cell, plan.b, field_fraction, confirmed=True)
         patch = next(p for p in test.suite.patches if p.id == r.patch_id)
+        sources = sorted({c.source for c in confirmed if c.cell == cell})
         out.append({
             "cell": list(cell), "statement": statement(plan, r), "patch": r.patch_id, "source": patch.source,
             "placement": r.placement, "n_images": r.n_images, "flip_rate": r.flip_rate,
             "flip_rate_ci": list(r.flip_rate_ci) if r.flip_rate_ci else None, "p_value": r.p_value,
             "noise_flip_rate": r.noise_flip_rate, "natural_flip_rate": r.natural_flip_rate,
             "exemplar_ids": [int(i) for i in acts.image_ids[samples].tolist()] if samples else [],
-            "icon": icon_path(cell), "suspected_shortcut": bool(evidence.suspected),
+            "icon": icon_path(cell), "confirmed_sources": sources,
+            "synthesized_only": not any(source in REAL_SOURCES for source in sources),
+            "suspected_shortcut": bool(evidence.suspected),
             "shortcut_evidence": evidence.to_dict(),
         })
     return tuple(out)

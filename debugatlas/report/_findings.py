@@ -100,6 +100,7 @@ def findings(names: tuple[str, str], sm: Mapping, rd: Mapping, images, *, cell_e
             "exemplars": crops,
             "exemplar_ids": ids[:MAX_FINDING_EXEMPLARS],
             "suspected_shortcut": raw.get("suspected_shortcut") is True,
+            "synthesized_only": raw.get("synthesized_only") is True,
             "evidence": _evidence(raw.get("shortcut_evidence")),
             "gauge": gauge(flip, ci, noise, natural),
         })
