@@ -74,3 +74,5 @@ def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
     assert by_cell[real]["synthesized_only"] is False
     assert by_cell[synthetic]["confirmed_sources"] == ["icon", "in_context"]
     assert by_cell[synthetic]["synthesized_only"] is True
+    # the held-out half measured one real crop of each cell; only the first cell's beat the controls
+    assert by_cell[real]["real_crops_tested"] == 1 and by_cell[synthetic]["real_crops_tested"] == 1

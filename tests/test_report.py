@@ -136,7 +136,7 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
                 {"cell": [0, 3], "statement": FINDING_STATEMENT, "patch": f"{stem}-0-dynamic",
                  "flip_rate": 0.65, "flip_rate_ci": [0.55, 0.74], "noise_flip_rate": 0.05,
                  "natural_flip_rate": 0.1, "exemplar_ids": [11, 12], "icon": icons[0],
-                 "suspected_shortcut": False, "synthesized_only": True},
+                 "suspected_shortcut": False, "synthesized_only": True, "real_crops_tested": 2},
                 {"cell": [1, 3], "patch": f"{stem}-1-static", "flip_rate": 0.3,
                  "flip_rate_ci": [0.21, 0.41], "noise_flip_rate": 0.02, "natural_flip_rate": 0.04,
                  "exemplar_ids": [21, 22, 23], "icon": icons[1], "suspected_shortcut": True,
@@ -343,7 +343,8 @@ def test_findings_lead_the_page_with_statement_pictures_and_suspects(full):
     # only the first finding's patches are all synthesised; the suspect's summary says nothing of it
     badge = '<span class="badge synthesized">synthesised patches only</span> '
     assert findings.count(badge) == 1 and badge + FINDING_STATEMENT in findings
-    assert findings.count("no crop of a real image from the cell was confirmed") == 1
+    assert findings.count("2 crops of real images from the cell were measured on held-out images and did not "
+                          "beat both controls") == 1
     # report_data's crops and patch image for cell (0, 3); the summary patch's file for the suspect.
     assert 'src="exemplars/pair1_finding_0.png"' in findings
     assert 'src="patches/pair1_cell0.png"' in findings and 'src="patches/pair1_cell1.png"' in findings

@@ -40,9 +40,11 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     held-out half; among equally supported cells, the one the model's activations fall in more
     often speaks for more images. Per cell the representative result is the confirmed one under
     the first placement of random, static, dynamic. Each finding carries the suspected-shortcut
-    evidence of its cell, the sources of all its confirmed patches, and whether they are all
-    synthesized (no crop of a real image from the cell confirmed): then the finding says the model
-    can be pushed toward B along the cell's direction, not yet that real images carry it.
+    evidence of its cell, the sources of all its confirmed patches, how many crops of real images
+    from the cell the held-out half measured, and whether the confirmed patches are all
+    synthesized (no crop of a real image from the cell confirmed, or none measured): then the
+    finding says the model can be pushed toward B along the cell's direction, not yet that real
+    images carry it.
     """
     if test.suite is None:
         return ()
@@ -61,13 +63,14 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
         evidence = shortcut_evidence(atlas, labels, cell, plan.b, field_fraction, confirmed=True)
         patch = next(p for p in test.suite.patches if p.id == r.patch_id)
         sources = sorted({c.source for c in confirmed if c.cell == cell})
+        real_tested = sum(1 for p in test.suite.patches if p.cell == cell and p.source in REAL_SOURCES)
         out.append({
             "cell": list(cell), "statement": statement(plan, r), "patch": r.patch_id, "source": patch.source,
             "placement": r.placement, "n_images": r.n_images, "flip_rate": r.flip_rate,
             "flip_rate_ci": list(r.flip_rate_ci) if r.flip_rate_ci else None, "p_value": r.p_value,
             "noise_flip_rate": r.noise_flip_rate, "natural_flip_rate": r.natural_flip_rate,
             "exemplar_ids": [int(i) for i in acts.image_ids[samples].tolist()] if samples else [],
-            "icon": icon_path(cell), "confirmed_sources": sources,
+            "icon": icon_path(cell), "confirmed_sources": sources, "real_crops_tested": real_tested,
             "synthesized_only": not any(source in REAL_SOURCES for source in sources),
             "suspected_shortcut": bool(evidence.suspected),
             "shortcut_evidence": evidence.to_dict(),

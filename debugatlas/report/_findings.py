@@ -101,6 +101,7 @@ def findings(names: tuple[str, str], sm: Mapping, rd: Mapping, images, *, cell_e
             "exemplar_ids": ids[:MAX_FINDING_EXEMPLARS],
             "suspected_shortcut": raw.get("suspected_shortcut") is True,
             "synthesized_only": raw.get("synthesized_only") is True,
+            "real_crops_tested": _num(raw.get("real_crops_tested")),
             "evidence": _evidence(raw.get("shortcut_evidence")),
             "gauge": gauge(flip, ci, noise, natural),
         })

@@ -33,7 +33,8 @@ report_data `cells` shows the summary's `confusing_cells`. Patch rows come from 
 
 Findings (the page opens with them) are the summary's `pairs[].findings` (schema 1 extended:
 `cell`, `statement`, `patch` (a patch id), `flip_rate`, `flip_rate_ci`, `noise_flip_rate`,
-`natural_flip_rate`, `exemplar_ids`, `icon`, `suspected_shortcut`, `synthesized_only`); an entry whose `verdict` is
+`natural_flip_rate`, `exemplar_ids`, `icon`, `suspected_shortcut`, `synthesized_only`,
+`real_crops_tested`); an entry whose `verdict` is
 present and not "confirmed" is skipped. report_data's `pairs[].findings` adds the pictures, matched
 by `cell`: `exemplars` (crops of real images, best first) and `patch_image` (the pasted patch). A
 finding without them takes the exemplar crops of the same cell in the pair's `cells`, and the
