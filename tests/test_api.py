@@ -133,6 +133,12 @@ def test_models_with_more_than_100_classes_attribute_the_studied_pairs(trained_c
     others = [k for k in range(140) if k not in (3, 8)]
     assert attr[:, others].abs().sum() == 0
     assert result.summary["pairs"][0]["confusing_cells"]
+    # pairs="auto": picked first (with a pass for the probabilities), then only their classes attributed
+    auto = analyze(Wide(trained_cnn), val, "inner.layer3", class_names=names, **FAST)
+    studied = sorted({names.index(p[k]) for p in auto.summary["pairs"] for k in ("a", "b")})
+    assert studied and max(studied) < 10
+    assert auto.attributions[:, studied].abs().sum() > 0
+    assert auto.attributions[:, [k for k in range(140) if k not in studied]].abs().sum() == 0
 
 
 def test_layout_options_reach_the_layout_and_bad_ones_are_refused():
