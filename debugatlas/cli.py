@@ -159,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--seed", type=int, default=0)
     an.add_argument("--no-render", action="store_true", help="skip feature inversion (and the patch tests)")
     an.add_argument("--no-patches", action="store_true", help="skip the patch tests")
+    an.add_argument("--progress", action="store_true",
+                    help="show the progress bar even when stderr is not a terminal (a log file, CI)")
     an.add_argument("--option", action="append", metavar="NAME=VALUE",
                     help="any AnalysisConfig option, e.g. render_steps=64 or grid_sizes=10,20 (repeatable)")
 
@@ -209,7 +211,8 @@ def _analyze(args) -> int:
     model, normalize = model_from_args(args)
     dataset = image_folder(args.data, size=args.image_size, grayscale=args.grayscale)
     result = analyze(model, dataset, args.layer, pairs=[tuple(p) for p in args.pair] if args.pair else "auto",
-                     normalize=normalize, out_dir=args.out, seed=args.seed, device=args.device, progress=True,
+                     normalize=normalize, out_dir=args.out, seed=args.seed, device=args.device,
+                     progress=True if args.progress else None,
                      title=f"{args.model} on {args.data}", data_description=str(args.data),
                      model_spec=args.model, **options)
     print(f"accuracy {result.summary['accuracy']:.3f}; report: {Path(args.out) / 'index.html'}")

@@ -82,7 +82,7 @@ def test_shared_model_flags_build_the_model_and_normalization():
         parser.parse_args(["--model", "a:b", "--weights", "w.pt", "--checkpoint", "c.ckpt"])
 
 
-def test_options_reach_the_analysis(tmp_path):
+def test_options_reach_the_analysis(tmp_path, capsys):
     data = _image_folder(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["analyze", *SMALL_CNN, "--data", str(data), "--layer", "layer2", "--out", str(out), *FAST,
@@ -90,6 +90,11 @@ def test_options_reach_the_analysis(tmp_path):
     config = json.loads((out / "summary.json").read_text())["config"]
     assert (config["n_exemplars"], config["min_count"], config["samples_per_image"]) == (2, 1, 2)
     assert (config["render"], config["patches"], config["grid_size"], config["layout"]) == (False, False, 4, "pca")
+    # stderr is not a terminal here (a log file, CI): no progress bar unless asked
+    assert "debugatlas (" not in capsys.readouterr().err
+    assert main(["analyze", *SMALL_CNN, "--data", str(data), "--layer", "layer2", "--out", str(out), *FAST,
+                 "--progress"]) == 0
+    assert "debugatlas (capture)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def analyze(
     device: torch.device | str | None = None,
     class_names: Sequence[str] | None = None,
     activations: ActivationSet | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
     title: str | None = None,
     data_description: str | None = None,
     model_spec: str | None = None,
@@ -56,6 +56,7 @@ def analyze(
     `activations` skips capture (the Lightning callback passes what it captured during validation);
     it is not changed. `model_spec` ("pkg.module:factory") is recorded so the report can print the
     exact check command. Options (see `AnalysisConfig`) tune each stage. The model is left as found.
+    `progress`: one bar across the stages on stderr (None: only when stderr is a terminal).
     An error leaves any earlier report in `out_dir` intact: files are written only once everything
     has been computed.
     """
@@ -80,7 +81,7 @@ def analyze(
                                                                                  len(data)))
         if config.choosing_precision == "auto":
             config = dataclasses.replace(config, choosing_precision=fast_precision(dev))
-        with RunProgress(STAGE_WEIGHTS, enabled=bool(progress)) as bar:
+        with RunProgress(STAGE_WEIGHTS, enabled=None if progress is None else bool(progress)) as bar:
             ctx = RunContext(net, name, module, data, dev, int(seed), config, tuple(names), bar)
             result = _run(ctx, activations, normalize, model_spec, started, wanted, user_layer)
     result = dataclasses.replace(result, out_dir=Path(out_dir) if out_dir is not None else None)
