@@ -427,4 +427,10 @@ def test_kept_patches_give_synthesized_candidates_their_places():
     assert _keep(ranked, 4, 0, {"s1", "s2"}) == ["e1", "e2", "e3", "s1"]  # ranking alone
     assert _keep(["e1", "e2", "e3", "e4", "s1"], 3, 2, {"s1"}) == ["e1", "e2", "s1"]  # only one exists
     assert _keep(["s1", "e1", "s2"], 2, 2, {"s1", "s2"}) == ["s1", "s2"]
+    # real crops get their places too when synthesized patches outrank them all
+    ranked = ["s1", "s2", "s3", "s4", "e1", "e2"]
+    assert _keep(ranked, 4, 2, {"s1", "s2", "s3", "s4"}, min_real=1) == ["s1", "s2", "s3", "e1"]
+    assert _keep(ranked, 4, 2, {"s1", "s2", "s3", "s4"}, min_real=2) == ["s1", "s2", "e1", "e2"]
+    assert _keep(ranked, 3, 2, {"s1", "s2", "s3", "s4"}, min_real=5) == ["s1", "s2", "e1"]  # synthesized first
+    assert _keep(["s1", "s2"], 2, 0, {"s1", "s2"}, min_real=2) == ["s1", "s2"]  # no real crop to keep
     assert _keep(ranked, 10, 2, {"s1", "s2"}) == ranked  # room for all

@@ -171,6 +171,7 @@ def build_suite(
     batched: bool = True,
     min_synthesized: int = 0,
     precision: str = "float32",
+    min_real: int = 0,
 ) -> PatchSuite:
     """Quantise the candidates and controls to 8 bits, measure them, keep the `keep` best.
 
@@ -179,7 +180,8 @@ def build_suite(
     `min_synthesized` go to the best synthesized candidates (any source but a real exemplar crop)
     when the ranking alone would keep fewer: a crop of a real image that holds a feature often
     outranks every image made from the feature's direction, and the suite is meant to test both.
-    The baseline holds the kept patches and all controls, every placement. `precision`: see
+    Likewise up to `min_real` places go to the best crops of real images, so that a feature whose
+    synthesized patches outrank everything is also measured as real images show it. The baseline holds the kept patches and all controls, every placement. `precision`: see
     `evaluate_patches` (a suite chosen at reduced precision is confirmed at the model's own).
     """
     names = [str(c) for c in class_names]
@@ -194,7 +196,8 @@ def build_suite(
                                   progress=progress, controls=controls, batched=batched, precision=precision)
     ranked = [r.patch_id for r in evaluation.ranked(rank_by)]
     kept = ranked if keep is None else _keep(ranked, int(keep), int(min_synthesized),
-                                             {p.id for p in candidates if p.source not in REAL_SOURCES})
+                                             {p.id for p in candidates if p.source not in REAL_SOURCES},
+                                             int(min_real))
     by_id = {p.id: p for p in candidates}
     evaluation.results = ([r for pid in kept for r in evaluation.results if r.patch_id == pid]
                           + [r for r in evaluation.results if r.is_control])
@@ -203,17 +206,17 @@ def build_suite(
                       shape, int(batch_size), SELECTION_RULE, dict(metadata or {}))
 
 
-def _keep(ranked: list[str], keep: int, min_synthesized: int, synthesized: set[str]) -> list[str]:
-    """The first `keep` of `ranked`, with the best `min_synthesized` synthesized ids among them
-    (replacing the lowest-ranked others), in ranking order."""
-    kept = ranked[:keep]
-    wanted = [i for i in ranked if i in synthesized][:min(min_synthesized, keep)]
-    missing = [i for i in wanted if i not in kept]
-    if missing:
-        others = [i for i in kept if i not in wanted]
-        drop = set(others[len(others) - len(missing):])
-        kept = [i for i in ranked if (i in kept and i not in drop) or i in missing]
-    return kept
+def _keep(ranked: list[str], keep: int, min_synthesized: int, synthesized: set[str],
+          min_real: int = 0) -> list[str]:
+    """The first `keep` of `ranked`, with the best `min_synthesized` synthesized ids and then the
+    best `min_real` others among them where they exist (replacing the lowest-ranked of the rest),
+    in ranking order."""
+    synth = [i for i in ranked if i in synthesized][:min(min_synthesized, keep)]
+    real = [i for i in ranked if i not in synthesized][:max(0, min(min_real, keep - len(synth)))]
+    reserved = set(synth) | set(real)
+    rest = [i for i in ranked if i not in reserved][:keep - len(reserved)]
+    chosen = reserved | set(rest)
+    return [i for i in ranked if i in chosen]
 
 
 def summary_patch_entries(suite: PatchSuite, prefix: str = "patches/",

@@ -13,7 +13,8 @@ Per pair (A, B), on images of A split by id into a selection and a confirmation 
    least 4) random positions on the selection half (at most `selection_images`; when it holds
    more than `2 * RACE_IMAGES`, only the best third of many candidates after a first round on
    `RACE_IMAGES` of them); the `KEEP` best by flip rate above the stronger control are kept, at
-   least half of them synthesized (not real exemplar crops) when there are enough;
+   least half of them synthesized (not real exemplar crops) and `MIN_REAL` real crops when
+   there are enough;
 3. confirm: the kept patches and their controls are measured again on the confirmation half only,
    and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
    patches: the confirmation half took no part in choosing them, so the screened and selected
@@ -50,6 +51,7 @@ SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
 SCREEN_RACE_IMAGES = 8  # with many cells, a first screening round on this many keeps the best
 MIN_CHOOSING_POSITIONS = 4  # fewer left small patches ranked on too few placements per image
 KEEP = 10  # patches confirmed on the held-out half; half of the places go to synthesized ones
+MIN_REAL = 2  # ... and two to the best crops of real images, so real images are measured too
 RACE_IMAGES = 16  # a first selection round on this many images keeps the best third of many candidates
 
 
@@ -217,13 +219,14 @@ def _rank(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images: torc
           images_b: torch.Tensor | None, keep: int, progress=None):
     """`build_suite` on selection images: the flip rate above the stronger control at random
     positions ranks, so only that placement is measured (the held-out half measures every one);
-    `keep` best, half of them synthesized when there are enough."""
+    `keep` best, half of them synthesized and `MIN_REAL` real crops when there are enough."""
     cfg = ctx.config
     return build_suite(
         ctx.model, images, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
         placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, keep=keep,
         device=ctx.device, batch_size=cfg.patch_batch_size, progress=progress,
         batched=cfg.patch_batching == "batched", min_synthesized=keep // 2, precision=cfg.choosing_precision,
+        min_real=MIN_REAL,
     )
 
 
