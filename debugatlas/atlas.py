@@ -288,6 +288,15 @@ def class_filter_mask(attributions: Any, target: int, top_n: int) -> np.ndarray:
     return mask
 
 
+def filter_overlap(attributions: Any, a: int, b: int, top_n: int) -> float:
+    """Share of the samples in either class filter (`class_filter_mask`) of `a` and `b` that are in
+    both (Jaccard index); 1.0 when both are empty. With few classes, or `top_n` near the number of
+    samples, the two filters hold much the same samples and their atlases look alike."""
+    mask_a, mask_b = class_filter_mask(attributions, a, top_n), class_filter_mask(attributions, b, top_n)
+    union = int((mask_a | mask_b).sum())
+    return float((mask_a & mask_b).sum() / union) if union else 1.0
+
+
 def _fit_layout(vectors: torch.Tensor, layout: dict | None, seed: int, **overrides) -> tuple[np.ndarray, dict]:
     """Fit `Layout` on `vectors`, shrinking the neighbourhood to fit small sample counts.
 

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from debugatlas.core import DebugAtlasError
-from debugatlas.atlas import Atlas, bin_points, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas
+from debugatlas.atlas import (
+    Atlas, bin_points, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas, filter_overlap,
+)
 from debugatlas.capture import ActivationSet
 
 
@@ -160,6 +162,15 @@ def test_build_atlas_bad_inputs():
     bad[3, 1] = float("nan")
     with pytest.raises(DebugAtlasError, match="NaN"):
         build_atlas(xy, acts, bad)
+
+
+def test_filter_overlap_is_the_share_of_filtered_samples_in_both():
+    attr = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.5], [0.5, 0.4, 0.9], [1.0, 0.9, 0.0], [0.0, 0.0, 5.0]])
+    # filters of 0 and 1 with top_n=1: {0, 3} | {0} and {1} | {1}: nothing shared
+    assert filter_overlap(attr, 0, 1, 1) == 0.0
+    # top_n=2: {0, 3} and {1, 0}: one of three
+    assert filter_overlap(attr, 0, 1, 2) == pytest.approx(1 / 3)
+    assert filter_overlap(attr, 0, 1, 5) == 1.0  # top_n >= samples: both filters hold everything
 
 
 def test_class_filter_mask_hand_made():

@@ -90,6 +90,9 @@ def test_options_reach_the_analysis(tmp_path, capsys):
     config = json.loads((out / "summary.json").read_text())["config"]
     assert (config["n_exemplars"], config["min_count"], config["samples_per_image"]) == (2, 1, 2)
     assert (config["render"], config["patches"], config["grid_size"], config["layout"]) == (False, False, 4, "pca")
+    # 48 samples and filter_top_n=400: both class filters hold every sample, and the pair says so
+    notes = json.loads((out / "summary.json").read_text())["pairs"][0]["notes"]
+    assert any("share 100 % of their samples" in n for n in notes)
     # stderr is not a terminal here (a log file, CI): no progress bar unless asked
     assert "debugatlas (" not in capsys.readouterr().err
     assert main(["analyze", *SMALL_CNN, "--data", str(data), "--layer", "layer2", "--out", str(out), *FAST,

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atlas import Atlas, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas
+from ..atlas import Atlas, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas, filter_overlap
 from ..attribution import MAX_ALL_CLASSES, attribute
 from ..capture import ActivationSet
 from ..confusion import rank_confusing_cells
@@ -15,6 +15,7 @@ from .context import RunContext
 from .records import Layout2D, PairPlan, PairViews
 
 _MIN_VIEW_SAMPLES = 5
+_OVERLAP_NOTE = 0.5  # class filters sharing at least this share of their samples get a note
 
 
 def attributions(ctx: RunContext, *, acts: ActivationSet, plans: tuple[PairPlan, ...] | None,
@@ -100,6 +101,15 @@ def pair_views(ctx: RunContext, *, acts: ActivationSet, attributions: torch.Tens
         except DebugAtlasError as exc:
             views[side] = None
             notes.append(f"class-filtered atlas of {ctx.class_names[cls]!r} skipped: {exc}")
+    if views["filtered_a"] is not None and views["filtered_b"] is not None:
+        shared = filter_overlap(attributions.numpy(), plan.a, plan.b, cfg.filter_top_n)
+        if shared >= _OVERLAP_NOTE:
+            notes.append(
+                f"The class filters of {plan.a_name!r} and {plan.b_name!r} share {100 * shared:.0f} % of their "
+                "samples (each holds the samples whose largest attribution is its class and the "
+                f"{cfg.filter_top_n} most attributed to it), so the two class-filtered atlases look alike; "
+                "the comparison atlas and the ranked cells tell the classes apart."
+            )
     try:
         views["comparison"] = (_shared_comparison(ctx, acts, attributions, layout, atlas.grid_size, plan)
                                if cfg.filtered_layout == "shared" else _own_comparison(ctx, acts, attributions, plan))
