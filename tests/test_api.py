@@ -31,6 +31,8 @@ def test_summary_matches_file_and_contract(trained_cnn, digits_data, tmp_path):
     s = result.summary
     assert s["schema_version"] == 1 and s["layer"] == "layer3"
     assert s["num_samples"] == 2 * len(val) and s["classes"] == [str(d) for d in range(10)]
+    # filter_top_n="auto" is recorded as the number it became: one class's share of the samples
+    assert s["config"]["filter_top_n"] == 2 * len(val) // 10
     cm = torch.tensor(s["confusion_matrix"])
     assert cm.shape == (10, 10) and int(cm.sum()) == len(val)
     assert s["accuracy"] == pytest.approx(float(cm.diag().sum()) / len(val))

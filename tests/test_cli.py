@@ -86,7 +86,8 @@ def test_options_reach_the_analysis(tmp_path, capsys):
     data = _image_folder(tmp_path / "data")
     out = tmp_path / "run"
     assert main(["analyze", *SMALL_CNN, "--data", str(data), "--layer", "layer2", "--out", str(out), *FAST,
-                 "--option", "n_exemplars=2", "--option", "min_count=1", "--option", "samples_per_image=2"]) == 0
+                 "--option", "n_exemplars=2", "--option", "min_count=1", "--option", "samples_per_image=2",
+                 "--option", "filter_top_n=400"]) == 0
     config = json.loads((out / "summary.json").read_text())["config"]
     assert (config["n_exemplars"], config["min_count"], config["samples_per_image"]) == (2, 1, 2)
     assert (config["render"], config["patches"], config["grid_size"], config["layout"]) == (False, False, 4, "pca")

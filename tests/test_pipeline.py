@@ -1,12 +1,15 @@
 """The pipeline's own contract: stages on one RunContext, inputs left as they were given."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from debugatlas import analyze
 from debugatlas.capture import capture
+from debugatlas.core.errors import DebugAtlasError
 from debugatlas.data import TensorImageDataset
+from debugatlas.pipeline.config import AnalysisConfig, auto_filter_top_n
 
 
 class Wide(nn.Module):
@@ -164,3 +167,16 @@ def test_many_screened_cells_race_on_a_few_images_before_the_full_screen(monkeyp
     assert len(set(full)) == keep and set(full) <= set(cells)
     screening = json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"][0]["screening"]
     assert screening["n_screened"] == len(cells)  # every cell counts, not only the survivors
+
+
+def test_auto_filter_top_n_is_one_class_share_of_the_samples_at_most_the_papers_2000():
+
+    assert auto_filter_top_n(1800, 3) == 600
+    assert auto_filter_top_n(1_000_000, 1000) == 1000
+    assert auto_filter_top_n(100_000, 10) == 2000
+    assert auto_filter_top_n(5, 10) == 1
+    assert AnalysisConfig.from_options({}).filter_top_n == "auto"
+    assert AnalysisConfig.from_options({"filter_top_n": 50}).filter_top_n == 50
+    for bad in (0, "all", 2.5, True):
+        with pytest.raises(DebugAtlasError, match="filter_top_n"):
+            AnalysisConfig.from_options({"filter_top_n": bad})

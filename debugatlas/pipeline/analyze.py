@@ -21,7 +21,7 @@ from ..core.progress import RunProgress
 from ..data import class_names as _class_names
 from ..patches.split import split_images
 from . import examples, findings, icons, patch_stage, prepare, summary, views
-from .config import AnalysisConfig
+from .config import AnalysisConfig, auto_filter_top_n
 from .context import RunContext
 from .records import AnalysisResult, PairFinding, PairTest, Rendered
 
@@ -107,6 +107,9 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
     if sparse is not None:
         sizes = tuple(sorted({grid, *(g for g in ctx.config.grid_sizes if g <= grid)}))
         ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, grid_size=grid, grid_sizes=sizes))
+    if ctx.config.filter_top_n == "auto":
+        top_n = auto_filter_top_n(len(acts), ctx.num_classes)
+        ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, filter_top_n=top_n))
     cfg = ctx.config
     uid, labels, preds = acts.per_image()
     attr = probs = None

@@ -11,6 +11,18 @@ PATCH_BATCHING = ("batched", "per_candidate")
 CHOOSING_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
+AUTO_FILTER_CAP = 2000  # the paper's class filter at ImageNet scale (about 2,000 of a million samples)
+
+
+def auto_filter_top_n(n_samples: int, n_classes: int) -> int:
+    """`filter_top_n="auto"`: one class's share of the samples, at most `AUTO_FILTER_CAP`, at least 1.
+
+    A fixed 2,000 holds every sample of a run with fewer, and then every class filter shows the
+    whole atlas; a class's share keeps the filters of different classes apart at any size.
+    """
+    return int(max(1, min(AUTO_FILTER_CAP, int(n_samples) // max(1, int(n_classes)))))
+
+
 @dataclass
 class AnalysisConfig:
     """Every stage option of `analyze()`; pass any of them as a keyword argument.
@@ -23,7 +35,9 @@ class AnalysisConfig:
     default), layout_backend ("auto" | "umap-learn" | "torch" | "torchdr", see `layout.Layout`;
     the layout runs on the analysis device), layout_pca_dims (project on that many principal
     components first). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
-    min_count, n_exemplars, filter_top_n, filtered_layout ("shared": the class-filtered and comparison
+    min_count, n_exemplars, filter_top_n (a class filter holds the samples whose largest attribution
+    is the class and the `filter_top_n` most attributed to it; "auto": one class's share of the
+    samples, samples // classes, at most `AUTO_FILTER_CAP`), filtered_layout ("shared": the class-filtered and comparison
     atlases keep the main layout's coordinates and grid; "own": each is laid out again, as in the
     paper). Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
@@ -60,7 +74,7 @@ class AnalysisConfig:
     grid_sizes: tuple[int, ...] = (20, 40)
     min_count: int = 3
     n_exemplars: int = 8
-    filter_top_n: int = 2000
+    filter_top_n: int | str = "auto"
     filtered_layout: str = "shared"
     n_pairs: int = 3
     top_cells: int = 32
@@ -118,8 +132,10 @@ class AnalysisConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise DebugAtlasError(f"`{name}={value!r}` must be a number in (0, 1).")
-        positive = ("cap", "batch_size", "grid_size", "min_count", "n_exemplars",
-                    "filter_top_n", "n_pairs", "top_cells", "render_steps", "render_attempts",
+        if self.filter_top_n != "auto" and (not isinstance(self.filter_top_n, int)
+                                            or isinstance(self.filter_top_n, bool) or self.filter_top_n < 1):
+            raise DebugAtlasError(f"`filter_top_n={self.filter_top_n!r}` must be 'auto' or an integer >= 1.")
+        positive = ("cap", "batch_size", "grid_size", "min_count", "n_exemplars", "n_pairs", "top_cells", "render_steps", "render_attempts",
                     "render_batch_size", "n_random", "max_patch_images", "selection_images", "n_neighbors",
                     "patch_batch_size")
         for name in positive:
