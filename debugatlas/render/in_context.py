@@ -87,8 +87,9 @@ class InContextInversion:
     contexts: pasted copies per direction and step (each its own image and position).
     transforms: True for `PATCH_TRANSFORMS` (scale and rotation of the patch), False, or a
         `RandomTransforms`.
-    precision: the forwards run under autocast to it ("float32": as the model is); the patch, its
-        parameters and the objective stay float32.
+    precision: the optimisation's forwards run under autocast to it ("float32": as the model is);
+        the patch and its parameters stay float32, and the objectives it reports (initial, final,
+        `score`) are measured at the model's own precision.
     """
 
     def __init__(self, model: nn.Module, layer: str | nn.Module, images: torch.Tensor, patch_size: int,
@@ -142,7 +143,8 @@ class InContextInversion:
                 opt = torch.optim.Adam(param.parameters(), lr=self.lr)
                 for _ in range(self.steps):
                     patch = param.image()
-                    loss = -self._objective(patch, v, self._draw(self.contexts, gen), device, gen).sum()
+                    with precision_context(device, self.precision):
+                        loss = -self._objective(patch, v, self._draw(self.contexts, gen), device, gen).sum()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -186,8 +188,7 @@ class InContextInversion:
         for k in range(n):
             r, c = int(rows[k]), int(cols[k])
             batch[:, k, :, r:r + p, c:c + p] = pasted[:, k]
-        with precision_context(device, self.precision):
-            out = run_to_layer(self.model, self.module, batch.flatten(0, 1), self.layer_name)
+        out = run_to_layer(self.model, self.module, batch.flatten(0, 1), self.layer_name)
         if out.dim() != 4:
             raise DebugAtlasError(
                 f"Layer {self.layer_name!r} outputs shape {tuple(out.shape)}; in-context inversion needs a "
