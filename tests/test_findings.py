@@ -53,7 +53,8 @@ def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ra
 def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
     real, synthetic = (3, 4), (5, 6)
     kept = [("c3-4-ctx5", "in_context", real), ("c3-4-ex0", "exemplar", real),
-            ("c5-6-ctx5", "in_context", synthetic), ("c5-6-icon", "icon", synthetic), ("c5-6-ex1", "exemplar", synthetic)]
+            ("c5-6-ctx5", "in_context", synthetic), ("c5-6-icon", "icon", synthetic),
+            ("c5-6-ex1", "exemplar", synthetic)]
     results = [_result("c3-4-ctx5", "in_context", real, 0.9, "confirmed"),
                _result("c3-4-ex0", "exemplar", real, 0.6, "confirmed"),
                _result("c5-6-ctx5", "in_context", synthetic, 0.8, "confirmed"),

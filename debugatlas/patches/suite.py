@@ -181,8 +181,9 @@ def build_suite(
     when the ranking alone would keep fewer: a crop of a real image that holds a feature often
     outranks every image made from the feature's direction, and the suite is meant to test both.
     Likewise up to `min_real` places go to the best crops of real images, so that a feature whose
-    synthesized patches outrank everything is also measured as real images show it. The baseline holds the kept patches and all controls, every placement. `precision`: see
-    `evaluate_patches` (a suite chosen at reduced precision is confirmed at the model's own).
+    synthesized patches outrank everything is also measured as real images show it. The baseline
+    holds the kept patches and all controls, every placement. `precision`: see `evaluate_patches`
+    (a suite chosen at reduced precision is confirmed at the model's own).
     """
     names = [str(c) for c in class_names]
     for label, idx in (("a", a), ("b", b)):

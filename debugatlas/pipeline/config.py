@@ -9,8 +9,6 @@ from ..core.errors import DebugAtlasError
 FILTERED_LAYOUTS = ("shared", "own")
 PATCH_BATCHING = ("batched", "per_candidate")
 CHOOSING_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-
-
 AUTO_FILTER_CAP = 2000  # the paper's class filter at ImageNet scale (about 2,000 of a million samples)
 
 
@@ -37,9 +35,9 @@ class AnalysisConfig:
     components first). Atlas: grid_size (the one confusions are ranked on), grid_sizes (all drawn),
     min_count, n_exemplars, filter_top_n (a class filter holds the samples whose largest attribution
     is the class and the `filter_top_n` most attributed to it; "auto": one class's share of the
-    samples, samples // classes, at most `AUTO_FILTER_CAP`), filtered_layout ("shared": the class-filtered and comparison
-    atlases keep the main layout's coordinates and grid; "own": each is laid out again, as in the
-    paper). Confusion: n_pairs, top_cells.
+    samples, samples // classes, at most `AUTO_FILTER_CAP`), filtered_layout ("shared": the
+    class-filtered and comparison atlases keep the main layout's coordinates and grid; "own": each
+    is laid out again, as in the paper). Confusion: n_pairs, top_cells.
     Render: render, render_cells, render_steps, render_attempts, render_batch_size.
     Patches: patches, patch_cells (cells that go from screening to the full test), patch_sizes,
     crop_sizes, n_random, max_patch_images (images of A in the confirmation half), selection_images
@@ -135,8 +133,8 @@ class AnalysisConfig:
         if self.filter_top_n != "auto" and (not isinstance(self.filter_top_n, int)
                                             or isinstance(self.filter_top_n, bool) or self.filter_top_n < 1):
             raise DebugAtlasError(f"`filter_top_n={self.filter_top_n!r}` must be 'auto' or an integer >= 1.")
-        positive = ("cap", "batch_size", "grid_size", "min_count", "n_exemplars", "n_pairs", "top_cells", "render_steps", "render_attempts",
-                    "render_batch_size", "n_random", "max_patch_images", "selection_images", "n_neighbors",
+        positive = ("cap", "batch_size", "grid_size", "min_count", "n_exemplars", "n_pairs", "top_cells",
+                    "render_steps", "render_attempts", "render_batch_size", "n_random", "max_patch_images", "selection_images", "n_neighbors",
                     "patch_batch_size")
         for name in positive:
             value = getattr(self, name)

@@ -57,7 +57,8 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     rank = {p.id: k for k, p in enumerate(test.suite.patches)}  # the selection half's order, not the held-out one
     support = Counter(p.cell for p in test.suite.patches)
     out = []
-    order = sorted(best.items(), key=lambda kv: (-support[kv[0]], -int(atlas.counts[kv[0]]), rank[kv[1].patch_id]))
+    order = sorted(best.items(),
+                   key=lambda kv: (-support[kv[0]], -int(atlas.counts[kv[0]]), rank[kv[1].patch_id]))
     for cell, r in order[:limit]:
         samples = atlas.exemplars.get(cell, [])
         evidence = shortcut_evidence(atlas, labels, cell, plan.b, field_fraction, confirmed=True)
