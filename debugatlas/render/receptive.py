@@ -124,7 +124,7 @@ def exemplar_crops(model: nn.Module, layer: str | nn.Module, dataset, acts: Acti
     positions = acts.positions[index].tolist()
     if acts.spatial_shape is None:
         window = shape[1:]
-        fields = [receptive_field(model, layer, shape, pos) for pos in positions]
+        fields = receptive_fields(model, layer, shape, positions)
     else:
         centre = (acts.spatial_shape[0] // 2, acts.spatial_shape[1] // 2)
         (r0, r1, c0, c1), *fields = receptive_fields(model, layer, shape, [centre, *positions])
