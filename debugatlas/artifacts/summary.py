@@ -13,6 +13,8 @@ from .paths import SUMMARY_FILE
 
 SCHEMA_VERSION = 1
 TIMED_STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
+# the patch stage's parts, timed and costed apart in `cost_w` and `forwards`
+PATCH_SUBSTAGES = ("patches.screening", "patches.synthesis", "patches.selection", "patches.confirmation")
 _PACKAGES = ("debugatlas", "torch", "torchvision", "captum", "umap-learn", "numpy", "pytorch-lightning")
 
 

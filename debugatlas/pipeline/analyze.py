@@ -23,6 +23,7 @@ from ..patches.split import split_images
 from . import examples, findings, icons, patch_stage, prepare, summary, views
 from .config import AnalysisConfig, auto_filter_top_n
 from .context import RunContext
+from .cost import ForwardCost, measure_w
 from .records import AnalysisResult, PairFinding, PairTest, Rendered
 
 _CHECKED_IMAGES = 4
@@ -83,7 +84,9 @@ def analyze(
             config = dataclasses.replace(config, choosing_precision=fast_precision(dev))
         with RunProgress(STAGE_WEIGHTS, enabled=None if progress is None else bool(progress)) as bar:
             ctx = RunContext(net, name, module, data, dev, int(seed), config, tuple(names), bar)
-            result = _run(ctx, activations, normalize, model_spec, started, wanted, user_layer)
+            w = measure_w(ctx, len(data))
+            with ctx.timer.counting(net):
+                result = _run(ctx, activations, normalize, model_spec, started, wanted, user_layer, w)
     result = dataclasses.replace(result, out_dir=Path(out_dir) if out_dir is not None else None)
     if out_dir is not None:
         from ..report.rundir import write_run
@@ -100,7 +103,7 @@ def _auto_samples(net, module, name: str, probe, config: AnalysisConfig, n_image
 
 
 def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: str | None,
-         started: float, wanted: list[tuple[int, int]] | None, user_layer: str) -> AnalysisResult:
+         started: float, wanted: list[tuple[int, int]] | None, user_layer: str, w: ForwardCost) -> AnalysisResult:
     with ctx.stage("capture"):
         acts = prepare.activations(ctx, given=given, wanted=wanted)
     grid, sparse = fit_grid(len(acts), ctx.config.grid_size, per_cell=SPARSE_PER_CELL)
@@ -146,7 +149,7 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
     run_summary = summary.build(ctx, acts=acts, findings=pair_results, confusion=confusion,
                                 layout_params=layout.params, normalize=normalize, layer=user_layer,
                                 model_spec=model_spec,
-                                split=split, sparse=sparse)
+                                split=split, sparse=sparse, w=w)
     return AnalysisResult(
         summary=run_summary, out_dir=None, activations=acts, attributions=attr, xy=layout.xy, atlases=atlases,
         pairs=pair_results, confusion=confusion, class_names=list(ctx.class_names), config=cfg,

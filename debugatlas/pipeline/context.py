@@ -18,19 +18,41 @@ log = logging.getLogger("debugatlas")
 
 
 class StageTimer:
-    """Wall-clock seconds per stage name, summed over repeated entries."""
+    """Wall-clock seconds and model forwards per stage name, summed over repeated entries.
+
+    times: {stage: seconds}. forwards: {stage: images passed through the model}, counted by
+    `counting` (a forward pre-hook on the analysed model, one count per image of each batch,
+    whether the forward runs to the logits or stops at the layer). Stages may nest
+    ("patches" holds "patches.screening", ...); each name keeps its own sum.
+    """
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
+        self.forwards: dict[str, int] = {}
+        self._images = 0
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, images = time.perf_counter(), self._images
         try:
             yield
         finally:
             self.times[name] = round(self.times.get(name, 0.0) + time.perf_counter() - start, 3)
+            self.forwards[name] = self.forwards.get(name, 0) + self._images - images
             log.info("debugatlas: %s took %.2f s", name, self.times[name])
+
+    @contextlib.contextmanager
+    def counting(self, model: nn.Module) -> Iterator[None]:
+        """Count the images of every forward of `model` while inside; the hook is always removed."""
+        def count(_module, inputs):
+            if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() > 0:
+                self._images += int(inputs[0].shape[0])
+
+        handle = model.register_forward_pre_hook(count)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 @dataclass(frozen=True)

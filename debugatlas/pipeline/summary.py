@@ -6,12 +6,13 @@ from typing import Sequence
 import numpy as np
 
 from ..artifacts.paths import icon_path, suite_patches_prefix
-from ..artifacts.summary import SCHEMA_VERSION, TIMED_STAGES, patch_entries, versions
+from ..artifacts.summary import PATCH_SUBSTAGES, SCHEMA_VERSION, TIMED_STAGES, patch_entries, versions
 from ..capture import ActivationSet
 from ..confusion import SCORE_DESCRIPTION
 from ..patches.stats import DECISION_RULE
 from ..shortcut import CRITERIA
 from .context import RunContext
+from .cost import ForwardCost
 from .records import PairFinding
 
 
@@ -30,10 +31,12 @@ def _cells(finding: PairFinding, acts: ActivationSet) -> list[dict]:
 
 def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFinding], confusion: np.ndarray,
           layout_params: dict, normalize, layer: str, model_spec: str | None = None, split=None,
-          sparse: str | None = None) -> dict:
+          sparse: str | None = None, w: ForwardCost | None = None) -> dict:
     """The summary.json dict of a finished run.
 
-    `layer`: the layer's name in the user's model; `split`: the selection/confirmation split of the images (`patches.split.Split`), recorded in
+    `layer`: the layer's name in the user's model; `w`: the run's unit of cost (`cost.ForwardCost`),
+    which gives `cost_w` (seconds per stage and patch sub-stage in W) beside `forwards` (images
+    passed through the model per stage); `split`: the selection/confirmation split of the images (`patches.split.Split`), recorded in
     config.split; `sparse`: why the grid was shrunk, when it was (also a top-level note).
     """
     _, labels, preds = acts.per_image()
@@ -55,11 +58,19 @@ def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFindin
     if split is not None:
         config["split"] = split.to_dict(list(ctx.class_names), include_ids=False)
     timings = {k: ctx.timer.times.get(k, 0.0) for k in TIMED_STAGES}
+    costed = TIMED_STAGES[:-1] + PATCH_SUBSTAGES + TIMED_STAGES[-1:]
+    forwards = {k: int(ctx.timer.forwards.get(k, 0)) for k in costed if k != "total"}
+    forwards["total"] = int(sum(forwards[k] for k in TIMED_STAGES[:-1]))
+    cost = {}
+    if w is not None:
+        cost = {"w_s": w.to_dict(),
+                "cost_w": {k: round(w.in_w(ctx.timer.times.get(k, 0.0)), 3) for k in costed},
+                "forwards": forwards}
     return {
         "schema_version": SCHEMA_VERSION, "layer": layer, "num_samples": len(acts),
         "num_images": int(labels.size), "accuracy": float((labels == preds).mean()) if labels.size else 0.0,
         "classes": list(ctx.class_names), "confusion_matrix": confusion.tolist(), "pairs": pairs,
-        "timings_s": timings, "config": config, "versions": versions(),
+        "timings_s": timings, **cost, "config": config, "versions": versions(),
         "notes": [sparse] if sparse else [],
     }
 
