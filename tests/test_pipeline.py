@@ -70,65 +70,69 @@ def test_the_patch_stage_chooses_on_a_capped_selection_half_and_reports_on_the_o
     assert rows and all(r["n_images"] <= 9 for r in rows)  # counted on the confirmation half only
 
 
-def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(monkeypatch, tmp_path, trained_cnn,
-                                                                              digits_data):
-    from debugatlas.pipeline import patch_stage
+def _record_trials(monkeypatch):
+    """Every `TrialLog.measure` call of a run: (log id, precision, chunk images, patch ids)."""
+    from debugatlas.patches.trials import TrialLog
 
     calls = []
-    real = patch_stage.build_suite
+    real = TrialLog.measure
 
-    def recording(model, images_a, images_b, a, b, patches, *args, **kwargs):
-        calls.append((len(images_a), [p.id for p in patches], kwargs["keep"]))
-        return real(model, images_a, images_b, a, b, patches, *args, **kwargs)
+    def measure(self, patches, chunk):
+        calls.append((id(self), self.experiment.precision, int(self.chunks[chunk].n_offered), [p.id for p in patches]))
+        return real(self, patches, chunk)
 
-    monkeypatch.setattr(patch_stage, "build_suite", recording)
-    monkeypatch.setattr(patch_stage, "RACE_IMAGES", 4)
+    monkeypatch.setattr(TrialLog, "measure", measure)
+    return calls
+
+
+def _by_log(calls):
+    logs = list(dict.fromkeys(c[0] for c in calls))
+    return [[c[1:] for c in calls if c[0] == log] for log in logs]
+
+
+def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(monkeypatch, tmp_path, trained_cnn,
+                                                                              digits_data):
+    """The selection is a race: every candidate on the first small chunk, a third of them on the
+    next, twice as large, and so on; the kept ones come from the survivors."""
+    import json
+
+    from debugatlas.pipeline import patch_stage
+
+    calls = _record_trials(monkeypatch)
     monkeypatch.setattr(patch_stage, "KEEP", 2)
     analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=4, n_random=2,
             n_examples=1, selection_images=12, max_patch_images=9, crop_sizes=(4, 6))
-    (n_first, first, keep), (n_all, second, _) = calls
-    assert (n_first, n_all) == (4, 12)  # the first round on RACE_IMAGES, then the whole (capped) half
-    assert len(first) > 3 * keep and keep == max(3 * 2, len(first) // 3)
-    assert len(second) == keep and set(second) <= set(first)
-    assert second == [i for i in first if i in second]  # original order kept
-    import json
-
+    _screen, selection, _confirmation = _by_log(calls)
+    sizes = [n for _, n, _ in selection]
+    assert sizes[0] == patch_stage.SELECTION_RACE_IMAGES and sizes[1] == 8  # 4, then the 8 left of 12
+    candidates = [i for i in selection[0][2] if not i.startswith(("noise", "natural"))]
+    second = [i for i in selection[1][2] if not i.startswith(("noise", "natural"))]
+    assert len(candidates) > 3 * 2 and set(second) < set(candidates)
+    assert len(second) <= max(2, -(-len(candidates) // 3)) + 2 + 1  # a third, plus the reserved places
     pair = json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"][0]
-    assert pair["screening"]["n_candidates"] == len(first)  # every candidate was measured, not the survivors
+    assert pair["screening"]["n_candidates"] == len(candidates)  # every candidate was measured, not the survivors
+    kept = {r["id"] for r in pair["patches"]}
+    assert kept and kept <= set(candidates)
 
 
 def test_choosing_runs_at_the_chosen_precision_and_the_confirmation_at_the_models_own(monkeypatch, tmp_path,
                                                                                        trained_cnn, digits_data):
-    """Screening, the race and the selection only choose: they may run in bfloat16. The held-out
+    """Screening and the selection race only choose: they may run in bfloat16. The held-out
     measurement every reported rate comes from runs the model as given (no autocast)."""
     import json
 
-    from debugatlas.pipeline import patch_stage
-
-    calls = []
-    real_evaluate, real_build = patch_stage.evaluate_patches, patch_stage.build_suite
-
-    def evaluate(model, images_a, a, b, patches, **kwargs):
-        calls.append(("evaluate", [p.id for p in patches], kwargs.get("precision", "float32")))
-        return real_evaluate(model, images_a, a, b, patches, **kwargs)
-
-    def build(model, images_a, images_b, a, b, patches, *args, **kwargs):
-        calls.append(("build", [p.id for p in patches], kwargs.get("precision", "float32")))
-        return real_build(model, images_a, images_b, a, b, patches, *args, **kwargs)
-
-    monkeypatch.setattr(patch_stage, "evaluate_patches", evaluate)
-    monkeypatch.setattr(patch_stage, "build_suite", build)
+    calls = _record_trials(monkeypatch)
     analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=3, n_random=2, n_examples=1,
             selection_images=12, max_patch_images=9, choosing_precision="bfloat16")
-    screen, *ranking, confirm = calls
-    assert screen[0] == "evaluate" and screen[2] == "bfloat16"
-    assert ranking and all(kind == "build" and precision == "bfloat16" for kind, _, precision in ranking)
-    assert confirm[0] == "evaluate" and confirm[2] == "float32"
+    screen, selection, confirmation = _by_log(calls)
+    assert {c[0] for c in screen} == {c[0] for c in selection} == {"bfloat16"}
+    assert {c[0] for c in confirmation} == {"float32"}
     # every screened cell is tried as its icon and as a crop of its first real exemplar
-    icons = {i for i in screen[1] if not i.endswith("-x")}
-    crops = {i[:-2] for i in screen[1] if i.endswith("-x")}
+    ids = screen[0][2]
+    icons = {i for i in ids if not i.endswith("-x")}
+    crops = {i[:-2] for i in ids if i.endswith("-x")}
     assert crops and crops <= icons | crops and len(crops) >= len(icons) // 2
     config = json.loads((tmp_path / "run" / "summary.json").read_text())["config"]
     assert config["choosing_precision"] == "bfloat16"
@@ -148,23 +152,16 @@ def test_many_screened_cells_race_on_a_few_images_before_the_full_screen(monkeyp
 
     from debugatlas.pipeline import patch_stage
 
-    calls = []
-    real = patch_stage.evaluate_patches
-
-    def evaluate(model, images_a, a, b, patches, **kwargs):
-        calls.append((len(images_a), [p.cell for p in patches]))
-        return real(model, images_a, a, b, patches, **kwargs)
-
-    monkeypatch.setattr(patch_stage, "evaluate_patches", evaluate)
+    calls = _record_trials(monkeypatch)
     monkeypatch.setattr(patch_stage, "SCREEN_RACE_IMAGES", 3)
     analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=1, n_random=2, n_examples=1,
             selection_images=12, max_patch_images=9)
-    (n_first, first), (n_full, full) = calls[:2]
-    cells = list(dict.fromkeys(first))
-    keep = max(3, len(cells) // 4)
-    assert (n_first, n_full) == (3, 12) and len(cells) > keep
-    assert len(set(full)) == keep and set(full) <= set(cells)
+    screen = _by_log(calls)[0]
+    (_, n_first, first), (_, n_next, nxt) = screen[:2]
+    cells = {i.removesuffix("-x") for i in first}
+    assert (n_first, n_next) == (3, 9) and len(first) > max(3, len(cells) // 4)  # 3, then the 9 left of 12
+    assert len(nxt) < len(first) and set(nxt) <= set(first)
     screening = json.loads((tmp_path / "run" / "summary.json").read_text())["pairs"][0]["screening"]
     assert screening["n_screened"] == len(cells)  # every cell counts, not only the survivors
 

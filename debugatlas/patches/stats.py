@@ -118,12 +118,31 @@ def holm(p_values: Sequence[float], m: int | None = None) -> list[float]:
     return adjusted
 
 
-def judge(counts: Sequence[TrialCounts], n_screened: int | None = None, alpha: float = 0.05) -> list[Judgement]:
+def z_for_looks(looks: int = 1) -> float:
+    """The Wilson z of a 95 % interval that holds at any of `looks` looks (level 1 - 0.05 / looks)."""
+    looks = int(looks)
+    if looks < 1:
+        raise DebugAtlasError(f"`looks={looks!r}` must be an integer >= 1.")
+    if looks == 1:
+        return Z95
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - 0.025 / looks)
+
+
+def judge(counts: Sequence[TrialCounts], n_screened: int | None = None, alpha: float = 0.05,
+          looks: int = 1) -> list[Judgement]:
     """Verdict, adjusted p and Wilson interval per candidate (see the module docstring).
 
     counts: one TrialCounts per candidate measured; n_screened: how many candidates were screened
-    in all (default len(counts)); the Holm family has that size.
+    in all (default len(counts)); the Holm family has that size. looks: the number of looks of a
+    sequential experiment that may have stopped each candidate at any of them
+    (`patches.sequential`): each raw p-value is multiplied by it before the Holm correction and
+    each interval is taken at level 1 - 0.05 / looks, which keeps the error rate and the 95 %
+    coverage whatever the stopping rule.
     """
+    looks = int(looks)
+    z = z_for_looks(looks)
     if not 0 < float(alpha) < 1:
         raise DebugAtlasError(f"`alpha={alpha!r}` must be in (0, 1).")
     n_screened = len(counts) if n_screened is None else int(n_screened)
@@ -140,8 +159,8 @@ def judge(counts: Sequence[TrialCounts], n_screened: int | None = None, alpha: f
         x = _count(c.flips, n, k, "flips")
         noise = None if c.noise_flips is None else _count(c.noise_flips, n, k, "noise_flips")
         natural = None if c.natural_flips is None else _count(c.natural_flips, n, k, "natural_flips")
-        raw_noise.append(1.0 if noise is None else fisher_greater(x, n, noise, n))
-        raw_natural.append(1.0 if natural is None else fisher_greater(x, n, natural, n))
+        raw_noise.append(1.0 if noise is None else min(1.0, looks * fisher_greater(x, n, noise, n)))
+        raw_natural.append(1.0 if natural is None else min(1.0, looks * fisher_greater(x, n, natural, n)))
         ints.append((x, n, natural is not None))
     adj_both = holm([max(p, q) for p, q in zip(raw_noise, raw_natural)], n_screened)
     adj_noise = holm(raw_noise, n_screened)
@@ -153,7 +172,7 @@ def judge(counts: Sequence[TrialCounts], n_screened: int | None = None, alpha: f
             verdict = "natural"
         else:
             verdict = "not_confirmed"
-        out.append(Judgement(verdict, both, p_noise, p_natural, wilson_interval(x, n)))
+        out.append(Judgement(verdict, both, p_noise, p_natural, wilson_interval(x, n, z)))
     return out
 
 
@@ -174,11 +193,11 @@ def counts_of(result) -> TrialCounts:
                        per_image(result.natural_flip_rate))
 
 
-def judge_evaluation(evaluation, n_screened: int | None = None, alpha: float = 0.05):
+def judge_evaluation(evaluation, n_screened: int | None = None, alpha: float = 0.05, looks: int = 1):
     """A copy of a `PatchEvaluation` whose candidate results carry verdict, p_value and flip_rate_ci.
 
     Each placement is its own family (Holm over `n_screened` candidates, default the number of
-    distinct candidates in `evaluation`); controls get only their interval.
+    distinct candidates in `evaluation`); controls get only their interval. `looks`: see `judge`.
     """
     results = list(evaluation.results)
     n_candidates = len({r.patch_id for r in results if not r.is_control})
@@ -186,14 +205,14 @@ def judge_evaluation(evaluation, n_screened: int | None = None, alpha: float = 0
     for placement in evaluation.placements:
         idx = [i for i, r in enumerate(results) if r.placement == placement and not r.is_control]
         judged = judge([counts_of(results[i]) for i in idx],
-                       n_candidates if n_screened is None else n_screened, alpha)
+                       n_candidates if n_screened is None else n_screened, alpha, looks)
         for i, j in zip(idx, judged):
             filled[i] = replace(results[i], verdict=j.verdict, p_value=j.p_value, flip_rate_ci=j.flip_rate_ci)
     for i, r in enumerate(results):
         if i not in filled:
             n = int(r.n_images)
             x = 0 if r.flip_rate != r.flip_rate else round(r.flip_rate * n)
-            filled[i] = replace(r, flip_rate_ci=wilson_interval(x, n))
+            filled[i] = replace(r, flip_rate_ci=wilson_interval(x, n, z_for_looks(looks)))
     return replace(evaluation, results=[filled[i] for i in range(len(results))])
 
 

@@ -37,9 +37,12 @@ import torch
 
 from ..atlas import Atlas
 from ..capture import ActivationSet
-from ..patches import PLACEMENTS, Patch, build_suite, candidate_patches, evaluate_patches
+from ..patches import PLACEMENTS, REAL_SOURCES, Patch, PatchSuite, candidate_patches, control_patches
+from ..patches.race import race
+from ..patches.sequential import confirm
 from ..patches.split import Split
-from ..patches.stats import judge_evaluation
+from ..patches.suite import _keep
+from ..patches.trials import Experiment, TrialLog
 from ..shortcut import MIN_PURITY_GAP, shortcut_candidates
 from .context import RunContext
 from .records import Cell, PairPlan, PairTest, PairViews, Rendered
@@ -48,11 +51,11 @@ SCREEN_PLACEMENT = "random"
 ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
 IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, then the best screened
 SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
-SCREEN_RACE_IMAGES = 8  # with many cells, a first screening round on this many keeps the best
+SCREEN_RACE_IMAGES = 4  # the screening race's first chunk; each next one is twice as large
 MIN_CHOOSING_POSITIONS = 4  # fewer left small patches ranked on too few placements per image
 KEEP = 10  # patches confirmed on the held-out half; half of the places go to synthesized ones
 MIN_REAL = 2  # ... and two to the best crops of real images, so real images are measured too
-RACE_IMAGES = 16  # a first selection round on this many images keeps the best third of many candidates
+SELECTION_RACE_IMAGES = 4  # the selection race's first chunk; each next one is twice as large
 
 
 def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
@@ -91,9 +94,9 @@ def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Render
     """(cell, screening flip rate) of every cell with an icon or an exemplar crop, best first (stable
     on ties); a cell's rate is the better of its icon's and its crop's.
 
-    With more than `3 * patch_cells` such cells, a first round on `SCREEN_RACE_IMAGES` images keeps
-    the best of them (that many, or a quarter of all), which are screened again on all
-    `SCREEN_IMAGES`; the others follow, in the first round's order, with its rates.
+    A race (`patches.race`, no controls: only the flip rate ranks) on up to `SCREEN_IMAGES` images,
+    first chunk `SCREEN_RACE_IMAGES`, until `3 * patch_cells` patches (or a quarter of the cells)
+    are left; a cell's rate is taken on the images its best patch was measured on.
     """
     patches = [Patch(f"s{i}-{j}", (i, j), "icon", rendered.icons[(i, j)]).quantized()
                for i, j in cells if (i, j) in rendered.icons]
@@ -105,29 +108,24 @@ def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Render
     images = images_a[:SCREEN_IMAGES]
     screened = len({p.cell for p in patches})
     keep = max(3 * ctx.config.patch_cells, screened // 4)
-    if screened <= keep or len(images) < 2 * SCREEN_RACE_IMAGES:
-        return _screen_rates(ctx, plan, patches, images, order)
-    first = _screen_rates(ctx, plan, patches, images[:SCREEN_RACE_IMAGES], order)
-    going_on = {cell for cell, _ in first[:keep]}
-    second = _screen_rates(ctx, plan, [p for p in patches if p.cell in going_on], images, order)
-    return second + first[keep:]
+    log = TrialLog(ctx.model, _experiment(ctx, plan, sizes=ctx.config.patch_sizes[:1], placements=(SCREEN_PLACEMENT,),
+                                          precision=ctx.config.choosing_precision), images.shape[1:])
+    result = race(log, patches, [], images, keep=keep, first=SCREEN_RACE_IMAGES)
+    best: dict[Cell, tuple[int, float]] = {}
+    for rank, r in enumerate(result.ranked):
+        rate = r.flip_rate if r.flip_rate == r.flip_rate else -1.0
+        if r.cell not in best:
+            best[r.cell] = (rank, rate)
+    return [(cell, rate) for cell, (_, rate) in sorted(best.items(), key=lambda cr: (cr[1][0], order[cr[0]]))]
 
 
-def _screen_rates(ctx: RunContext, plan: PairPlan, patches: list[Patch], images: torch.Tensor,
-                  order: dict[Cell, int]) -> list[tuple[Cell, float]]:
-    """(cell, best flip rate of its patches) on `images`, at one size and random positions, best first."""
-    evaluation = evaluate_patches(ctx.model, images, plan.a, plan.b, patches,
-                                  sizes=ctx.config.patch_sizes[:1], placements=(SCREEN_PLACEMENT,),
-                                  n_random=_choosing_positions(ctx.config.n_random), seed=ctx.seed,
-                                  batch_size=ctx.config.patch_batch_size, device=ctx.device, controls=[],
-                                  batched=ctx.config.patch_batching == "batched",
-                                  precision=ctx.config.choosing_precision)
-    best: dict[Cell, float] = {}
-    for p in patches:
-        rate = evaluation.get(p.id, SCREEN_PLACEMENT).flip_rate
-        rate = rate if rate == rate else -1.0
-        best[p.cell] = max(best.get(p.cell, -1.0), rate)
-    return sorted(best.items(), key=lambda cr: (-cr[1], order[cr[0]]))
+def _experiment(ctx: RunContext, plan: PairPlan, **changes) -> Experiment:
+    """The run's patch experiment for `plan`, with `changes` (sizes, placements, precision, ...)."""
+    cfg = ctx.config
+    base = Experiment(plan.a, plan.b, sizes=cfg.patch_sizes, placements=PLACEMENTS,
+                      n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, batch_size=cfg.patch_batch_size,
+                      device=ctx.device, precision=cfg.choosing_precision)
+    return base.with_(**changes)
 
 
 def screening_crops(ctx: RunContext, acts: ActivationSet, atlas: Atlas, cells: list[Cell],
@@ -162,7 +160,8 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     images_sel = ctx.images(sel_a)
     cells = screened_cells(plan=plan, views=views, atlas=atlas)
     side = max(1, round(cfg.patch_sizes[0] * min(images_sel.shape[-2:])))
-    screen = _screen(ctx, plan, cells, rendered, images_sel, screening_crops(ctx, acts, atlas, cells, side))
+    with ctx.timer.stage("patches.screening"):
+        screen = _screen(ctx, plan, cells, rendered, images_sel, screening_crops(ctx, acts, atlas, cells, side))
     chosen = [cell for cell, _ in screen[:cfg.patch_cells]]
     # A feature planted in B is an island of B's samples in the atlas; its icon alone may screen
     # poorly, so the purest islands always get the full test (and an in-context patch).
@@ -179,55 +178,73 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
                                    sizes=cfg.patch_sizes, **kwargs)
     island_cells = [cell for cell, _ in islands[:ISLAND_CELLS]]
     context_cells = (island_cells + [c for c in chosen if c not in island_cells])[:IN_CONTEXT_CELLS]
-    candidates += in_context(ctx, plan=plan, atlas=atlas, acts=acts, cells=context_cells, images_a=images_sel,
-                             whitening=rendered.whitening)
+    with ctx.timer.stage("patches.synthesis"):
+        candidates += in_context(ctx, plan=plan, atlas=atlas, acts=acts, cells=context_cells, images_a=images_sel,
+                                 whitening=rendered.whitening)
     if not candidates:
         return PairTest(n_screened=len(screen), screen_seconds=screen_seconds,
                         notes=("patch tests skipped: no cell pushes toward B",))
     images_b = ctx.images(ids_b) if ids_b.size else None
     n_candidates = len(candidates)
-    racing = max(3 * KEEP, n_candidates // 3)
-    if len(images_sel) > 2 * RACE_IMAGES and n_candidates > racing:
-        # many candidates: a first round on RACE_IMAGES images; the best third goes on, in order
-        first = _rank(ctx, plan, candidates, images_sel[:RACE_IMAGES], images_b, keep=racing)
-        ids = {p.id for p in first.patches}
-        candidates = [p for p in candidates if p.id in ids]
-    selected = _rank(ctx, plan, candidates, images_sel, images_b, keep=KEEP,
-                     progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"))
-    confirmation = evaluate_patches(
-        ctx.model, ctx.images(conf_a), plan.a, plan.b, selected.patches, sizes=selected.sizes,
-        placements=PLACEMENTS, n_random=cfg.n_random, seed=ctx.seed, device=ctx.device,
-        batch_size=cfg.patch_batch_size, controls=selected.controls, batched=cfg.patch_batching == "batched",
-    )
+    shape = tuple(int(v) for v in images_sel.shape[1:])
+    candidates = [p.quantized() for p in candidates]
+    with ctx.timer.stage("patches.selection"):
+        controls = [p.quantized() for p in control_patches(candidates, images_b, shape, cfg.patch_sizes, ctx.seed)]
+        chooser = TrialLog(ctx.model, _experiment(ctx, plan, placements=(SCREEN_PLACEMENT,)), shape,
+                           progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"))
+        synthesized = {p.id for p in candidates if p.source not in REAL_SOURCES}
+        ranked = race(chooser, candidates, controls, images_sel, keep=KEEP, first=SELECTION_RACE_IMAGES,
+                      reserve=lambda rs: _reserved(rs, synthesized)).ranked
+        kept_ids = _keep([r.patch_id for r in ranked], KEEP, KEEP // 2, synthesized, MIN_REAL)
+        by_id = {p.id: p for p in candidates}
+        kept = [by_id[i] for i in kept_ids]
+        sizes = _confirmation_sizes(chooser, kept, cfg.patch_sizes)
+        kept_controls = [c for c in controls if c.resize or any(_same_geometry(c, k, shape) for k in kept)]
+    with ctx.timer.stage("patches.confirmation"):
+        experiment = _experiment(ctx, plan, sizes=sizes, n_random=cfg.n_random, precision="float32")
+        confirmer = TrialLog(ctx.model, experiment, shape)
+        confirmed = confirm(confirmer, kept, kept_controls, ctx.images(conf_a), alpha=cfg.confirm_alpha)
     # Held out: the confirmation half took no part in choosing these patches, so the family the
     # correction must cover is the patches tested on it (per placement), not every screened one.
     n_screened = len(screen) + n_candidates
-    judged = judge_evaluation(confirmation, n_screened=len(selected.patches), alpha=cfg.confirm_alpha)
+    judged = confirmed.evaluation
     cm_row = np.bincount(preds[labels == plan.a], minlength=ctx.num_classes)
-    suite = dataclasses.replace(selected, placements=PLACEMENTS, n_random=cfg.n_random, baseline=judged, metadata={
+    used_controls = [c for c in kept_controls if confirmer.chunks_of(c.id)]
+    suite = PatchSuite(plan.a_name, plan.b_name, plan.a, plan.b, kept, used_controls, tuple(sizes), PLACEMENTS,
+                       cfg.n_random, ctx.seed, judged, list(ctx.class_names), shape, cfg.patch_batch_size,
+                       metadata={
         "layer": ctx.layer, "accuracy": float((labels == preds).mean()),
         "num_images": int(uid.size), "num_a": int(cm_row.sum()),
-        "confusion_rate": float(cm_row[plan.b] / max(1, cm_row.sum())), "screened_cells": [list(c) for c, _ in screen], "candidate_cells": [list(c) for c in chosen],
-        "n_screened": n_screened, "alpha": cfg.confirm_alpha,
+        "confusion_rate": float(cm_row[plan.b] / max(1, cm_row.sum())), "screened_cells": [list(c) for c, _ in screen],
+        "candidate_cells": [list(c) for c in chosen], "n_screened": n_screened, "alpha": cfg.confirm_alpha,
+        "sequential": confirmed.design.to_dict(), "stopped_at": dict(confirmed.stopped_at),
+        "forwards": {"selection": chooser.forwards, "confirmation": confirmer.forwards},
         "selection_image_ids": [int(i) for i in sel_a], "confirmation_image_ids": [int(i) for i in conf_a],
     })
     return PairTest(suite=suite, n_screened=len(screen), screen_seconds=round(screen_seconds, 3),
                     n_candidates=n_candidates)
 
 
-def _rank(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images: torch.Tensor,
-          images_b: torch.Tensor | None, keep: int, progress=None):
-    """`build_suite` on selection images: the flip rate above the stronger control at random
-    positions ranks, so only that placement is measured (the held-out half measures every one);
-    `keep` best, half of them synthesized and `MIN_REAL` real crops when there are enough."""
-    cfg = ctx.config
-    return build_suite(
-        ctx.model, images, images_b, plan.a, plan.b, candidates, list(ctx.class_names), sizes=cfg.patch_sizes,
-        placements=(SCREEN_PLACEMENT,), n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, keep=keep,
-        device=ctx.device, batch_size=cfg.patch_batch_size, progress=progress,
-        batched=cfg.patch_batching == "batched", min_synthesized=keep // 2, precision=cfg.choosing_precision,
-        min_real=MIN_REAL,
-    )
+def _reserved(ranked, synthesized: set[str]) -> set[str]:
+    """Ids that stay in the selection race whatever their rank: the best `KEEP // 2` synthesized
+    candidates and the best `MIN_REAL` crops of real images (the places `_keep` reserves)."""
+    synth = [r.patch_id for r in ranked if r.patch_id in synthesized][:KEEP // 2]
+    real = [r.patch_id for r in ranked if r.patch_id not in synthesized][:MIN_REAL]
+    return set(synth) | set(real)
+
+
+def _same_geometry(control: Patch, patch: Patch, shape) -> bool:
+    from ..patches.candidates import _geometry
+
+    return _geometry(control, *shape[-2:]) == _geometry(patch, *shape[-2:])
+
+
+def _confirmation_sizes(log: TrialLog, kept: list[Patch], sizes) -> tuple[float, ...]:
+    """The paste sizes the held-out half measures: for each kept resized patch, the size at which
+    it flipped most in the selection (all sizes when none is resized)."""
+    best = {log.best_size(p.id) for p in kept if p.resize}
+    best.discard(None)
+    return tuple(sorted(best)) if best else tuple(sizes)
 
 
 def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: ActivationSet, cells: list[Cell],
