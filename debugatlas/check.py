@@ -17,12 +17,13 @@ from torch import nn
 
 from .artifacts.summary import baseline_pair, baseline_patch_rates
 from .core.errors import DebugAtlasError
-from .patches.stats import wilson_interval
+from .patches.stats import wilson_interval, z_for_looks
 from .artifacts.paths import SUITE_FILE
 from .patches.suite import PatchSuite, SuiteRun
 
 _EPS = 1e-9
 STATUSES = ("ok", "failed", "reported", "nothing_to_measure")
+CHECK_IMAGES = 100  # images of A a rerun measures at most by default, as the confirmation half
 GATE_RULE = (
     "Gated: patches whose baseline verdict is 'confirmed' (every patch of a suite without verdicts); "
     "others are reported. A flip rate fails when its Wilson 95 % interval lies above the baseline's "
@@ -219,6 +220,7 @@ def check_suite(
     max_confusion: float | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    max_images: int | None = None,
 ) -> CheckReport:
     """Rerun the suite(s) on `model` and `dataset`; gate the confirmed findings (see `GATE_RULE`).
 
@@ -230,6 +232,11 @@ def check_suite(
     against the baseline's the same way (a drop / rise beyond the intervals and `tolerance` fails),
     else reported. A pair with no correctly classified image of A has nothing to measure: one row
     with that status and its reason, not a failure.
+
+    Cost: the patches are measured on at most `max_images` images of A (default: the larger of
+    `CHECK_IMAGES` and what the baseline measured), in looks (`patches.sequential`): a gated patch
+    stops once its interval lies wholly on one side of its limit, a reported one after the first
+    look; intervals are then at 1 - 0.05 / looks, so a rerun stopped early keeps 95 % coverage.
     """
     if max_flip_rate is not None and baseline is not None:
         raise DebugAtlasError("Pass `max_flip_rate` or `baseline`, not both. HINT: choose one rule.")
@@ -241,11 +248,21 @@ def check_suite(
     runs: list[SuiteRun] = []
     accuracy_ref = None
     for s in _as_suites(suite):
-        run = s.run(model, dataset, batch_size=batch_size, device=device)
-        runs.append(run)
         pair = f"{s.a}->{s.b}"
         entry = baseline_pair(baseline, s.a, s.b)
         external = _baseline_patches(entry)
+        refs = {(p.id, pl): external.get((p.id, pl)) or _suite_reference(s, p.id, pl)
+                for p in s.patches for pl in s.placements}
+        gated = [p.id for p in s.patches
+                 if any(_is_gated(refs[(p.id, pl)].verdict if refs[(p.id, pl)].verdict is not None
+                                  else s.baseline.get(p.id, pl).verdict) for pl in s.placements)]
+        limits = {key: (float(max_flip_rate) if max_flip_rate is not None else ref.hi + tolerance)
+                  for key, ref in refs.items()}
+        cap = max_images if max_images is not None else max(
+            [CHECK_IMAGES] + [r.n_images for r in s.baseline.results])
+        run = s.run(model, dataset, batch_size=batch_size, device=device, max_images=cap,
+                    settled=lambda results, z, limits=limits: _decided(results, z, limits), gated=gated)
+        runs.append(run)
         pair_accuracy, pair_confusion = _pair_references(baseline, s)
         accuracy_ref = accuracy_ref or pair_accuracy
         if run.evaluation.n_images == 0:
@@ -257,7 +274,7 @@ def check_suite(
         else:
             for patch in s.patches:
                 for placement in s.placements:
-                    ref = external.get((patch.id, placement)) or _suite_reference(s, patch.id, placement)
+                    ref = refs[(patch.id, placement)]
                     verdict = ref.verdict if ref.verdict is not None else s.baseline.get(patch.id, placement).verdict
                     rows.append(_flip_row(s, run, pair, patch.id, placement, max_flip_rate, ref, verdict, tolerance))
         rows.append(_confusion_row(s, run, pair, max_confusion, pair_confusion, tolerance))
@@ -268,15 +285,30 @@ def check_suite(
     return CheckReport(rows, runs, settings)
 
 
+def _is_gated(verdict: str | None) -> bool:
+    return verdict is None or verdict == "confirmed"
+
+
+def _decided(results, z: float, limits: dict) -> bool:
+    """A gated patch's rerun is decided when, at every placement, its interval lies wholly below
+    or wholly above its limit (the baseline's upper bound + tolerance, or `max_flip_rate`)."""
+    for r in results:
+        lo, hi = wilson_interval(r.flips, r.n_images, z)
+        limit = limits[(r.patch_id, r.placement)]
+        if r.n_images == 0 or lo <= limit + _EPS < hi:
+            return False
+    return True
+
+
 def _flip_row(s: PatchSuite, run: SuiteRun, pair: str, patch_id: str, placement: str,
               max_flip_rate: float | None, ref: _Reference, verdict: str | None, tolerance: float) -> CheckRow:
     result = run.evaluation.get(patch_id, placement)
     name = f"{pair} {patch_id} {placement}"
     n = result.n_images
-    lo, hi = wilson_interval(result.flips, n)
+    lo, hi = wilson_interval(result.flips, n, z_for_looks(run.looks))
     new = f"{result.flip_rate:.4f} [{lo:.2f}-{hi:.2f}]"
     context = f"noise {_fmt(result.noise_flip_rate)}, natural {_fmt(result.natural_flip_rate)}; n={n}"
-    gated = verdict is None or verdict == "confirmed"
+    gated = _is_gated(verdict)
     if gated and verdict is not None:
         context += f"; baseline verdict {verdict}"
     if not gated:

@@ -141,3 +141,42 @@ def test_the_race_keeps_the_strong_patch_and_measures_weak_ones_on_the_first_chu
     assert result.rounds[0] == (4, 31) and result.rounds[1][1] == 11
     assert len(log.chunks_of(weak[0].id)) <= 2 and len(log.chunks_of(patches[0].id)) >= 2
     assert len(result.ranked) == 31
+
+
+class _Images(torch.utils.data.Dataset):
+    classes = ["a", "b", "c"]
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0
+
+
+def _suite(p: float, q: float):
+    from debugatlas.patches import PatchSuite
+
+    model, exp, patches, controls = _setup(p, q, 21)
+    log = TrialLog(model, exp, (1, 8, 8))
+    judged = confirm(log, patches, controls, _images(100, 22)).evaluation
+    return PatchSuite("a", "b", 0, 1, patches, controls, exp.sizes, exp.placements, exp.n_random, exp.seed,
+                      judged, ["a", "b", "c"], (1, 8, 8))
+
+
+def test_the_gate_stops_a_decided_patch_at_the_first_look_and_still_fails_a_worse_checkpoint():
+    from debugatlas.check import check_suite
+
+    suite = _suite(0.3, 0.05)
+    assert suite.baseline.get(suite.patches[0].id, "static").verdict == "confirmed"
+    data = _Images(_images(300, 23))
+    same = check_suite(suite, MarkerModel(0.3, 0.05), data)
+    worse = check_suite(suite, MarkerModel(0.97, 0.05), data)
+    assert same.passed and not worse.passed
+    for report in (same, worse):
+        run = report.runs[0]
+        assert run.looks == 3  # 100 images of A at most (the baseline's), in looks of 16, 48, 100
+        # decided before the last look: a rate of 0.97 (or 0.3) lies clear of the baseline's bound
+        assert run.evaluation.get(suite.patches[0].id, "random").n_images < 100

@@ -17,7 +17,7 @@ from ..core.errors import DebugAtlasError
 from ..core.model import model_device, preserved_model_state
 from .candidates import control_patches
 from .evaluate import evaluate_patches
-from .types import DEFAULT_SIZES, PLACEMENTS, REAL_SOURCES, SELECTION_RULE, Patch, PatchEvaluation
+from .types import DEFAULT_SIZES, PLACEMENTS, REAL_SOURCES, SELECTION_RULE, Patch, PatchEvaluation, PatchResult
 
 
 @dataclass
@@ -52,11 +52,18 @@ class PatchSuite:
     # -- rerun ----------------------------------------------------------------------------------
     def run(self, model: nn.Module, dataset, batch_size: int | None = None,
             device: torch.device | str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> "SuiteRun":
+            progress: Callable[[int, int], None] | None = None, *, max_images: int | None = None,
+            settled: Callable[[list[PatchResult], float], bool] | None = None,
+            gated: Sequence[str] | None = None) -> "SuiteRun":
         """Rerun every patch and control (same seed, sizes, placements) on `dataset`.
 
         Counted images: those of class A that `model` classifies correctly. Also measures the
         model's accuracy on the whole dataset and the rate at which images of A are predicted B.
+        `max_images`: measure the patches on at most this many images of A (a seeded choice).
+        `settled(results, z)`: with it, the images are measured in looks (`patches.sequential`): a
+        patch of `gated` (default: all) leaves once `settled` says its results (one per placement,
+        controls on the same images) decide with intervals of Wilson `z`, the others after the first look; rates then carry
+        intervals at 1 - 0.05 / looks (`SuiteRun.looks`).
         """
         names = getattr(dataset, "classes", None)
         if names is not None and [str(c) for c in names] != list(self.class_names):
@@ -87,12 +94,53 @@ class PatchSuite:
             raise DebugAtlasError(
                 f"The dataset has no images of class {self.a!r}. HINT: pass a dataset that contains class A."
             )
-        evaluation = evaluate_patches(
-            model, torch.cat(images_a), self.a_index, self.b_index, self.patches, sizes=self.sizes,
-            placements=self.placements, n_random=self.n_random, seed=self.seed,
-            batch_size=batch_size or self.batch_size, device=device, progress=progress, controls=self.controls,
-        )
-        return SuiteRun(self.a, self.b, correct / total, a_to_b / a_total, total, a_total, evaluation)
+        images_a = torch.cat(images_a)
+        if max_images is not None and len(images_a) > int(max_images):
+            pick = torch.randperm(len(images_a), generator=torch.Generator().manual_seed(self.seed))[:int(max_images)]
+            images_a = images_a[pick.sort().values]
+        if settled is None:
+            evaluation = evaluate_patches(
+                model, images_a, self.a_index, self.b_index, self.patches, sizes=self.sizes,
+                placements=self.placements, n_random=self.n_random, seed=self.seed,
+                batch_size=batch_size or self.batch_size, device=device, progress=progress, controls=self.controls,
+            )
+            return SuiteRun(self.a, self.b, correct / total, a_to_b / a_total, total, a_total, evaluation)
+        evaluation, looks = self._sequential(model, images_a, batch_size or self.batch_size, device, settled,
+                                             set(gated) if gated is not None else {p.id for p in self.patches})
+        return SuiteRun(self.a, self.b, correct / total, a_to_b / a_total, total, a_total, evaluation, looks)
+
+    def _sequential(self, model, images_a: torch.Tensor, batch_size: int, device, settled, gated: set[str]):
+        """(evaluation, number of looks): the patches measured look by look (see `run`)."""
+        from .candidates import _geometry
+        from .sequential import SequentialDesign
+        from .stats import z_for_looks
+        from .trials import Experiment, TrialLog
+
+        experiment = Experiment(self.a_index, self.b_index, sizes=self.sizes, placements=self.placements,
+                                n_random=self.n_random, seed=self.seed, batch_size=batch_size, device=device)
+        log = TrialLog(model, experiment, self.image_shape)
+        design = SequentialDesign.for_images(len(images_a))
+        z = z_for_looks(design.n_looks)
+        height, width = self.image_shape[-2:]
+        open_, stopped, added, start = list(self.patches), {}, [], 0
+        for look, end in enumerate(design.looks):
+            added.append(log.add_images(images_a[start:end]))
+            start = end
+            geometries = {_geometry(p, height, width) for p in open_}
+            log.measure(open_ + [c for c in self.controls if _geometry(c, height, width) in geometries], added[-1])
+            still = []
+            for p in open_:
+                done = look == len(design.looks) - 1 or p.id not in gated
+                if done or settled([log.with_controls(p.id, pl) for pl in self.placements], z):
+                    stopped[p.id] = look
+                else:
+                    still.append(p)
+            open_ = still
+            if not open_:
+                break
+        chunks = {p.id: added[:stopped[p.id] + 1] for p in self.patches}
+        controls = [c.id for c in self.controls if log.chunks_of(c.id)]
+        return log.evaluation([p.id for p in self.patches], controls, chunks), design.n_looks
 
     # -- files (format: `artifacts.suite_file`) --------------------------------------------------
     def to_dict(self) -> dict:
@@ -135,6 +183,7 @@ class SuiteRun:
 
     accuracy: on the whole dataset; confusion_rate: fraction of images of A predicted B;
     num_images / num_a: dataset size and images of A; evaluation: every patch and control.
+    looks: how many looks the sequential rerun had (its intervals are at 1 - 0.05 / looks).
     """
 
     a: str
@@ -144,6 +193,7 @@ class SuiteRun:
     num_images: int
     num_a: int
     evaluation: PatchEvaluation
+    looks: int = 1
 
     def to_frame(self):
         """The patch results as a pandas DataFrame."""
