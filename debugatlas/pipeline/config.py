@@ -85,7 +85,7 @@ class AnalysisConfig:
     patch_cells: int = 16
     patch_sizes: tuple[float, ...] = (0.25, 0.35)
     crop_sizes: tuple[int, ...] = ()
-    n_random: int = 8
+    n_random: int = 4
     max_patch_images: int = 100
     selection_images: int = 48
     patch_batch_size: int = 256

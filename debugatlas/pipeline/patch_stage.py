@@ -51,11 +51,11 @@ SCREEN_PLACEMENT = "random"
 ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
 IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, then the best screened
 SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
-SCREEN_RACE_IMAGES = 4  # the screening race's first chunk; each next one is twice as large
+SCREEN_RACE_IMAGES = 2  # the screening race's first chunk; each next one is twice as large
 MIN_CHOOSING_POSITIONS = 4  # fewer left small patches ranked on too few placements per image
-KEEP = 10  # patches confirmed on the held-out half; half of the places go to synthesized ones
+KEEP = 6  # patches confirmed on the held-out half; half of the places go to synthesized ones
 MIN_REAL = 2  # ... and two to the best crops of real images, so real images are measured too
-SELECTION_RACE_IMAGES = 4  # the selection race's first chunk; each next one is twice as large
+SELECTION_RACE_IMAGES = 2  # the selection race's first chunk; each next one is twice as large
 
 
 def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
