@@ -41,13 +41,17 @@ from pathlib import Path
 # umap-learn: what backend="auto" chose before for fewer than 4,096 vectors on a GPU, 50,000 on a CPU
 OLD_OPTIONS = {"filtered_layout": "own", "patch_batching": "per_candidate", "layout_backend": "umap-learn",
                "choosing_precision": "float32"}
-STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
+STAGES = ("capture", "attribution", "layout", "render", "patches", "patches.screening", "patches.synthesis",
+          "patches.selection", "patches.confirmation", "total")
+# converged cases: weights from experiments/train_converged.py (--model-file is required)
+CONVERGED = {"cifar-vgg-converged": "vgg", "cifar-resnet-converged": "resnet20"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _vgg():
-    """`CifarVGG`: a VGG-style net for 32 px images, two conv-BN-ReLU per stage at 64, 128, 256, 512
-    channels, max-pooled between stages (layer1 32 px, layer2 16 px, layer3 8 px, layer4 4 px)."""
+def _vgg(widths: tuple[int, int, int, int] = (64, 128, 256, 512)):
+    """`CifarVGG`: a VGG-style net for 32 px images, two conv-BN-ReLU per stage at `widths` channels
+    (64, 128, 256, 512 by default), max-pooled between stages (layer1 32 px, layer2 16 px, layer3 8 px,
+    layer4 4 px)."""
     from torch import nn
 
     class CifarVGG(nn.Module):
@@ -59,13 +63,14 @@ def _vgg():
                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
                 return nn.Sequential(*mods, *([nn.MaxPool2d(2)] if pool else []))
 
-            self.layer1 = stage(3, 64, False)
-            self.layer2 = stage(64, 128, False)
-            self.layer3 = stage(128, 256, False)
-            self.layer4 = stage(256, 512, False)
+            w1, w2, w3, w4 = widths
+            self.layer1 = stage(3, w1, False)
+            self.layer2 = stage(w1, w2, False)
+            self.layer3 = stage(w2, w3, False)
+            self.layer4 = stage(w3, w4, False)
             self.down = nn.MaxPool2d(2)
             self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(512, num_classes)
+            self.fc = nn.Linear(w4, num_classes)
 
         def forward(self, x):
             x = self.down(self.layer1(x))
@@ -74,6 +79,16 @@ def _vgg():
             return self.fc(self.pool(self.layer4(x)).flatten(1))
 
     return CifarVGG()
+
+
+def converged_model(name: str):
+    """The untrained net of a converged case: "vgg" (`CifarVGG` at 32, 64, 128, 256 channels) or
+    "resnet20" (`CifarResNet(width=16)`); `experiments/train_converged.py` trains them."""
+    if name == "vgg":
+        return _vgg((32, 64, 128, 256))
+    from debugatlas.models import CifarResNet
+
+    return CifarResNet(width=16)
 
 
 def _dataset(case: str, args):
@@ -94,6 +109,8 @@ def _model(case: str):
         from debugatlas.demo import digits_cnn
 
         return digits_cnn()
+    if case in CONVERGED:
+        return converged_model(CONVERGED[case])
     if case == "cifar-vgg":
         return _vgg()
     from debugatlas.models import CifarResNet
@@ -124,18 +141,54 @@ def _child(args) -> None:
     extra = {k: v for k, v in OLD_OPTIONS.items() if k not in missing} if args.child == "old" else {}
     from debugatlas import analyze
 
+    w_full = _forward_seconds(model, val, args.device)
     ready = time.perf_counter()
+    pairs = [tuple(p.split(",")) for p in args.pairs] if args.pairs else "auto"
     with tempfile.TemporaryDirectory() as out:
-        result = analyze(model, val, layer, pairs="auto", out_dir=out, seed=0, device=args.device,
+        result = analyze(model, val, layer, pairs=pairs, out_dir=out, seed=0, device=args.device,
                          **options, **extra)
     done = time.perf_counter()
     summary = result.summary
+    import debugatlas
+
+    timings = dict(summary.get("timings_s", {}))
+    # sub-stage seconds: from cost_w x W where the package records them
+    w_run = (summary.get("w_s") or {}).get("seconds")
+    for k, v in (summary.get("cost_w") or {}).items():
+        if k not in timings and w_run:
+            timings[k] = v * w_run
     top = [[list(c["cell"]) for c in p.get("confusing_cells", [])[:3]] for p in summary["pairs"]]
     findings = [[f.get("statement", "") for f in p.get("findings", [])] for p in summary["pairs"]]
-    print(json.dumps({"timings_s": summary.get("timings_s", {}), "analyze_s": done - ready,
+    print(json.dumps({"timings_s": timings, "analyze_s": done - ready, "w_s": w_full,
+                      "package": str(Path(debugatlas.__file__).parent), "forwards": summary.get("forwards"),
                       "setup_s": ready - start, "pairs": [[p["a"], p["b"]] for p in summary["pairs"]],
                       "top_cells": top, "findings": findings, "num_samples": summary.get("num_samples"),
                       "accuracy": summary.get("accuracy")}))
+
+
+def _forward_seconds(model, dataset, device: str, batch_size: int = 128) -> float:
+    """W: one float32 forward over every analysed image (batch 128, as the analysis), after a warm-up."""
+    import torch
+
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        model(images[:batch_size].to(device))
+        start = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            model(images[i:i + batch_size].to(device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _worktree(ref: str) -> Path:
+    """A checkout of `ref` under /tmp (made once), whose `debugatlas` package the 'ref' variant imports."""
+    sha = subprocess.run(["git", "rev-parse", ref], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+    path = Path(tempfile.gettempdir()) / f"debugatlas-ref-{sha[:12]}"
+    if not (path / "debugatlas").is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=ROOT, check=True,
+                       capture_output=True)
+    return path
 
 
 def _missing_options() -> list[str]:
@@ -167,7 +220,12 @@ def _train(args, path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["digits", "cifar", "cifar-vgg", "cifar-cuda"], default="digits")
+    parser.add_argument("--case", choices=["digits", "cifar", "cifar-vgg", "cifar-cuda", *CONVERGED], default="digits")
+    parser.add_argument("--pair", dest="pairs", action="append", default=[],
+                        help="A,B class names to study (repeatable; default: pairs='auto')")
+    parser.add_argument("--baseline-ref", default=None,
+                        help="also run the 'default' variant on the package as of this git commit (a worktree "
+                             "under /tmp), side by side: today's code against the earlier one")
     parser.add_argument("--device", default=None, help="cpu or cuda (cifar-cuda: cuda)")
     parser.add_argument("--images", type=int, default=None, help="CIFAR-10 images analysed (3,000; cuda 2,000)")
     parser.add_argument("--train-images", type=int, default=10_000)
@@ -175,13 +233,13 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=None, help="stop training after this epoch")
     parser.add_argument("--layer", default=None, help="digits: layer3; CIFAR: layer2")
     parser.add_argument("--archive", default=str(ROOT.parent / "shared" / "data" / "cifar10-train.tgz"))
-    parser.add_argument("--variants", nargs="+", default=["default", "old"], choices=["default", "old"])
+    parser.add_argument("--variants", nargs="+", default=["default", "old"], choices=["default", "old", "ref"])
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per variant")
     parser.add_argument("--out", default=None, help="report file (default reports/bench/analyze_<case>.txt)")
     parser.add_argument("--model-file", default=None,
                         help="keep the trained weights here and reuse them when the file exists: a brief "
                              "CPU training differs from run to run, and so does the analysis's work")
-    parser.add_argument("--child", choices=["default", "old"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["default", "old", "ref"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.device = args.device or ("cuda" if args.case == "cifar-cuda" else "cpu")
@@ -214,18 +272,28 @@ def main() -> None:
         weights = Path(args.model_file) if args.model_file else Path(tmp) / "model.pt"
         if args.model_file and weights.is_file():
             say(f"model: {weights} (trained by an earlier run with the same --model-file)")
+        elif args.case in CONVERGED:
+            parser.error(f"--case {args.case} needs --model-file of a converged model: run "
+                         f"experiments/train_converged.py --model {CONVERGED[args.case]} --out FILE first")
         else:
             weights.parent.mkdir(parents=True, exist_ok=True)
             say(_train(args, weights))
+        if args.baseline_ref and "ref" not in variants:
+            variants.append("ref")
         for variant in variants:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--weights", str(weights),
                    "--case", args.case, "--device", args.device, "--images", str(args.images),
                    "--train-images", str(args.train_images), "--archive", args.archive]
             if args.layer:
                 cmd += ["--layer", args.layer]
+            for pair in args.pairs:
+                cmd += ["--pair", pair]
+            env = dict(os.environ)
+            if variant == "ref":
+                env["PYTHONPATH"] = str(_worktree(args.baseline_ref))
             start = time.perf_counter()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
             except subprocess.TimeoutExpired:
                 say(f"{variant}: not finished after {args.timeout:.0f} s (stopped)")
                 continue
@@ -234,14 +302,20 @@ def main() -> None:
                 say(f"{variant}: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
                 continue
             runs[variant] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_s": wall}
+            say(f"{variant}: done in {wall:.0f} s")
     say()
     names = list(runs)
-    say(f"{'seconds':22s}" + "".join(f"{n:>12s}" for n in names) + ("      old/default" if len(names) == 2 else ""))
+    for n in names:
+        say(f"{n}: package {runs[n].get('package')}; W = {runs[n].get('w_s', float('nan')):.2f} s "
+            "(one float32 forward over the analysed images, batch 128, in the same process)")
+    say(f"{'seconds (W)':22s}" + "".join(f"{n:>18s}" for n in names) + ("   other/default" if len(names) == 2 else ""))
     rows = [(s, lambda r, s=s: r["timings_s"].get(s)) for s in STAGES]
     rows += [("analyze() call", lambda r: r["analyze_s"]), ("whole process", lambda r: r["process_s"])]
     for label, get in rows:
         values = [get(runs[n]) for n in names]
-        cells = "".join(f"{v:12.1f}" if isinstance(v, (int, float)) else f"{'-':>12s}" for v in values)
+        ws = [runs[n].get("w_s") for n in names]
+        cells = "".join(f"{v:9.1f} ({v / w:5.1f} W)" if isinstance(v, (int, float)) and w else f"{'-':>18s}"
+                        for v, w in zip(values, ws))
         ratio = ""
         if len(values) == 2 and all(isinstance(v, (int, float)) for v in values) and values[0] > 0:
             ratio = f"{values[1] / values[0]:14.2f}x"
