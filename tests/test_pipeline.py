@@ -177,3 +177,26 @@ def test_auto_filter_top_n_is_one_class_share_of_the_samples_at_most_the_papers_
     for bad in (0, "all", 2.5, True):
         with pytest.raises(DebugAtlasError, match="filter_top_n"):
             AnalysisConfig.from_options({"filter_top_n": bad})
+
+
+def test_a_spent_budget_cuts_the_patch_tests_and_says_so(tmp_path, trained_cnn, digits_data):
+    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1"), ("3", "5")], seed=0, layout="pca",
+                     grid_size=8, grid_sizes=(8,), render_steps=4, n_examples=1, budget_w=1e-3)
+    summary = result.summary
+    assert summary["budget"] == {"budget_w": 1e-3, "cut_pairs": ["8->1", "3->5"]}
+    assert all(p["patches"] == [] and any("budget_w" in n for n in p["notes"]) for p in summary["pairs"])
+    assert summary["forwards"]["patches"] == 0 and summary["cost_w"]["total"] > 1e-3
+    with pytest.raises(DebugAtlasError, match="budget_w"):
+        AnalysisConfig.from_options({"budget_w": 0})
+
+
+def test_cost_in_w_and_forwards_per_stage_are_recorded(trained_cnn, digits_data):
+    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], seed=0, layout="pca",
+                     grid_size=8, grid_sizes=(8,), render_steps=4, n_examples=1)
+    s = result.summary
+    assert s["w_s"]["images"] == len(digits_data[1]) and s["w_s"]["seconds"] > 0
+    assert s["forwards"]["capture"] >= len(digits_data[1])  # every image once (guided: and its gradient pass)
+    parts = sum(s["forwards"][k] for k in s["forwards"] if k.startswith("patches."))
+    assert 0 < parts <= s["forwards"]["patches"]
+    for stage, seconds in s["timings_s"].items():
+        assert s["cost_w"][stage] == pytest.approx(seconds / s["w_s"]["seconds"], rel=2e-3, abs=2e-3)  # both rounded

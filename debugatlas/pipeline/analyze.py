@@ -135,8 +135,17 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
     with ctx.stage("render"):
         rendered = icons.render(ctx, acts=acts, atlas=atlas, views=pair_views) if cfg.render else Rendered(icon_atlas=None)
     with ctx.stage("patches"):
-        tested = [patch_stage.test_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered, split=split)
-                  if cfg.render and cfg.patches else PairTest() for p, v in zip(plans, pair_views)]
+        tested = []
+        for p, v in zip(plans, pair_views):
+            spent = w.in_w(time.perf_counter() - started)
+            if not (cfg.render and cfg.patches):
+                tested.append(PairTest())
+            elif cfg.budget_w is not None and spent >= cfg.budget_w:
+                tested.append(PairTest(notes=(f"patch tests cut: the run had spent {spent:.1f} W of "
+                                              f"budget_w={cfg.budget_w:g} before this pair",)))
+            else:
+                tested.append(patch_stage.test_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered,
+                                                    split=split))
         field = _field_fraction(ctx, tested)
         found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, field_fraction=field)
                  for p, t in zip(plans, tested)]

@@ -53,6 +53,9 @@ class AnalysisConfig:
     split_fraction (share of each class's images in the selection half), confirm_alpha (family-wise
     error rate of the verdicts, see `patches.stats`).
     Report: n_examples (misclassified examples with pixel attributions per pair).
+    Cost: budget_w (None: no limit): the run's budget in W, one float32 forward pass of the model over
+    the analysed images (`pipeline.cost`); once the stages before a pair's patch tests have spent it,
+    that pair's patch tests are cut, and its notes and summary.json's `budget` say so.
     """
 
     sampling: str = "guided"
@@ -95,6 +98,7 @@ class AnalysisConfig:
     split_fraction: float = 0.5
     confirm_alpha: float = 0.05
     n_examples: int = 6
+    budget_w: float | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "AnalysisConfig":
@@ -160,6 +164,9 @@ class AnalysisConfig:
                                                  or isinstance(self.layout_pca_dims, bool)
                                                  or self.layout_pca_dims < 2):
             raise DebugAtlasError(f"`layout_pca_dims={self.layout_pca_dims!r}` must be None or an integer >= 2.")
+        if self.budget_w is not None and (isinstance(self.budget_w, bool) or not isinstance(self.budget_w, (int, float))
+                                          or not self.budget_w > 0):
+            raise DebugAtlasError(f"`budget_w={self.budget_w!r}` must be None or a number of forward passes > 0.")
         self.patch_sizes = tuple(float(s) for s in self.patch_sizes)
         if not self.patch_sizes or any(not 0 < s <= 1 for s in self.patch_sizes):
             raise DebugAtlasError(f"`patch_sizes={self.patch_sizes!r}` must be fractions in (0, 1].")

@@ -63,7 +63,8 @@ def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFindin
     forwards["total"] = int(sum(forwards[k] for k in TIMED_STAGES[:-1]))
     cost = {}
     if w is not None:
-        cost = {"w_s": w.to_dict(),
+        cut = [f"{f.a_name}->{f.b_name}" for f in findings if any(n.startswith("patch tests cut") for n in f.notes)]
+        cost = {"w_s": w.to_dict(), "budget": {"budget_w": ctx.config.budget_w, "cut_pairs": cut},
                 "cost_w": {k: round(w.in_w(ctx.timer.times.get(k, 0.0)), 3) for k in costed},
                 "forwards": forwards}
     return {

@@ -347,10 +347,26 @@ def overview(summary: Mapping, report_data: Mapping) -> dict:
     versions = sorted((as_text(k), as_text(v)) for k, v in mapping(summary.get("versions")).items())
     rows.append(("Versions", " · ".join(f"{k} {v}" for k, v in versions) or None))
     config = mapping(summary.get("config"))
+    cost = mapping(summary.get("cost_w"))
+    forwards = mapping(summary.get("forwards"))
+    w = as_float(mapping(summary.get("w_s")).get("seconds"))
+    parts = [(k, as_float(cost.get(k))) for k in cost if k.startswith("patches.")]
+
+    def row(stage: str, seconds: float | None, label: str | None = None) -> dict:
+        return {"stage": label or stage, "seconds": seconds, "width": 100.0 * (seconds or 0.0) / longest,
+                "w": as_float(cost.get(stage)), "forwards": as_int(forwards.get(stage))}
+
+    timed = []
+    for k, v in stages:
+        timed.append(row(k, v))
+        if k == "patches":
+            timed += [row(p, c * w if c is not None and w else None, "· " + p.split(".", 1)[1]) for p, c in parts]
     return {
         "rows": rows,
-        "timings": [{"stage": k, "seconds": v, "width": 100.0 * v / longest} for k, v in stages],
+        "timings": timed,
+        "w_seconds": w,
         "total_time": total,
+        "total_w": as_float(cost.get("total")),
         "config": json.dumps(config, indent=2, sort_keys=True, default=str) if config else "",
     }
 
