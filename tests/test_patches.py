@@ -434,3 +434,25 @@ def test_kept_patches_give_synthesized_candidates_their_places():
     assert _keep(ranked, 3, 2, {"s1", "s2", "s3", "s4"}, min_real=5) == ["s1", "s2", "e1"]  # synthesized first
     assert _keep(["s1", "s2"], 2, 0, {"s1", "s2"}, min_real=2) == ["s1", "s2"]  # no real crop to keep
     assert _keep(ranked, 10, 2, {"s1", "s2"}) == ranked  # room for all
+
+
+@pytest.mark.parametrize("side", [16, 24, 32, 128, 224])
+def test_a_patch_stays_within_the_size_cap_at_every_image_size(side):
+    """0.35 of 16 px is 5.6 px: rounding to 6 would paste 0.375 of the side; the cap is kept by
+    rounding down, with at least one pixel."""
+    from debugatlas.patches import candidate_patches, control_patches, paste_variants
+    from debugatlas.patches.candidates import cap_side
+
+    icon = torch.rand(3, side, side)
+    for frac, pixels in paste_variants(Patch("p", (0, 0), "icon", icon), (0.25, 0.35), (3, side, side)):
+        assert 1 <= max(pixels.shape[-2:]) <= frac * side
+    assert cap_side((3, side, side), (0.25, 0.35)) == int(0.35 * side + 1e-9)
+    crops = [torch.rand(3, side, side)]
+    for p in candidate_patches([((0, 0), icon, crops)], crop_sizes=(6, 8, 12, 16), resize_exemplars=None,
+                               image_shape=(3, side, side)):
+        if not p.resize:
+            assert max(p.image.shape[-2:]) <= 0.35 * side
+    for c in control_patches([Patch("p", (0, 0), "icon", icon)], torch.rand(2, 3, side, side), (3, side, side)):
+        assert max(c.image.shape[-2:]) <= 0.35 * side
+    tiny = paste_variants(Patch("t", (0, 0), "icon", icon), (1e-3,), (3, side, side))
+    assert max(tiny[0][1].shape[-2:]) == 1

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..core.errors import DebugAtlasError
-from .types import DEFAULT_CROP_SIZES, DEFAULT_SIZES, Patch
+from .types import DEFAULT_CROP_SIZES, DEFAULT_SIZES, Patch, patch_side
 
 
 def _center_crop(image: torch.Tensor, h: int, w: int | None = None) -> torch.Tensor:
@@ -21,7 +21,7 @@ def cap_side(image_shape: Sequence[int], sizes: Sequence[float] = DEFAULT_SIZES)
     height, width = (int(v) for v in tuple(image_shape)[-2:])
     if not sizes or any(not 0 < float(s) <= 1 for s in sizes):
         raise DebugAtlasError(f"`sizes={tuple(sizes)!r}` must be fractions of the image side in (0, 1].")
-    return max(1, min(height, width, round(max(float(s) for s in sizes) * min(height, width))))
+    return patch_side(max(float(s) for s in sizes), min(height, width))
 
 
 def cut_to_side(crop: torch.Tensor, side: int, score: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,7 +187,7 @@ def control_patches(
     controls = []
     for key in sorted({_geometry(p, height, width) for p in patches}):
         if key == "resized":
-            h = w = max(1, min(height, width, round(max(sizes) * min(height, width))))
+            h = w = patch_side(max(sizes), min(height, width))
         else:
             h, w = (int(v) for v in key.split("-", 1)[1].split("x"))
         rng = np.random.default_rng([int(seed), h, w, int(key == "resized")])  # per geometry

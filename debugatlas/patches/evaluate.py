@@ -17,7 +17,7 @@ from torch import nn
 from ..core.errors import DebugAtlasError
 from ..core.model import as_logits, model_device, precision_context, preserved_model_state
 from .candidates import _center_crop, _geometry, control_patches
-from .types import DEFAULT_SIZES, PLACEMENTS, Patch, PatchEvaluation, PatchResult
+from .types import DEFAULT_SIZES, PLACEMENTS, Patch, PatchEvaluation, PatchResult, patch_side
 
 
 def placement_positions(height: int, width: int, ph: int, pw: int, n: int, seed: int) -> list[tuple[int, int]]:
@@ -51,7 +51,7 @@ def paste_variants(patch: Patch, sizes: Sequence[float], image_shape: Sequence[i
         return [(max(fitted.shape[-2:]) / min(height, width), fitted)]
     out = []
     for frac in sizes:
-        side = max(1, round(float(frac) * min(height, width)))
+        side = patch_side(frac, min(height, width))
         scale = side / max(h, w)
         ph, pw = max(1, min(height, round(h * scale))), max(1, min(width, round(w * scale)))
         resized = F.interpolate(pixels[None], size=(ph, pw), mode="bilinear", align_corners=False,

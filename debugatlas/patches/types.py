@@ -24,6 +24,12 @@ SELECTION_RULE = ("images of class A that the model classifies as A before patch
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def patch_side(frac: float, image_side: int) -> int:
+    """Pixels of a patch side that is `frac` of `image_side`: rounded down, so the size cap holds at
+    every image size (0.35 of 16 px is 5 px, not 6 = 0.375), and at least one pixel."""
+    return max(1, min(int(image_side), int(float(frac) * int(image_side) + 1e-9)))
+
+
 @dataclass
 class Patch:
     """One patch to paste.

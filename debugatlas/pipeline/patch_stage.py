@@ -43,6 +43,7 @@ from ..patches.sequential import confirm
 from ..patches.split import Split
 from ..patches.suite import _keep
 from ..patches.trials import Experiment, TrialLog
+from ..patches.types import patch_side
 from ..shortcut import MIN_PURITY_GAP, shortcut_candidates
 from .context import RunContext
 from .records import Cell, PairPlan, PairTest, PairViews, Rendered
@@ -159,7 +160,7 @@ def test_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairP
     started = time.perf_counter()
     images_sel = ctx.images(sel_a)
     cells = screened_cells(plan=plan, views=views, atlas=atlas)
-    side = max(1, round(cfg.patch_sizes[0] * min(images_sel.shape[-2:])))
+    side = patch_side(cfg.patch_sizes[0], min(images_sel.shape[-2:]))
     with ctx.timer.stage("patches.screening"):
         screen = _screen(ctx, plan, cells, rendered, images_sel, screening_crops(ctx, acts, atlas, cells, side))
     chosen = [cell for cell, _ in screen[:cfg.patch_cells]]
@@ -259,7 +260,7 @@ def in_context(ctx: RunContext, *, plan: PairPlan, atlas: Atlas, acts: Activatio
 
     means = torch.from_numpy(np.stack([atlas.mean_activation[i, j] for i, j in cells]))
     directions = cell_directions(means, whitening if whitening is not None else run_whitening(acts))
-    side = max(1, round(min(ctx.config.patch_sizes) * min(images_a.shape[-2:])))
+    side = patch_side(min(ctx.config.patch_sizes), min(images_a.shape[-2:]))
     patches, _ = in_context_patches(ctx.model, ctx.module, images_a, cells, directions, side,
                                     steps=ctx.config.render_steps, seed=ctx.seed,
                                     precision=ctx.config.choosing_precision)
