@@ -139,12 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="debugatlas", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="train a small CNN on the bundled digits with AtlasCallback and write a report")
+    demo = sub.add_parser("demo", help="analyse the shipped digits CNN with AtlasCallback and write a report")
     demo.add_argument("--out", default="reports/demo", help="run directory (default reports/demo)")
     demo.add_argument("--scenario", choices=["natural", "shortcut"], default="natural",
                       help="natural digits, or a planted trigger in one class's training images")
     demo.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    demo.add_argument("--epochs", type=int, default=8)
+    demo.add_argument("--epochs", type=int, default=8, help="training epochs with --train")
+    demo.add_argument("--train", action="store_true",
+                      help="train the model anew (the results then depend on the machine) instead of the shipped weights")
     demo.add_argument("--seed", type=int, default=0)
 
     an = sub.add_parser("analyze", help="analyse a model on an ImageFolder")
@@ -181,7 +183,8 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     started = time.perf_counter()
-    result = run_demo(Path(args.out), scenario=args.scenario, device=args.device, epochs=args.epochs, seed=args.seed)
+    result = run_demo(Path(args.out), scenario=args.scenario, device=args.device, epochs=args.epochs, seed=args.seed,
+                      train=args.train)
     summary = result.summary
     print(f"debugatlas demo ({args.scenario}): accuracy {summary['accuracy']:.3f} on {summary['num_images']} "
           f"validation images, {summary['num_samples']} activation samples at {summary['layer']!r}")

@@ -1,4 +1,11 @@
-"""The demo on the embedded default: train a small CNN on the bundled digits with `AtlasCallback`."""
+"""The demo on the embedded default: a small CNN on the bundled digits, analysed by `AtlasCallback`.
+
+The demo's models ship as weights (`debugatlas/weights/digits_<scenario>.pt`, trained once by
+`experiments/train_demo_model.py` with `run_demo(train=True)`): a model trained on a CPU is a
+different model on another CPU (other kernels, other rounding), and the demo should tell the same
+story everywhere. By default the shipped model is validated with the callback, which analyses it;
+`train=True` (`debugatlas demo --train`) trains anew with the callback, as in a training loop.
+"""
 from __future__ import annotations
 
 import tempfile
@@ -12,6 +19,7 @@ from .data import PlantedShortcut, digits
 from .models import SmallCNN
 
 IMAGE_SIZE = 24
+WEIGHTS = Path(__file__).resolve().parent / "weights"
 SHORTCUT = PlantedShortcut(target=7, fraction=1.0, size=5, trigger="cross", seed=0)
 
 
@@ -30,8 +38,17 @@ def demo_options() -> dict:
             "patch_sizes": (0.2, 0.25)}
 
 
-def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: int = 8, seed: int = 0):
-    """Train with the callback on the digits and write the report into `out`.
+def demo_weights(scenario: str) -> Path:
+    """The shipped weights of the demo's model for `scenario`."""
+    return WEIGHTS / f"digits_{scenario}.pt"
+
+
+def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: int = 8, seed: int = 0,
+             train: bool = False):
+    """Analyse the demo's model with the callback on the digits and write the report into `out`.
+
+    The shipped model (`demo_weights`) is validated once with the callback; `train=True` (or no
+    shipped weights) trains for `epochs` with the callback analysing after the last one.
 
     "shortcut" plants a cross in every training 7 (and in the validation 7s, as data from one
     poisoned source would have it) and compares 1 and 4 with 7 at layer2, whose receptive field
@@ -46,7 +63,7 @@ def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: 
     if device == "cuda" and not torch.cuda.is_available():
         raise DebugAtlasError("`--device cuda` but CUDA is not available. HINT: use --device cpu.")
     shortcut = SHORTCUT if scenario == "shortcut" else None
-    train, val = digits(size=IMAGE_SIZE, seed=seed, shortcut=shortcut, poison_val=True)
+    train_set, val_set = digits(size=IMAGE_SIZE, seed=seed, shortcut=shortcut, poison_val=True)
     pl.seed_everything(seed, verbose=False)
     module = ClassifierModule(digits_cnn(), lr=3e-3)
     pairs = [(str(d), str(SHORTCUT.target)) for d in (1, 4)] if shortcut is not None else "auto"
@@ -56,15 +73,22 @@ def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: 
         options.update(sampling="guided", samples_per_image=4)
     callback = AtlasCallback(layer, pairs=pairs, every_n_epochs=epochs, dirpath=out, subdir="",
                              seed=seed, model_spec="debugatlas.demo:digits_cnn", **options)
+    weights = demo_weights(scenario)
+    shipped = not train and weights.is_file()
+    if shipped:
+        module.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(max_epochs=epochs, accelerator=device, devices=1, callbacks=[callback],
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, default_root_dir=logs,
                              # CUDA lacks deterministic kernels for some ops used in training and rendering
                              deterministic=True if device == "cpu" else "warn")
-        trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True,
-                                       generator=torch.Generator().manual_seed(seed)),
-                    DataLoader(val, batch_size=128))
+        if shipped:
+            trainer.validate(module, DataLoader(val_set, batch_size=128), verbose=False)
+        else:
+            trainer.fit(module, DataLoader(train_set, batch_size=32, shuffle=True,
+                                           generator=torch.Generator().manual_seed(seed)),
+                        DataLoader(val_set, batch_size=128))
     if callback.last_result is None:
         raise DebugAtlasError("The demo finished without an analysis. HINT: --epochs must be >= 1.")
     torch.save(module.model.state_dict(), Path(out) / "model.pt")
