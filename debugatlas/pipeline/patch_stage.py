@@ -3,29 +3,32 @@
 Per pair (A, B), on images of A split by id into a selection and a confirmation half:
 1. screen: every valid cell whose attribution pushes toward B (over A), and every confusing cell,
    pasted as its icon and as a crop of its first exemplar (`screening_crops`), at one size and
-   half of `n_random` (at least 4) random positions on `SCREEN_IMAGES` images of the selection
-   half, in large batches; a cell scores the better of the two (with many cells, a first round on
-   `SCREEN_RACE_IMAGES` images keeps the best `3 * patch_cells`, or a quarter, for the full screen);
+   half of `n_random` (at least 4) random positions on up to `SCREEN_IMAGES` images of the
+   selection half; a race (`patches.race`: successive halving, first chunk `SCREEN_RACE_IMAGES`)
+   until `3 * patch_cells` patches, or a quarter of the cells, are left; a cell scores the better
+   of its two patches;
 2. select: the `patch_cells` best-screened cells, and the `ISLAND_CELLS` cells most purely of B
    among their neighbours (`shortcut.shortcut_candidates`), become full candidates (icon, icon
    crops, capped exemplar crops, and for the islands and the best-screened cells, `IN_CONTEXT_CELLS`
-   in all, an in-context patch when asked), measured with controls at half of `n_random` (at
-   least 4) random positions on the selection half (at most `selection_images`; when it holds
-   more than `2 * RACE_IMAGES`, only the best third of many candidates after a first round on
-   `RACE_IMAGES` of them); the `KEEP` best by flip rate above the stronger control are kept, at
-   least half of them synthesized (not real exemplar crops) and `MIN_REAL` real crops when
-   there are enough;
-3. confirm: the kept patches and their controls are measured again on the confirmation half only,
-   and each gets a Wilson interval and a verdict from `patches.stats`, Holm-corrected over the kept
-   patches: the confirmation half took no part in choosing them, so the screened and selected
-   candidates do not enter its family. The suite's baseline is this confirmation measurement,
-   at every placement and all `n_random` positions, on at most `max_patch_images` images.
+   in all, an in-context patch when asked); they race with their controls on the selection half
+   (at most `selection_images`, first chunk `SELECTION_RACE_IMAGES`) until `KEEP` are left, at
+   least half of them synthesized (not real exemplar crops) and `MIN_REAL` real crops when there
+   are enough;
+3. confirm: the kept patches and their controls are measured again on the confirmation half only
+   (at most `max_patch_images` images, every placement, all `n_random` positions, at the sizes the
+   selection found strongest), look by look (`patches.sequential`): a patch leaves once its verdict
+   is settled. Each gets a Wilson interval and a verdict, Holm-corrected over the kept patches
+   with the looks accounted for: the confirmation half took no part in choosing them, so the
+   screened and selected candidates do not enter its family. The suite's baseline is this
+   measurement.
 
 Screening and selection only choose, so they use fewer images and positions than the
 confirmation that reports, and run at `choosing_precision` (bfloat16 where the device has it
 natively: 1.7-2.7x faster forwards on a CPU with AVX512-BF16); the confirmation runs the model at
-its own precision. Every stage is a batch of forward passes whose size does not grow
-with the number of images analysed.
+its own precision. No part grows with the number of images analysed, and the races and looks
+spend forwards only on what is still undecided, which is what a converged model, with all its
+correctly classified images of A, needs. The stage's parts are timed and costed apart
+(`patches.screening`, `.synthesis`, `.selection`, `.confirmation`).
 """
 from __future__ import annotations
 
@@ -52,11 +55,11 @@ SCREEN_PLACEMENT = "random"
 ISLAND_CELLS = 4  # B-purity islands that go to the full test whatever their screening rate
 IN_CONTEXT_CELLS = 8  # cells that also get an in-context patch: the islands, then the best screened
 SCREEN_IMAGES = 24  # selection-half images of A each screened cell is pasted on
-SCREEN_RACE_IMAGES = 2  # the screening race's first chunk; each next one is twice as large
+SCREEN_RACE_IMAGES = 8  # the screening race's first chunk; each next one is twice as large
 MIN_CHOOSING_POSITIONS = 4  # fewer left small patches ranked on too few placements per image
 KEEP = 6  # patches confirmed on the held-out half; half of the places go to synthesized ones
 MIN_REAL = 2  # ... and two to the best crops of real images, so real images are measured too
-SELECTION_RACE_IMAGES = 2  # the selection race's first chunk; each next one is twice as large
+SELECTION_RACE_IMAGES = 4  # the selection race's first chunk; each next one is twice as large
 
 
 def screened_cells(*, plan: PairPlan, views: PairViews, atlas: Atlas) -> list[Cell]:
