@@ -34,7 +34,7 @@ class ForwardCost:
         return float(seconds) / self.seconds if self.seconds > 0 else float("nan")
 
     def to_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 4), "images": self.images, "timed_images": self.timed,
+        return {"seconds": float(f"{self.seconds:.6g}"), "images": self.images, "timed_images": self.timed,
                 "rule": f"one float32 forward over the analysed images, timed on {self.timed} of them "
                         "and scaled"}
 
