@@ -17,7 +17,7 @@ With one look this is the fixed-sample rule of `patches.stats`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -66,35 +66,43 @@ class Confirmation:
     design: SequentialDesign
 
 
-def confirm(log: TrialLog, patches: Sequence[Patch], controls: Sequence[Patch], images: torch.Tensor, *,
-            alpha: float = 0.05, first: int = FIRST_LOOK) -> Confirmation:
-    """Measure `patches` and their `controls` on `images` look by look; judge each where it stopped."""
-    design = SequentialDesign.for_images(len(images), alpha, first)
-    placements = log.experiment.placements
+def measure_in_looks(log: TrialLog, patches: Sequence[Patch], controls: Sequence[Patch], images: torch.Tensor,
+                     design: SequentialDesign, leaves: Callable[[Patch, int], bool]) -> dict[str, list[int]]:
+    """Measure `patches` (and the `controls` of the geometries still open) on `images`, look by look;
+    after each look a patch leaves when `leaves(patch, look)` says so, and all leave at the last.
+    Returns, per patch id, the chunks of `log` it was measured on."""
     height, width = log.shape[-2:]
-    m = max(1, len(patches))
-    open_ = list(patches)
-    stopped: dict[str, int] = {}
-    added: list[int] = []
-    start = 0
+    open_, stopped, added, start = list(patches), {}, [], 0
     for look, total in enumerate(design.looks):
-        chunk = log.add_images(images[start:total])
-        added.append(chunk)
+        added.append(log.add_images(images[start:total]))
         start = total
         geometries = {_geometry(p, height, width) for p in open_}
-        log.measure(open_ + [c for c in controls if _geometry(c, height, width) in geometries], chunk)
+        log.measure(open_ + [c for c in controls if _geometry(c, height, width) in geometries], added[-1])
         last = look == len(design.looks) - 1
         still = []
         for p in open_:
-            results = [log.with_controls(p.id, pl) for pl in placements]
-            if last or _settled(results, m, design):
+            if last or leaves(p, look):
                 stopped[p.id] = look
             else:
                 still.append(p)
         open_ = still
         if not open_:
             break
-    chunks = {p.id: added[:stopped[p.id] + 1] for p in patches}
+    return {p.id: added[:stopped[p.id] + 1] for p in patches}
+
+
+def confirm(log: TrialLog, patches: Sequence[Patch], controls: Sequence[Patch], images: torch.Tensor, *,
+            alpha: float = 0.05, first: int = FIRST_LOOK) -> Confirmation:
+    """Measure `patches` and their `controls` on `images` look by look; judge each where it stopped."""
+    design = SequentialDesign.for_images(len(images), alpha, first)
+    placements = log.experiment.placements
+    m = max(1, len(patches))
+
+    def leaves(p: Patch, _look: int) -> bool:
+        return _settled([log.with_controls(p.id, pl) for pl in placements], m, design)
+
+    chunks = measure_in_looks(log, patches, controls, images, design, leaves)
+    stopped = {pid: len(c) - 1 for pid, c in chunks.items()}
     evaluation = log.evaluation([p.id for p in patches], [c.id for c in controls if log.chunks_of(c.id)], chunks)
     judged = judge_evaluation(evaluation, n_screened=len(patches), alpha=alpha, looks=design.n_looks)
     return Confirmation(judged, stopped, design)

@@ -111,8 +111,7 @@ class PatchSuite:
 
     def _sequential(self, model, images_a: torch.Tensor, batch_size: int, device, settled, gated: set[str]):
         """(evaluation, number of looks): the patches measured look by look (see `run`)."""
-        from .candidates import _geometry
-        from .sequential import SequentialDesign
+        from .sequential import SequentialDesign, measure_in_looks
         from .stats import z_for_looks
         from .trials import Experiment, TrialLog
 
@@ -121,24 +120,11 @@ class PatchSuite:
         log = TrialLog(model, experiment, self.image_shape)
         design = SequentialDesign.for_images(len(images_a))
         z = z_for_looks(design.n_looks)
-        height, width = self.image_shape[-2:]
-        open_, stopped, added, start = list(self.patches), {}, [], 0
-        for look, end in enumerate(design.looks):
-            added.append(log.add_images(images_a[start:end]))
-            start = end
-            geometries = {_geometry(p, height, width) for p in open_}
-            log.measure(open_ + [c for c in self.controls if _geometry(c, height, width) in geometries], added[-1])
-            still = []
-            for p in open_:
-                done = look == len(design.looks) - 1 or p.id not in gated
-                if done or settled([log.with_controls(p.id, pl) for pl in self.placements], z):
-                    stopped[p.id] = look
-                else:
-                    still.append(p)
-            open_ = still
-            if not open_:
-                break
-        chunks = {p.id: added[:stopped[p.id] + 1] for p in self.patches}
+
+        def leaves(p: Patch, _look: int) -> bool:
+            return p.id not in gated or settled([log.with_controls(p.id, pl) for pl in self.placements], z)
+
+        chunks = measure_in_looks(log, self.patches, self.controls, images_a, design, leaves)
         controls = [c.id for c in self.controls if log.chunks_of(c.id)]
         return log.evaluation([p.id for p in self.patches], controls, chunks), design.n_looks
 
