@@ -40,14 +40,14 @@ def pytest_configure(config) -> None:
         return
     if forced not in FORCEABLE:  # from the environment variable, which argparse does not check
         raise pytest.UsageError(f"{PRECISION_ENV}={forced!r} is not one of {list(FORCEABLE)}.")
-    import debugatlas.core.model as model_mod
-    import debugatlas.pipeline.analyze as analyze_mod
+    import importlib
 
     def forced_precision(device) -> str:
         return forced
 
-    for module in (model_mod, analyze_mod):  # analyze.py holds its own reference to the function
-        module.fast_precision = forced_precision
+    # by module name: `import debugatlas.pipeline.analyze as m` gives the package's `analyze` function
+    for name in ("debugatlas.core.model", "debugatlas.pipeline.analyze"):  # analyze.py holds its own reference
+        importlib.import_module(name).fast_precision = forced_precision
 
 
 def pytest_report_header(config) -> str:
