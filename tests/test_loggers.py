@@ -68,7 +68,7 @@ def logged_run(digits_data, tmp_path_factory):
                MLFlowLogger(experiment_name="atlas", tracking_uri=f"file:{tmp / 'mlruns'}"),
                CSVLogger(tmp, name="csv"), _MetricsOnly()]
     torch.manual_seed(0)
-    callback = AtlasCallback("model.layer3", **FAST)
+    callback = AtlasCallback("model.layer3", strict=True, **FAST)
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
@@ -210,3 +210,21 @@ def test_progress_logs_each_stage_with_the_time_left(caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "debugatlas.lightning"][-1] == (
         "AtlasCallback: epoch 1: done in 12.0 s")
     assert (source.level, source.handlers) == (level, handlers)  # the logger is left as found
+
+
+def test_csv_logger_at_the_default_dirpath_logs_the_report_in_place(digits_data, tmp_path):
+    # the report lies in `<log_dir>/atlas/epoch_<n>/`, the folder the CSV images go to: nothing is
+    # copied onto itself, and the images named by pair are there beside the report's own
+    train, val = digits_data
+    callback = AtlasCallback("model.layer3", strict=True, **FAST)
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=logger, enable_progress_bar=False,
+                         enable_model_summary=False, limit_train_batches=2, limit_val_batches=2,
+                         enable_checkpointing=False, default_root_dir=tmp_path)
+    torch.manual_seed(0)
+    trainer.fit(ClassifierModule(SmallCNN(1, 10, width=4)), DataLoader(train, batch_size=32),
+                DataLoader(val, batch_size=128))
+    folder = Path(logger.log_dir) / "atlas" / "epoch_0"
+    assert callback.dirpath == Path(logger.log_dir) / "atlas" and (folder / "summary.json").is_file()
+    name = _names(callback)[0].replace("→", "_")
+    assert {"atlas_10.png", f"{name}_comparison.png", "pair0_comparison.png"} <= {p.name for p in folder.glob("*.png")}

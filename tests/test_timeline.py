@@ -103,3 +103,22 @@ def test_relative_href_and_atomic_write(tmp_path):
     assert path == tmp_path / "atlas" / "index.html" and path.read_text().startswith("<!DOCTYPE html>")
     assert [p.name for p in path.parent.iterdir()] == ["index.html"]  # no temporary file left
     assert render_timeline([]).count("No epoch has been analysed yet") == 1
+
+
+def test_a_failed_epoch_is_listed_with_its_cause_and_is_a_gap_in_every_plot():
+    from debugatlas.report.timeline import failed_entry
+
+    entries = _entries()
+    entries[2] = failed_entry(1, "TypeError: analyze() got <two> values", "pass each option once")
+    html = render_timeline(entries)
+    assert "3 analysed epochs, 1 failed" in html
+    row = re.search(r'<tr class="failed">(.*?)</tr>', html, re.S).group(1)
+    assert "<td>1</td>" in row and "analysis failed: TypeError: analyze() got &lt;two&gt; values" in row
+    assert "HINT: pass each option once" in row
+    grid = html[html.index("<h2>grid → stripes</h2>"):]
+    grid = grid[:grid.index("</section>")]
+    assert grid.count("analysis failed") == 1 and "not among the analysed pairs" not in grid
+    confused = re.findall(r'<polyline points="([^"]+)"', grid)[0]
+    assert len(confused.split()) == 1  # epochs 0 and 2 with a gap at the failed epoch between them
+    assert re.findall(r'href="([^"]+)"', html) == ["epoch_0/index.html", "epoch_2/index.html"] * 2
+    assert failed_entry(3, "x")["pairs"] == [] and render_timeline([failed_entry(3, "x")]).count("analysis failed") == 1

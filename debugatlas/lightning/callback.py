@@ -12,9 +12,15 @@ depend on (seed, image id), so any number of processes samples the same vectors.
 rank while capturing and again to the merged set; the result equals a single-process run when no
 rank reaches `cap`.
 
-Never kills training: a failed analysis is logged with its cause and training goes on (with
+Never kills training, never fails unseen: a failed analysis is logged at ERROR with its one-line
+cause and a hint, counted (`atlas/failed_epochs` to every logger, `failed_epochs` in the saved
+state) and shown in the run's timeline as a failed epoch with its message; training goes on (with
 `strict=True` every rank raises it instead). Set-up mistakes (an unknown layer, a shuffled
 validation loader, batches that are not (images, labels)) still raise, before any work is lost.
+
+Both Lightning packages: the class derives from `pytorch_lightning.Callback` and, where the
+unified `lightning` package is installed, from `lightning.pytorch.Callback` too, so
+`lightning.pytorch.Trainer` and its `LightningCLI` take it as they take their own callbacks.
 """
 from __future__ import annotations
 
@@ -27,21 +33,42 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import SequentialSampler
 
-from ..capture import DISK_THRESHOLD_BYTES, SAMPLING, ActivationRecorder, ActivationSet, merge_shards
+from ..capture import DISK_THRESHOLD_BYTES, ActivationRecorder, ActivationSet, merge_shards
 from ..capture.recorder import GUIDED
 from ..core.errors import DebugAtlasError
 from ..core.model import resolve_layer
-from ..pipeline.config import AnalysisConfig
+from .options import capture_settings
 
 log = logging.getLogger("debugatlas.lightning")
 
+def _callback_bases() -> tuple[type, ...]:
+    """`pytorch_lightning.Callback`, and `lightning.pytorch.Callback` where `lightning` is installed.
 
-class AtlasCallback(pl.Callback):
+    The two packages ship the same Trainer under two names, and each checks callbacks against its
+    own `Callback` class (`LightningCLI` through `issubclass`, `Trainer(callbacks=cb)` through
+    `isinstance`). Both base classes hold only no-op hooks, so deriving from both is safe.
+    """
+    try:
+        import lightning.pytorch as unified
+    except ImportError:
+        return (pl.Callback,)
+    return (pl.Callback,) if unified.Callback is pl.Callback else (pl.Callback, unified.Callback)
+
+
+def _one_line(error: BaseException) -> tuple[str, str | None]:
+    """(cause, hint) of a failure: the exception's type and first line, and its own HINT if it has one."""
+    text = str(error)
+    cause, _, hint = text.partition("HINT:")
+    first = (cause.strip().splitlines() or [""])[0].rstrip(". ")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__, hint.strip() or None
+
+
+class AtlasCallback(*_callback_bases()):
     """Build an activation atlas of `layer` from validation batches and write a report per epoch.
 
     Each analysis goes to every logger of the trainer (see `lightning/loggers.py`): scalars named
     by pair (`atlas/A→B/confused`, `confirmed_findings`, `best_flip_rate`, `confirmed_flip_rate`,
-    `confirmed_margin`), and the atlas pictures through the logger's own image API. While it
+    `confirmed_margin`), `atlas/failed_epochs`, and the atlas pictures through the logger's own image API. While it
     analyses it logs the stage and the time left at INFO on the `debugatlas.lightning` logger.
 
     Args:
@@ -51,9 +78,11 @@ class AtlasCallback(pl.Callback):
         dirpath: where `epoch_<n>/` folders and the run's timeline `index.html` go; by default
             `<save_dir>/<name>/<version>/atlas` of the trainer's first logger (as `ModelCheckpoint`
             places checkpoints), or `<default_root_dir>/atlas` without a logger.
-        sampling, samples_per_image, cap, seed: capture settings (see `capture.ActivationRecorder`);
-            `sampling="guided"` (attribution-guided positions) captures the validation set again at
-            analysis time, since a validation hook cannot take gradients.
+        sampling, samples_per_image, cap: capture settings (see `capture.ActivationRecorder`), here
+            or in `options=` (None: `CAPTURE_DEFAULTS`, one uniformly random position per image, at
+            most 100,000 vectors); `sampling="guided"` (attribution-guided positions) captures the
+            validation set again at analysis time, since a validation hook cannot take gradients.
+        seed: of the sampled positions and of every stage.
         store_dir, disk_threshold_bytes: the on-disk vector store for large captures (used when the
             reservoir would exceed 256 MiB by default; None keeps it in memory).
         normalize: (mean, std) when the module expects normalised input; images stay in [0, 1].
@@ -61,14 +90,17 @@ class AtlasCallback(pl.Callback):
         subdir: folder under `dirpath` per analysis, formatted with `epoch` ("" writes into dirpath).
         run_analysis: False only captures; the ActivationSet is kept in `last_activations`.
         model_spec: "pkg.module:factory" of the wrapped classifier, for the report's check command.
-        strict: re-raise a failed analysis (on every rank) instead of logging it and training on.
+        strict: re-raise a failed analysis (on every rank) instead of logging, counting and showing it
+            and training on.
         timeline: keep `<dirpath>/index.html`, the run's epochs on one page (needs `{epoch}` in subdir).
-        options: `AnalysisConfig` options as one mapping (what a LightningCLI YAML config can pass).
+        options: `AnalysisConfig` options as one mapping (what a LightningCLI YAML config can pass),
+            capture settings included.
         analysis_options: any `AnalysisConfig` option (render, patches, grid_size, ...).
     """
 
     def __init__(self, layer: str, pairs: Any = "auto", every_n_epochs: int = 1, dirpath: str | Path | None = None,
-                 sampling: str = "random", samples_per_image: int = 1, cap: int = 100_000, seed: int = 0,
+                 sampling: str | None = None, samples_per_image: int | None = None, cap: int | None = None,
+                 seed: int = 0,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                  class_names: Sequence[str] | None = None, subdir: str = "epoch_{epoch}",
                  run_analysis: bool = True, model_spec: str | None = None, store_dir: str | Path | None = None,
@@ -78,13 +110,8 @@ class AtlasCallback(pl.Callback):
             raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise DebugAtlasError(f"`AtlasCallback(every_n_epochs={every_n_epochs!r})` must be an integer >= 1.")
-        if sampling not in SAMPLING + (GUIDED,):
-            raise DebugAtlasError(f"`AtlasCallback(sampling={sampling!r})` is not one of {list(SAMPLING + (GUIDED,))}.")
-        both = sorted(set(options or {}) & set(analysis_options))
-        if both:
-            raise DebugAtlasError(f"`AtlasCallback` got {both} both in `options=` and as keywords. HINT: pass each once.")
-        analysis_options = {**dict(options or {}), **analysis_options}
-        AnalysisConfig.from_options(dict(analysis_options))
+        capture, analysis_options = capture_settings(
+            {"sampling": sampling, "samples_per_image": samples_per_image, "cap": cap}, options, analysis_options)
         self.layer, self.every_n_epochs = layer, every_n_epochs
         # YAML gives [[a, b]]: pairs are kept as tuples so the state key does not depend on it
         if not (pairs is None or isinstance(pairs, (str, list, tuple))):
@@ -98,16 +125,18 @@ class AtlasCallback(pl.Callback):
         self.subdir, self.run_analysis = subdir, bool(run_analysis)
         self.last_activations = None
         self.model_spec = model_spec
-        self.analysis_options = dict(analysis_options)
+        self.analysis_options = analysis_options  # every AnalysisConfig option but the capture settings
         # guided sampling needs a gradient pass, which a validation hook cannot take: the hook then
         # records uniformly, and the analysis captures the validation set again with guided positions
-        self.guided = sampling == GUIDED
-        self.recorder = ActivationRecorder(layer, "random" if self.guided else sampling, samples_per_image, cap, seed,
+        self.guided = capture["sampling"] == GUIDED
+        self.recorder = ActivationRecorder(layer, "random" if self.guided else capture["sampling"],
+                                           capture["samples_per_image"], capture["cap"], seed,
                                            store_dir=store_dir, disk_threshold_bytes=disk_threshold_bytes)
-        self.cap = int(cap)
-        # recorded in summary.json's config (capture itself happens in the validation hooks)
-        self.capture_options = {"sampling": sampling, "samples_per_image": int(samples_per_image), "cap": int(cap)}
+        self.cap = int(capture["cap"])
+        # given to analyze(): recorded in summary.json's config, and the capture of guided sampling
+        self.capture_options = capture
         self.last_epoch_analyzed = -1
+        self.failed_epochs = 0
         self.runs: list[dict] = []
         self.last_result = None
         self._handles: list = []
@@ -238,19 +267,38 @@ class AtlasCallback(pl.Callback):
                     self._analyze(trainer, pl_module, dataset, acts, epoch)
             except Exception as exc:  # noqa: BLE001 - the callback must not stop training
                 error = exc
-        failure = trainer.strategy.broadcast(
-            None if error is None else f"{type(error).__name__}: {str(error).rstrip('. ')}", src=0)
+        failure = trainer.strategy.broadcast(None if error is None else _one_line(error), src=0)
         trainer.strategy.barrier("debugatlas-analysis")
         if failure is None:
             return
+        cause, hint = failure
         if self.strict:
             if error is not None:
                 raise error
-            raise DebugAtlasError(f"`AtlasCallback` analysis failed on rank 0: {failure} HINT: see rank 0's traceback.")
+            raise DebugAtlasError(f"`AtlasCallback` analysis failed on rank 0: {cause}. HINT: see rank 0's traceback.")
+        self.failed_epochs += 1
         if trainer.is_global_zero:
-            log.error("`AtlasCallback(layer=%r)` could not analyse epoch %d, training goes on: %s. HINT: pass "
-                      "`strict=True` to raise it.", self.layer, epoch, failure,
-                      exc_info=(type(error), error, error.__traceback__) if error is not None else None)
+            self._record_failure(trainer, pl_module, epoch, cause, hint, error)
+
+    def _record_failure(self, trainer, pl_module, epoch: int, cause: str, hint: str | None,
+                        error: BaseException | None) -> None:
+        """A failed epoch is seen: logged at ERROR (with the traceback), counted, shown in the timeline."""
+        from ..report.timeline import failed_entry
+        from .loggers import log_failure
+
+        hint = hint or "pass `strict=True` to raise it where it happens"
+        log.error("`AtlasCallback(layer=%r)` could not analyse epoch %d (%d failed so far), training goes on: %s. "
+                  "HINT: %s", self.layer, epoch, self.failed_epochs, cause, hint,
+                  exc_info=(type(error), error, error.__traceback__) if error is not None else None)
+        self.runs = [r for r in self.runs if r.get("epoch") != epoch]
+        self.runs.append({"dir": str(self._out(epoch)), **failed_entry(epoch, cause, hint)})
+        try:
+            log_failure(trainer.loggers, self.failed_epochs, step=trainer.global_step)
+            self._write_timeline(pl_module)
+        except Exception as exc:  # noqa: BLE001 - the failure is logged above; recording it must not stop training
+            log.error("`AtlasCallback(layer=%r)` could not record the failure of epoch %d in the loggers or the "
+                      "timeline: %s. HINT: the failure itself is the ERROR before this one.", self.layer, epoch,
+                      _one_line(exc)[0], exc_info=(type(exc), exc, exc.__traceback__))
 
     def _gathered(self, trainer: pl.Trainer):
         """This rank's ActivationSet, or on several ranks the merged set (collectives on every rank)."""
@@ -288,14 +336,17 @@ class AtlasCallback(pl.Callback):
             )
         return loader.dataset
 
+    def _out(self, epoch: int) -> Path:
+        return self.dirpath / self.subdir.format(epoch=epoch) if self.subdir else self.dirpath
+
     def _analyze(self, trainer, pl_module, dataset, acts, epoch: int) -> None:
         from ..pipeline import analyze
-        from ..report.timeline import epoch_entry, relative_href, write_timeline
+        from ..report.timeline import epoch_entry
         from .loggers import log_analysis
         from .progress import AnalysisProgress
 
-        out = self.dirpath / self.subdir.format(epoch=epoch) if self.subdir else self.dirpath
-        previous = self.runs[-1].get("timings_s") if self.runs else None
+        out = self._out(epoch)
+        previous = next((r["timings_s"] for r in reversed(self.runs) if r.get("timings_s")), None)
         with AnalysisProgress(f"epoch {epoch}, layer {self.layer}, {len(acts):,} vectors", previous):
             result = analyze(pl_module, dataset, self.layer, pairs=self.pairs, normalize=self.normalize,
                              out_dir=out, seed=self.seed, class_names=self.class_names,
@@ -307,12 +358,21 @@ class AtlasCallback(pl.Callback):
         self.runs = [r for r in self.runs if r.get("epoch") != epoch]
         self.runs.append({"dir": str(out), "timings_s": dict(result.summary.get("timings_s") or {}),
                           **epoch_entry(result.summary, epoch, None)})
-        if self.timeline and self.subdir and "{epoch" in self.subdir:
-            # links are made now: a resumed run may write into another logger version's folder
-            entries = [{**r, "href": relative_href(r["dir"], self.dirpath)} for r in self.runs if "pairs" in r]
-            write_timeline(self.dirpath, entries, title=f"{type(pl_module).__name__}: atlas of {self.layer}")
+        self._write_timeline(pl_module)
         log_analysis(trainer.loggers, out, result.summary, epoch=epoch, step=trainer.global_step,
-                     num_samples=len(acts), warned=self._warned)
+                     num_samples=len(acts), failed_epochs=self.failed_epochs, warned=self._warned)
+
+    def _write_timeline(self, pl_module) -> None:
+        """`<dirpath>/index.html` over `self.runs`, failed epochs included (needs `{epoch}` in subdir)."""
+        if not (self.timeline and self.subdir and "{epoch" in self.subdir):
+            return
+        from ..report.timeline import relative_href, write_timeline
+
+        # links are made now: a resumed run may write into another logger version's folder; a failed
+        # epoch's folder holds no report of this run, so it is not linked
+        entries = [{**r, "href": None if r.get("failed") else relative_href(r["dir"], self.dirpath)}
+                   for r in self.runs if "pairs" in r]
+        write_timeline(self.dirpath, entries, title=f"{type(pl_module).__name__}: atlas of {self.layer}")
 
     # -- cleanup and state ----------------------------------------------------------------------------
     def _remove_hooks(self) -> None:
@@ -328,11 +388,13 @@ class AtlasCallback(pl.Callback):
         self._remove_hooks()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_epoch_analyzed": self.last_epoch_analyzed, "runs": list(self.runs)}
+        return {"last_epoch_analyzed": self.last_epoch_analyzed, "runs": list(self.runs),
+                "failed_epochs": self.failed_epochs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_epoch_analyzed = int(state_dict.get("last_epoch_analyzed", -1))
         self.runs = list(state_dict.get("runs", []))
+        self.failed_epochs = int(state_dict.get("failed_epochs", 0))
 
 
 def _plain(acts) -> dict[str, Any]:

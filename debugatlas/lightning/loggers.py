@@ -3,14 +3,16 @@
 Scalars are named by the pair's classes (`atlas/grid→stripes/confused`), so a pair keeps its name
 across epochs whatever its rank. Images go through each logger's own API: TensorBoard
 (`experiment.add_image`), Weights & Biases (`WandbLogger.log_image`), MLflow
-(`MlflowClient.log_image` into the run's artifacts), CSV (PNG files beside its metrics.csv).
+(`MlflowClient.log_image` into the run's artifacts), CSV (PNG files beside its metrics.csv, in
+`<log_dir>/atlas/epoch_<n>/`; when the report already lies there, the callback's default folder
+with a first CSV logger, its files are logged in place and only the images named by pair are added).
 A logger that takes no images gets the scalars only, and one warning per logger type.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +20,9 @@ from ..report.timeline import pair_outcomes
 
 log = logging.getLogger("debugatlas.lightning")
 
-__all__ = ["scalar_metrics", "report_images", "log_analysis"]
+__all__ = ["FAILED_EPOCHS", "scalar_metrics", "report_images", "log_analysis", "log_failure"]
+
+FAILED_EPOCHS = "atlas/failed_epochs"
 
 
 def scalar_metrics(summary: Mapping, num_samples: int | None = None) -> dict[str, float]:
@@ -71,6 +75,15 @@ def _rgb(path: Path):
         return np.asarray(image.convert("RGB"))
 
 
+def _place(source: Path, target: Path) -> None:
+    """Copy `source` to `target` atomically, unless `target` is `source` itself (logged in place)."""
+    from ..artifacts.atomic import write_bytes
+
+    if target.exists() and os.path.samefile(source, target):
+        return
+    write_bytes(target, source.read_bytes())
+
+
 def _kind(logger: Any) -> str:
     names = {cls.__name__ for cls in type(logger).__mro__}
     for kind in ("TensorBoardLogger", "WandbLogger", "MLFlowLogger", "CSVLogger"):
@@ -95,23 +108,33 @@ def _log_images(logger: Any, kind: str, images: Sequence[tuple[str, Path]], epoc
         folder = Path(logger.log_dir) / "atlas" / f"epoch_{epoch}"
         folder.mkdir(parents=True, exist_ok=True)
         for tag, path in images:
-            shutil.copyfile(path, folder / _file_name(tag))
+            _place(path, folder / _file_name(tag))
     else:
         return False
     return True
 
 
+def _send(logger: Any, kind: str, metrics: Mapping[str, float], step: int) -> None:
+    logger.log_metrics({_mlflow_key(k): v for k, v in metrics.items()} if kind == "MLFlowLogger" else dict(metrics),
+                       step=step)
+
+
 def log_analysis(loggers: Sequence[Any], out: Path, summary: Mapping, *, epoch: int, step: int,
-                 num_samples: int | None, warned: set[str]) -> None:
-    """Scalars to every logger, images to those that take them; `warned` holds logger types already
-    warned about (one warning each)."""
-    metrics = scalar_metrics(summary, num_samples)
+                 num_samples: int | None, warned: set[str], failed_epochs: int = 0) -> None:
+    """Scalars (with `atlas/failed_epochs`, the run's failed analyses so far) to every logger, images
+    to those that take them; `warned` holds logger types already warned about (one warning each)."""
+    metrics = {**scalar_metrics(summary, num_samples), FAILED_EPOCHS: float(failed_epochs)}
     images = report_images(out, summary)
     for logger in loggers:
         kind = _kind(logger)
-        logger.log_metrics({_mlflow_key(k): v for k, v in metrics.items()} if kind == "MLFlowLogger" else metrics,
-                           step=step)
+        _send(logger, kind, metrics, step)
         if images and not _log_images(logger, kind, images, epoch, step) and kind not in warned:
             warned.add(kind)
             log.warning("`AtlasCallback` cannot send images to %s; it gets the scalars only. HINT: the atlas "
                         "pictures are in %s.", kind, out)
+
+
+def log_failure(loggers: Sequence[Any], failed_epochs: int, *, step: int) -> None:
+    """`atlas/failed_epochs` (the run's failed analyses so far) to every logger, after a failed epoch."""
+    for logger in loggers:
+        _send(logger, _kind(logger), {FAILED_EPOCHS: float(failed_epochs)}, step)

@@ -7,7 +7,8 @@ reader sees *when* the model picked up a shortcut; a table links each epoch's re
 What it reads from a summary.json is read defensively (`pair_outcomes`): `pairs[].findings[]` and
 `patches[].verdict` may be absent (older runs), and any rate may be `None` (no image of A was
 classified correctly, so nothing could flip). A missing value is a gap in the plot and "—" in the
-table, never a zero.
+table, never a zero. An epoch whose analysis failed inside training (`failed_entry`) is listed as
+failed, with its one-line cause and hint, and is a gap in every plot.
 
 The page has no script: a Content-Security-Policy meta tag allows inline styles and images of the
 page's own origin and `file:` only; every class name and path is escaped (Jinja2 autoescape).
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PairOutcome", "pair_outcomes", "epoch_entry", "render_timeline", "write_timeline"]
+__all__ = ["PairOutcome", "pair_outcomes", "epoch_entry", "failed_entry", "render_timeline", "write_timeline"]
 
 CSP = "; ".join(["default-src 'none'", "img-src 'self' file:", "style-src 'unsafe-inline'",
                  "base-uri 'none'", "form-action 'none'"])
@@ -107,6 +108,13 @@ def epoch_entry(summary: Mapping, epoch: int, href: str | None) -> dict[str, Any
             "pairs": [asdict(o) for o in pair_outcomes(summary)]}
 
 
+def failed_entry(epoch: int, cause: str, hint: str | None = None) -> dict[str, Any]:
+    """The timeline's record of an epoch whose analysis failed: no report, no pairs, the cause
+    ("TypeError: ...", one line) and the hint, in plain values (kept in checkpoint state)."""
+    return {"epoch": int(epoch), "href": None, "accuracy": None, "pairs": [], "failed": str(cause),
+            "hint": None if hint is None else str(hint)}
+
+
 # -- the page -------------------------------------------------------------------------------------
 _W, _H, _PAD = 340, 150, 46
 
@@ -152,6 +160,7 @@ def _pair_views(entries: Sequence[Mapping]) -> list[dict[str, Any]]:
         for entry in entries:
             match = next((p for p in entry.get("pairs") or [] if (str(p["a"]), str(p["b"])) == (a, b)), None)
             rows.append({"epoch": int(entry["epoch"]), "href": entry.get("href"), "present": match is not None,
+                         "failed": entry.get("failed"),
                          **{k: (match or {}).get(k) for k in ("confused", "confirmed", "best_flip_rate",
                                                                "confirmed_flip_rate", "confirmed_margin")}})
         views.append({
@@ -167,7 +176,8 @@ def render_timeline(entries: Sequence[Mapping], title: str = "debugatlas run") -
     """The timeline page for `entries` (see `epoch_entry`), sorted by epoch, as an HTML string."""
     import jinja2
 
-    entries = [{**e, "href": _safe_href(e.get("href"))} for e in sorted(entries, key=lambda e: int(e["epoch"]))]
+    entries = [{**e, "href": _safe_href(e.get("href")), "failed": e.get("failed") or None, "hint": e.get("hint")}
+               for e in sorted(entries, key=lambda e: int(e["epoch"]))]
     env = jinja2.Environment(loader=jinja2.PackageLoader(__package__, "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "—" if v is None else f"{100 * v:.1f} %"
@@ -175,7 +185,7 @@ def render_timeline(entries: Sequence[Mapping], title: str = "debugatlas run") -
     env.filters["count"] = lambda v: "—" if v is None else f"{v:,}"
     return env.get_template("timeline.html").render(
         title=title, csp=CSP, entries=entries, pairs=_pair_views(entries), width=_W, height=_H, pad=_PAD,
-        epochs=[int(e["epoch"]) for e in entries])
+        epochs=[int(e["epoch"]) for e in entries], failed=sum(1 for e in entries if e["failed"]))
 
 
 def _safe_href(href: Any) -> str | None:
