@@ -47,7 +47,9 @@ FULL = list(itertools.product(LOGGERS, DIRPATHS, PACKAGES, ROUTES))
 CASES = FULL if os.environ.get("DEBUGATLAS_FULL_MATRIX") == "1" else PAIRWISE
 
 CAPTURE = {"sampling": "guided", "cap": 5000, "samples_per_image": 2}  # the keys of issue 27
-FAST = {"layout": "pca", "render": False, "patches": False, "grid_size": 8, "grid_sizes": [8], "n_pairs": 1}
+# icons rendered in two steps: the icon pictures reach the loggers too; no patch tests (not the callback's part)
+FAST = {"layout": "pca", "render": True, "render_steps": 2, "render_cells": 4, "patches": False, "grid_size": 8,
+        "grid_sizes": [8], "n_pairs": 1}
 GRID = FAST["grid_size"]
 LAYER = "model.layer3"
 
@@ -181,12 +183,13 @@ def _check_tensorboard(logger, callback) -> None:
     logger.experiment.flush()
     events = EventAccumulator(logger.log_dir)
     events.Reload()
-    assert len(events.Images(f"atlas/atlas_{GRID}")) == 2  # one per epoch
+    assert len(events.Images(f"atlas/atlas_{GRID}")) == len(events.Images("atlas/icon_atlas")) == 2  # one per epoch
     for tag in ("atlas/accuracy", "atlas/num_samples", "atlas/confirmed_findings"):
         assert len(events.Scalars(tag)) == 2, tag
     assert [e.value for e in events.Scalars("atlas/failed_epochs")] == [0.0, 0.0]
     for name in _pairs_by_epoch(callback):
         assert events.Scalars(f"atlas/{name}/confused") and events.Images(f"atlas/{name}/comparison")
+        assert events.Images(f"atlas/{name}/comparison_icons")
 
 
 def _check_csv(logger, callback) -> None:
@@ -197,7 +200,8 @@ def _check_csv(logger, callback) -> None:
         assert row[f"atlas/{name}/confused"]
         folder = Path(logger.log_dir) / "atlas" / f"epoch_{epoch}"
         file_name = name.replace("→", "_")
-        assert {f"atlas_{GRID}.png", f"{file_name}_comparison.png"} <= {p.name for p in folder.glob("*.png")}, folder
+        assert {f"atlas_{GRID}.png", "icon_atlas.png", f"{file_name}_comparison.png",
+                f"{file_name}_comparison_icons.png"} <= {p.name for p in folder.glob("*.png")}, folder
 
 
 def _check_wandb(logger, callback) -> None:
@@ -207,11 +211,13 @@ def _check_wandb(logger, callback) -> None:
     (run_dir,) = (Path(logger.save_dir) / "wandb").glob("offline-run-*")
     history = _wandb_history(next(run_dir.glob("run-*.wandb")))
     assert len(history["atlas/accuracy"]) == 2 and history["atlas/failed_epochs"] == [0, 0]
-    files = history[f"atlas/atlas_{GRID}/filenames"]
-    assert len(files) == 2 and all((run_dir / "files" / f[0]).is_file() for f in files)
+    for key in (f"atlas/atlas_{GRID}", "atlas/icon_atlas"):
+        files = history[f"{key}/filenames"]
+        assert len(files) == 2 and all((run_dir / "files" / f[0]).is_file() for f in files), key
     for name in _pairs_by_epoch(callback):
         assert history[f"atlas/{name}/confused"]
         assert list((run_dir / "files" / "media" / "images" / "atlas" / name).glob("comparison_*.png"))
+        assert list((run_dir / "files" / "media" / "images" / "atlas" / name).glob("comparison_icons_*.png"))
 
 
 def _check_mlflow(logger, callback) -> None:
@@ -223,7 +229,9 @@ def _check_mlflow(logger, callback) -> None:
     for epoch, name in enumerate(_pairs_by_epoch(callback)):
         assert client.get_metric_history(logger.run_id, f"atlas/{_mlflow(name)}/confused")
         files = {f.path for f in client.list_artifacts(logger.run_id, f"atlas/epoch_{epoch}")}
-        assert {f"atlas/epoch_{epoch}/atlas_{GRID}.png", f"atlas/epoch_{epoch}/{_mlflow(name)}_comparison.png"} <= files
+        wanted = (f"atlas_{GRID}.png", "icon_atlas.png", f"{_mlflow(name)}_comparison.png",
+                  f"{_mlflow(name)}_comparison_icons.png")
+        assert {f"atlas/epoch_{epoch}/{f}" for f in wanted} <= files
 
 
 CHECKS = {"tensorboard": _check_tensorboard, "csv": _check_csv, "wandb": _check_wandb, "mlflow": _check_mlflow}
