@@ -212,9 +212,39 @@ def test_progress_logs_each_stage_with_the_time_left(caplog):
     assert (source.level, source.handlers) == (level, handlers)  # the logger is left as found
 
 
-def test_csv_logger_at_the_default_dirpath_logs_the_report_in_place(digits_data, tmp_path):
-    # the report lies in `<log_dir>/atlas/epoch_<n>/`, the folder the CSV images go to: nothing is
-    # copied onto itself, and the images named by pair are there beside the report's own
+def _png(path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(path)
+    return path
+
+
+def test_csv_images_are_copied_from_elsewhere_and_logged_in_place_when_already_there(tmp_path):
+    from debugatlas.lightning.loggers import log_analysis
+
+    summary = {"accuracy": 0.5, "config": {"grid_size": 8}, "pairs": [{"a": "1", "b": "7", "confused": 3}]}
+    logger = CSVLogger(tmp_path, name="csv")
+    here = Path(logger.log_dir) / "atlas" / "epoch_0"  # the callback's default folder for this logger
+    elsewhere = tmp_path / "reports" / "epoch_0"
+    for out in (here, elsewhere):
+        for name in ("atlas_8.png", "pair0_comparison.png"):
+            _png(out / name)
+    before = {p.name: p.stat().st_ino for p in here.iterdir()}
+    log_analysis([logger], here, summary, epoch=0, step=0, num_samples=10, warned=set())
+    # logged where they are: not copied onto themselves (SameFileError), not copied beside under a pair's name
+    assert {p.name: p.stat().st_ino for p in here.iterdir()} == before
+    log_analysis([logger], elsewhere, summary, epoch=1, step=1, num_samples=10, warned=set())
+    copied = Path(logger.log_dir) / "atlas" / "epoch_1"
+    assert sorted(p.name for p in copied.iterdir()) == ["1_7_comparison.png", "atlas_8.png"]
+    assert (copied / "atlas_8.png").read_bytes() == (elsewhere / "atlas_8.png").read_bytes()
+
+
+def test_csv_logger_at_the_default_dirpath_logs_the_report_in_place(digits_data, tmp_path, caplog):
+    # the report lies in `<log_dir>/atlas/epoch_<n>/`, the folder the CSV images go to: its pictures
+    # are the logged ones, nothing is copied onto itself or beside them
+    from debugatlas.lightning.loggers import report_images
+
     train, val = digits_data
     callback = AtlasCallback("model.layer3", strict=True, **FAST)
     logger = CSVLogger(tmp_path, name="csv")
@@ -222,9 +252,13 @@ def test_csv_logger_at_the_default_dirpath_logs_the_report_in_place(digits_data,
                          enable_model_summary=False, limit_train_batches=2, limit_val_batches=2,
                          enable_checkpointing=False, default_root_dir=tmp_path)
     torch.manual_seed(0)
-    trainer.fit(ClassifierModule(SmallCNN(1, 10, width=4)), DataLoader(train, batch_size=32),
-                DataLoader(val, batch_size=128))
+    with caplog.at_level(logging.WARNING, logger="debugatlas"):
+        trainer.fit(ClassifierModule(SmallCNN(1, 10, width=4)), DataLoader(train, batch_size=32),
+                    DataLoader(val, batch_size=128))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     folder = Path(logger.log_dir) / "atlas" / "epoch_0"
     assert callback.dirpath == Path(logger.log_dir) / "atlas" and (folder / "summary.json").is_file()
-    name = _names(callback)[0].replace("→", "_")
-    assert {"atlas_10.png", f"{name}_comparison.png", "pair0_comparison.png"} <= {p.name for p in folder.glob("*.png")}
+    logged = {path.name for _, path in report_images(folder, callback.last_result.summary)}
+    assert {"atlas_10.png", "pair0_comparison.png"} <= logged
+    named_by_pair = {f"{name.replace('→', '_')}_comparison.png" for name in _names(callback)}
+    assert not named_by_pair & {p.name for p in folder.glob("*.png")}

@@ -4,8 +4,8 @@ Scalars are named by the pair's classes (`atlas/grid→stripes/confused`), so a 
 across epochs whatever its rank. Images go through each logger's own API: TensorBoard
 (`experiment.add_image`), Weights & Biases (`WandbLogger.log_image`), MLflow
 (`MlflowClient.log_image` into the run's artifacts), CSV (PNG files beside its metrics.csv, in
-`<log_dir>/atlas/epoch_<n>/`; when the report already lies there, the callback's default folder
-with a first CSV logger, its files are logged in place and only the images named by pair are added).
+`<log_dir>/atlas/epoch_<n>/`, named by pair; when the report already lies there, as it does in the
+callback's default folder with a first CSV logger, its pictures are logged in place, never copied).
 A logger that takes no images gets the scalars only, and one warning per logger type.
 """
 from __future__ import annotations
@@ -75,13 +75,14 @@ def _rgb(path: Path):
         return np.asarray(image.convert("RGB"))
 
 
-def _place(source: Path, target: Path) -> None:
-    """Copy `source` to `target` atomically, unless `target` is `source` itself (logged in place)."""
+def _place(source: Path, folder: Path, name: str) -> None:
+    """`source` as `folder/name`, copied atomically; a file that already lies in `folder` (the report
+    written into the logger's own folder) is logged where it is, never copied onto itself or beside."""
     from ..artifacts.atomic import write_bytes
 
-    if target.exists() and os.path.samefile(source, target):
+    if os.path.samefile(source.parent, folder):
         return
-    write_bytes(target, source.read_bytes())
+    write_bytes(folder / name, source.read_bytes())
 
 
 def _kind(logger: Any) -> str:
@@ -108,7 +109,7 @@ def _log_images(logger: Any, kind: str, images: Sequence[tuple[str, Path]], epoc
         folder = Path(logger.log_dir) / "atlas" / f"epoch_{epoch}"
         folder.mkdir(parents=True, exist_ok=True)
         for tag, path in images:
-            _place(path, folder / _file_name(tag))
+            _place(path, folder, _file_name(tag))
     else:
         return False
     return True
