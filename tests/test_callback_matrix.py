@@ -3,16 +3,20 @@
 Factors: the logger (TensorBoard, CSV, W&B offline, MLflow with a file store) × the report folder
 (the default `dirpath` or a given one) × the package (`lightning.pytorch` or `pytorch_lightning`)
 × how the options arrive (keywords, `options=`, a LightningCLI YAML file). The full product is 48
-two-epoch fits; `CASES` is a pairwise (all-pairs) design of 12 cases instead, in which every pair
-of values of any two factors occurs at least once, so a fault that needs two factors to show
-(CSV × default folder, `options=` × capture settings) is met at a quarter of the cost.
-`test_the_cases_cover_every_pair_of_factor_values` checks that property. `DEBUGATLAS_FULL_MATRIX=1`
-runs the full product instead.
+two-epoch fits, several minutes on two cores; `CASES` is a pairwise (all-pairs) covering design of
+12 cases instead: every pair of values of any two factors occurs in at least one case. The faults
+seen so far need two factors to show (CSV × the default folder, `options=`/YAML × capture
+settings), and 12 is the least any all-pairs design can have (4 loggers × 3 routes), so the design
+meets each such fault at a quarter of the cost. `test_the_cases_cover_every_pair_of_factor_values`
+checks that property; `DEBUGATLAS_FULL_MATRIX=1` runs the full product instead.
 
-Each case trains a tiny model for two epochs with `strict` left at its default (a caught failure is
-logged, not raised) and asserts: no ERROR record from debugatlas, every epoch wrote its report and
-its timeline entry, the capture settings reached summary.json whichever route they took, and the
-logger holds the images and scalars where the README's "Inside training" section says.
+Each case trains a tiny model for two epochs with the smallest options that still run every stage
+(capture with guided sampling, PCA layout, an 8×8 grid, icons in 4 steps, patch tests on a few
+images, one example) and every other argument at its default, except `strict=True`, so that a bug
+fails the case with its traceback. It asserts: no ERROR record from debugatlas, every epoch wrote
+its report (index.html, summary.json) and its timeline entry in the folder the README names, the
+capture settings reached summary.json whichever route they took, and the logger holds the images
+and scalars where the README's "Inside training" section says.
 """
 from __future__ import annotations
 
@@ -47,9 +51,10 @@ FULL = list(itertools.product(LOGGERS, DIRPATHS, PACKAGES, ROUTES))
 CASES = FULL if os.environ.get("DEBUGATLAS_FULL_MATRIX") == "1" else PAIRWISE
 
 CAPTURE = {"sampling": "guided", "cap": 5000, "samples_per_image": 2}  # the keys of issue 27
-# icons rendered in two steps: the icon pictures reach the loggers too; no patch tests (not the callback's part)
-FAST = {"layout": "pca", "render": True, "render_steps": 2, "render_cells": 4, "patches": False, "grid_size": 8,
-        "grid_sizes": [8], "n_pairs": 1}
+# every stage, at its smallest: icons in 4 steps, patch tests on a few images, one example
+FAST = {"layout": "pca", "grid_size": 8, "grid_sizes": [8], "n_pairs": 1, "top_cells": 4, "render_steps": 4,
+        "render_cells": 2, "patch_cells": 2, "n_random": 1, "max_patch_images": 32, "selection_images": 8,
+        "n_examples": 1}
 GRID = FAST["grid_size"]
 LAYER = "model.layer3"
 
@@ -80,7 +85,7 @@ def _project(package: str):
     pl = importlib.import_module(package)
 
     class TinyClassifier(pl.LightningModule):
-        def __init__(self, width: int = 4, lr: float = 1e-2) -> None:
+        def __init__(self, width: int = 8, lr: float = 3e-3) -> None:
             super().__init__()
             torch.manual_seed(0)
             self.model, self.lr = SmallCNN(1, 10, width=width), lr
@@ -100,7 +105,7 @@ def _project(package: str):
             return torch.optim.Adam(self.parameters(), lr=self.lr)
 
     class Digits(pl.LightningDataModule):
-        def __init__(self, size: int = 16, batch_size: int = 128) -> None:
+        def __init__(self, size: int = 16, batch_size: int = 32) -> None:
             super().__init__()
             self.size, self.batch_size = size, batch_size
 
@@ -118,7 +123,7 @@ def _project(package: str):
     return TinyClassifier, Digits
 
 
-TRAINER = {"max_epochs": 2, "limit_train_batches": 2, "enable_progress_bar": False, "enable_model_summary": False}
+TRAINER = {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False}
 
 
 def _logger_spec(kind: str, package: str, tmp: Path) -> tuple[str, dict]:
@@ -137,7 +142,7 @@ def _fit_from_python(package, logger_spec, dirpath, route, tmp):
     path, args = logger_spec
     module, cls = path.rsplit(".", 1)
     logger = getattr(importlib.import_module(module), cls)(**args)
-    given = {} if dirpath is None else {"dirpath": dirpath}
+    given = {"strict": True} if dirpath is None else {"strict": True, "dirpath": dirpath}
     if route == "keywords":
         callback = AtlasCallback(LAYER, **given, **CAPTURE, **FAST)
     else:
@@ -151,7 +156,7 @@ def _fit_from_python(package, logger_spec, dirpath, route, tmp):
 def _fit_from_yaml(package, logger_spec, dirpath, tmp):
     cli_module = importlib.import_module(f"{package}.cli")
     path, args = logger_spec
-    init_args = {"layer": LAYER, "options": {**CAPTURE, **FAST}}
+    init_args = {"layer": LAYER, "strict": True, "options": {**CAPTURE, **FAST}}
     if dirpath is not None:
         init_args["dirpath"] = str(dirpath)
     config = {"seed_everything": 0,
@@ -199,7 +204,8 @@ def _check_csv(logger, callback) -> None:
     for epoch, (row, name) in enumerate(zip(rows, _pairs_by_epoch(callback))):
         assert row[f"atlas/{name}/confused"]
         folder = Path(logger.log_dir) / "atlas" / f"epoch_{epoch}"
-        file_name = name.replace("→", "_")
+        # the report's own folder (the default dirpath) is logged in place; elsewhere copies are named by pair
+        file_name = "pair0" if folder == callback.dirpath / f"epoch_{epoch}" else name.replace("→", "_")
         assert {f"atlas_{GRID}.png", "icon_atlas.png", f"{file_name}_comparison.png",
                 f"{file_name}_comparison_icons.png"} <= {p.name for p in folder.glob("*.png")}, folder
 
@@ -234,6 +240,15 @@ def _check_mlflow(logger, callback) -> None:
         assert {f"atlas/epoch_{epoch}/{f}" for f in wanted} <= files
 
 
+def _default_folder(kind: str, logger, tmp: Path) -> Path:
+    """The report folder without `dirpath`, as the README spells it for each logger."""
+    if kind in ("tensorboard", "csv"):
+        return tmp / {"tensorboard": "tb", "csv": "csv"}[kind] / "version_0" / "atlas"
+    if kind == "wandb":
+        return tmp / "atlas" / str(logger.version) / "atlas"  # <save_dir>/<project>/<run id>
+    return tmp / "mlruns" / str(logger.experiment_id) / str(logger.run_id) / "atlas"
+
+
 CHECKS = {"tensorboard": _check_tensorboard, "csv": _check_csv, "wandb": _check_wandb, "mlflow": _check_mlflow}
 
 
@@ -258,12 +273,18 @@ def test_the_callback_at_its_defaults(logger_kind, dirpath, package, route, tmp_
     assert not [m for m in said if m.startswith(("ERROR", "CRITICAL"))], said
     assert trainer.state.finished and callback.failed_epochs == 0
     # the report folder: the one given, or beside the checkpoints, as ModelCheckpoint places them
-    expected = given if given is not None else Path(trainer.checkpoint_callback.dirpath).parent / "atlas"
+    expected = given if given is not None else _default_folder(logger_kind, trainer.logger, tmp_path)
+    assert given is not None or expected == Path(trainer.checkpoint_callback.dirpath).parent / "atlas"
     assert callback.dirpath == expected
     assert [(r["epoch"], r.get("failed")) for r in callback.runs] == [(0, None), (1, None)]
+    measured = []
     for epoch in (0, 1):
-        config = json.loads((expected / f"epoch_{epoch}" / "summary.json").read_text())["config"]
-        assert {k: config[k] for k in CAPTURE} == CAPTURE  # the same capture, whichever route it took
+        assert (expected / f"epoch_{epoch}" / "index.html").is_file()
+        summary = json.loads((expected / f"epoch_{epoch}" / "summary.json").read_text())
+        assert {k: summary["config"][k] for k in CAPTURE} == CAPTURE  # the same capture, whichever route it took
+        assert {"capture", "attribution", "layout", "render", "patches"} <= set(summary["timings_s"])
+        measured += [p["n_images"] for pair in summary["pairs"] for p in pair["patches"]]
+    assert measured and max(measured) > 0  # the patch stage tested patches on images of A
     timeline = (expected / "index.html").read_text()
     assert re.findall(r'href="(epoch_\d+/index.html)">epoch', timeline) == ["epoch_0/index.html", "epoch_1/index.html"]
     CHECKS[logger_kind](trainer.logger, callback)
