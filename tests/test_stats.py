@@ -9,7 +9,7 @@ import scipy.stats
 
 from debugatlas.core import DebugAtlasError
 from debugatlas.patches.stats import (
-    TrialCounts, finding_statement, fisher_greater, holm, judge, judge_evaluation, wilson_interval,
+    TrialCounts, fisher_greater, holm, judge, judge_evaluation, wilson_interval,
 )
 from debugatlas.patches.types import PatchEvaluation, PatchResult
 
@@ -55,7 +55,7 @@ def test_verdicts():
     nothing = TrialCounts(flips=2, n=50, noise_flips=2, natural_flips=3)
     big_square = TrialCounts(flips=50, n=50, noise_flips=50, natural_flips=50)
     no_natural = TrialCounts(flips=40, n=50, noise_flips=2, natural_flips=None)
-    judged = judge([trigger, like_b, nothing, big_square, no_natural], n_screened=300)
+    judged = judge([trigger, like_b, nothing, big_square, no_natural], family_size=300)
     assert [j.verdict for j in judged] == ["confirmed", "natural", "not_confirmed", "not_confirmed", "not_confirmed"]
     raw = max(fisher_greater(40, 50, 2, 50), fisher_greater(40, 50, 3, 50))
     assert judged[0].p_value == pytest.approx(min(1.0, 300 * raw))
@@ -68,19 +68,19 @@ def test_correction_decides_a_borderline_candidate():
     raw = fisher_greater(12, 30, 2, 30)
     assert 1e-4 < raw < 0.01
     assert judge([c])[0].verdict == "confirmed"
-    assert judge([c], n_screened=int(math.ceil(0.05 / raw)) + 1)[0].verdict == "not_confirmed"
+    assert judge([c], family_size=int(math.ceil(0.05 / raw)) + 1)[0].verdict == "not_confirmed"
 
 
 def test_tiny_samples_are_not_confirmed():
     # three images, all flipped, noise none: p = 1/20 before any correction
-    assert judge([TrialCounts(3, 3, 0, 0)], n_screened=2)[0].verdict == "not_confirmed"
+    assert judge([TrialCounts(3, 3, 0, 0)], family_size=2)[0].verdict == "not_confirmed"
     nothing = judge([TrialCounts(0, 0, 0, 0)])[0]
     assert nothing.verdict == "not_confirmed" and nothing.flip_rate_ci == (0.0, 1.0)
 
 
 def test_judge_bad_inputs():
-    with pytest.raises(DebugAtlasError, match="n_screened"):
-        judge([TrialCounts(1, 5, 0, 0)] * 3, n_screened=2)
+    with pytest.raises(DebugAtlasError, match="family_size"):
+        judge([TrialCounts(1, 5, 0, 0)] * 3, family_size=2)
     with pytest.raises(DebugAtlasError, match="noise_flips"):
         judge([TrialCounts(1, 5, 7, 0)])
     with pytest.raises(DebugAtlasError, match="alpha"):
@@ -97,7 +97,7 @@ def test_judge_evaluation_fills_results_and_round_trips():
                _result("noise-resized", "noise", "random", 0.05), _result("natural-resized", "natural", "random", 0.1),
                _result("noise-resized", "noise", "static", 0.05), _result("natural-resized", "natural", "static", 0.1)]
     ev = PatchEvaluation(0, 1, 40, 50, (0.25,), ("static", "random"), 4, 0, results)
-    judged = judge_evaluation(ev, n_screened=10)
+    judged = judge_evaluation(ev, family_size=10)
     assert ev.results[0].verdict is None  # the input is left as it was
     trig = judged.get("trig", "random")
     assert trig.verdict == "confirmed" and trig.flips == 32
@@ -107,12 +107,5 @@ def test_judge_evaluation_fills_results_and_round_trips():
     assert noise.verdict is None and noise.flip_rate_ci == pytest.approx(wilson_interval(2, 40))
     back = PatchEvaluation.from_dict(json.loads(json.dumps(judged.to_dict())))
     assert back.get("trig", "random") == trig
-    old = {k: v for k, v in trig.to_dict().items() if k not in ("verdict", "p_value", "flip_rate_ci")}
-    assert PatchResult.from_dict(old).verdict is None  # results saved before verdicts still load
-
-
-def test_finding_statement():
-    text = finding_statement("2", "3", 0.41, (0.33, 0.49), 0.02, 0.09)
-    assert text == ("Pasting this feature on images of 2 makes the model say 3 in 41 % of them [33–49 %], "
-                    "against 2 % for noise and 9 % for a crop of a real 3.")
-    assert finding_statement("cat", "dog", 0.5, (0.3, 0.7), None, None).endswith("[30–70 %].")
+    unjudged = {k: v for k, v in trig.to_dict().items() if k not in ("verdict", "p_value", "flip_rate_ci")}
+    assert PatchResult.from_dict(unjudged).verdict is None  # results saved without verdicts load

@@ -104,7 +104,7 @@ def confirm(log: TrialLog, patches: Sequence[Patch], controls: Sequence[Patch], 
     chunks = measure_in_looks(log, patches, controls, images, design, leaves)
     stopped = {pid: len(c) - 1 for pid, c in chunks.items()}
     evaluation = log.evaluation([p.id for p in patches], [c.id for c in controls if log.chunks_of(c.id)], chunks)
-    judged = judge_evaluation(evaluation, n_screened=len(patches), alpha=alpha, looks=design.n_looks)
+    judged = judge_evaluation(evaluation, family_size=len(patches), alpha=alpha, looks=design.n_looks)
     return Confirmation(judged, stopped, design)
 
 

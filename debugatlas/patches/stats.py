@@ -4,8 +4,9 @@ The decision rule (`DECISION_RULE`, quoted in reports): a candidate is compared 
 two controls of the same geometry and placement (a noise patch and a natural crop of an image of
 B, measured on the same images) by a one-sided Fisher exact test (H0: its flip probability is no
 higher than the control's). Its p-value is the larger of the two (it must beat both), and the
-p-values of all candidates are Holm-adjusted for the number of candidates in the family (`n_screened`;
-the pipeline measures on held-out images and passes the number of patches tested on them). Verdicts:
+p-values of all candidates are Holm-adjusted for the number of candidates in the family
+(`family_size`; the pipeline measures on held-out images and passes the number of patches tested
+on them). Verdicts:
 "confirmed" (adjusted p <= alpha), "natural" (not confirmed, yet it beats the noise control, so
 it does no better than the measured crop of a real B: the feature is simply part of B),
 "not_confirmed" (everything else, including a candidate whose natural control is missing).
@@ -130,25 +131,25 @@ def z_for_looks(looks: int = 1) -> float:
     return NormalDist().inv_cdf(1 - 0.025 / looks)
 
 
-def judge(counts: Sequence[TrialCounts], n_screened: int | None = None, alpha: float = 0.05,
+def judge(counts: Sequence[TrialCounts], family_size: int | None = None, alpha: float = 0.05,
           looks: int = 1) -> list[Judgement]:
     """Verdict, adjusted p and Wilson interval per candidate (see the module docstring).
 
-    counts: one TrialCounts per candidate measured; n_screened: how many candidates were screened
-    in all (default len(counts)); the Holm family has that size. looks: the number of looks of a
-    sequential experiment that may have stopped each candidate at any of them
-    (`patches.sequential`): each raw p-value is multiplied by it before the Holm correction and
-    each interval is taken at level 1 - 0.05 / looks, which keeps the error rate and the 95 %
-    coverage whatever the stopping rule.
+    counts: one TrialCounts per candidate measured; family_size: how many hypotheses the Holm
+    correction covers (default len(counts); more when candidates tested but not listed count as
+    well). looks: the number of looks of a sequential experiment that may have stopped each
+    candidate at any of them (`patches.sequential`): each raw p-value is multiplied by it before
+    the Holm correction and each interval is taken at level 1 - 0.05 / looks, which keeps the
+    error rate and the 95 % coverage whatever the stopping rule.
     """
     looks = int(looks)
     z = z_for_looks(looks)
     if not 0 < float(alpha) < 1:
         raise DebugAtlasError(f"`alpha={alpha!r}` must be in (0, 1).")
-    n_screened = len(counts) if n_screened is None else int(n_screened)
-    if n_screened < len(counts):
+    family_size = len(counts) if family_size is None else int(family_size)
+    if family_size < len(counts):
         raise DebugAtlasError(
-            f"`n_screened={n_screened}` is smaller than the {len(counts)} candidates judged. "
+            f"`family_size={family_size}` is smaller than the {len(counts)} candidates judged. "
             "HINT: pass the number of candidates in the family (every patch tested on these images)."
         )
     raw_noise, raw_natural, ints = [], [], []
@@ -162,8 +163,8 @@ def judge(counts: Sequence[TrialCounts], n_screened: int | None = None, alpha: f
         raw_noise.append(1.0 if noise is None else min(1.0, looks * fisher_greater(x, n, noise, n)))
         raw_natural.append(1.0 if natural is None else min(1.0, looks * fisher_greater(x, n, natural, n)))
         ints.append((x, n, natural is not None))
-    adj_both = holm([max(p, q) for p, q in zip(raw_noise, raw_natural)], n_screened)
-    adj_noise = holm(raw_noise, n_screened)
+    adj_both = holm([max(p, q) for p, q in zip(raw_noise, raw_natural)], family_size)
+    adj_noise = holm(raw_noise, family_size)
     out = []
     for (x, n, has_natural), p_noise, p_natural, both, noise in zip(ints, raw_noise, raw_natural, adj_both, adj_noise):
         if both <= alpha:
@@ -193,10 +194,10 @@ def counts_of(result) -> TrialCounts:
                        per_image(result.natural_flip_rate))
 
 
-def judge_evaluation(evaluation, n_screened: int | None = None, alpha: float = 0.05, looks: int = 1):
+def judge_evaluation(evaluation, family_size: int | None = None, alpha: float = 0.05, looks: int = 1):
     """A copy of a `PatchEvaluation` whose candidate results carry verdict, p_value and flip_rate_ci.
 
-    Each placement is its own family (Holm over `n_screened` candidates, default the number of
+    Each placement is its own family (Holm over `family_size` candidates, default the number of
     distinct candidates in `evaluation`); controls get only their interval. `looks`: see `judge`.
     """
     results = list(evaluation.results)
@@ -205,7 +206,7 @@ def judge_evaluation(evaluation, n_screened: int | None = None, alpha: float = 0
     for placement in evaluation.placements:
         idx = [i for i, r in enumerate(results) if r.placement == placement and not r.is_control]
         judged = judge([counts_of(results[i]) for i in idx],
-                       n_candidates if n_screened is None else n_screened, alpha, looks)
+                       n_candidates if family_size is None else family_size, alpha, looks)
         for i, j in zip(idx, judged):
             filled[i] = replace(results[i], verdict=j.verdict, p_value=j.p_value, flip_rate_ci=j.flip_rate_ci)
     for i, r in enumerate(results):
@@ -214,19 +215,3 @@ def judge_evaluation(evaluation, n_screened: int | None = None, alpha: float = 0
             x = 0 if r.flip_rate != r.flip_rate else round(r.flip_rate * n)
             filled[i] = replace(r, flip_rate_ci=wilson_interval(x, n, z_for_looks(looks)))
     return replace(evaluation, results=[filled[i] for i in range(len(results))])
-
-
-def finding_statement(a: str, b: str, flip_rate: float, flip_rate_ci: Sequence[float],
-                      noise_flip_rate: float | None, natural_flip_rate: float | None) -> str:
-    """One plain sentence for a finding, e.g. "Pasting this feature on images of 2 makes the model
-    say 3 in 41 % of them [33–49 %], against 2 % for noise and 9 % for a crop of a real 3."."""
-    def pct(v: float | None) -> str:
-        return "-" if v is None or v != v else f"{100 * v:.0f} %"
-
-    lo, hi = flip_rate_ci
-    controls = [f"{pct(noise_flip_rate)} for noise"] if noise_flip_rate is not None else []
-    if natural_flip_rate is not None:
-        controls.append(f"{pct(natural_flip_rate)} for a crop of a real {b}")
-    against = f", against {' and '.join(controls)}" if controls else ""
-    return (f"Pasting this feature on images of {a} makes the model say {b} in {pct(flip_rate)} of them "
-            f"[{100 * lo:.0f}–{100 * hi:.0f} %]{against}.")
