@@ -14,13 +14,15 @@ from .confusion import ConfusingCell, confusion_matrix, most_confused_pairs, ran
 from .core import DebugAtlasError, Normalized
 from .data import PlantedShortcut, digits, image_folder
 from .layout import Layout, normalize_layout
-from .patches import Patch, PatchSuite, build_suite, candidate_patches, evaluate_patches, refine_patch
+from .patches import (
+    Experiment, KeepRule, Patch, PatchSuite, build_suite, candidate_patches, evaluate_patches, refine_patch,
+)
 from .pipeline import AnalysisConfig, AnalysisResult, PairFinding, analyze
 
 __all__ = [
     "ActivationRecorder", "ActivationSet", "AnalysisConfig", "AnalysisResult", "Atlas", "AtlasCallback",
-    "CheckReport", "ConfusingCell", "DebugAtlasError", "Layout", "Normalized", "PairFinding", "Patch",
-    "PatchSuite", "PlantedShortcut", "analyze", "assert_suite_holds", "attribute", "build_atlas",
+    "CheckReport", "ConfusingCell", "DebugAtlasError", "Experiment", "KeepRule", "Layout", "Normalized",
+    "PairFinding", "Patch", "PatchSuite", "PlantedShortcut", "analyze", "assert_suite_holds", "attribute", "build_atlas",
     "build_suite", "candidate_patches", "capture", "check_suite", "class_filtered_atlas", "comparison_atlas",
     "confusion_matrix", "digits", "evaluate_patches", "image_folder", "merge_shards",
     "most_confused_pairs", "normalize_layout", "pixel_attribution", "rank_confusing_cells", "refine_patch",

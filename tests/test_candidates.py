@@ -52,7 +52,7 @@ def test_every_candidate_stays_within_the_sizes():
     for p in patches:
         for frac, pixels in paste_variants(p, sizes, shape):
             assert max(pixels.shape[-2:]) <= 8 and pixels.shape[-2] * pixels.shape[-1] <= 0.125 * 24 * 24, p.id
-    # without image_shape nothing is cut (the old behaviour)
+    # without image_shape nothing is cut
     uncut = candidate_patches([((1, 2), None, exemplars)])
     assert uncut[0].image.shape == (1, 18, 18)
 

@@ -13,6 +13,7 @@ from _planted import train_until_learned
 from PIL import Image
 from torch import nn
 
+from debugatlas.artifacts.summary import patch_entries
 from debugatlas.core import DebugAtlasError
 from debugatlas.core import load_images
 from debugatlas.check import assert_suite_holds, check_suite
@@ -21,7 +22,7 @@ from debugatlas.data import PlantedShortcut, TensorImageDataset, digits, image_f
 from debugatlas.models import small_digits_cnn, train_classifier
 from debugatlas.patches import Patch, to_uint8
 from debugatlas.patches.stats import judge_evaluation, wilson_interval
-from debugatlas.patches.suite import PatchSuite, build_suite, summary_patch_entries
+from debugatlas.patches.suite import PatchSuite, build_suite
 
 
 class RegionModel(nn.Module):
@@ -97,7 +98,7 @@ def test_limits_fail_and_report_formats(region_suite):
 def test_regressed_model_fails_against_baseline(region_suite):
     suite, data = region_suite
     summary = {"accuracy": 11 / 13, "num_images": 13, "confusion_matrix": [[8, 2, 0], [0, 3, 0], [0, 0, 0]],
-               "pairs": [{"a": "a", "b": "b", "patches": summary_patch_entries(suite)}]}
+               "pairs": [{"a": "a", "b": "b", "patches": patch_entries(suite, "patches/")}]}
     assert check_suite(suite, RegionModel(), data, baseline=summary).passed
     small = check_suite(suite, RegionModel(scale=10), data, baseline=summary)
     # scale 10 reads every a with a region mean above 0.05 as b: 6 of 10 a ([0.31-0.83]) and
@@ -226,7 +227,7 @@ def cli_setup(tmp_path_factory):
     suite = build_suite(clean, images_a, images_b, A, TARGET, patches, dataset.classes, sizes=(0.25,),
                         n_random=6, keep=None)
     suite.save(root / "suites" / f"{A}-{TARGET}")
-    summary = {"schema_version": 1, "pairs": [{"a": suite.a, "b": suite.b, "patches": summary_patch_entries(suite)}]}
+    summary = {"schema_version": 1, "pairs": [{"a": suite.a, "b": suite.b, "patches": patch_entries(suite, "patches/")}]}
     (root / "summary.json").write_text(json.dumps(summary))
     yield root, suite
     torch.set_num_threads(threads)

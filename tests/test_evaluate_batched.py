@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from debugatlas.core import DebugAtlasError
-from debugatlas.patches import Patch, candidate_patches, evaluate_patches
+from debugatlas.patches import Experiment, Patch, candidate_patches, evaluate_patches
 from debugatlas.patches.evaluate import auto_max_batch
 
 
@@ -51,9 +51,9 @@ def _dicts(evaluation):
 @pytest.mark.parametrize("max_batch", [None, 37, 100_000])
 def test_batched_equals_the_patch_by_patch_loop(max_batch):
     model, images, a, b, patches, images_b = _setting()
-    kwargs = dict(images_b=images_b, sizes=(0.25, 0.5), n_random=3, seed=3)
-    loop = evaluate_patches(model, images, a, b, patches, batched=False, **kwargs)
-    batched = evaluate_patches(model, images, a, b, patches, batched=True, max_batch=max_batch, **kwargs)
+    experiment = Experiment(a, b, sizes=(0.25, 0.5), n_random=3, seed=3)
+    loop = evaluate_patches(model, images, patches, experiment.with_(batched=False), images_b=images_b)
+    batched = evaluate_patches(model, images, patches, experiment.with_(max_batch=max_batch), images_b=images_b)
     assert _dicts(batched) == _dicts(loop)
     assert (batched.n_images, batched.n_offered) == (loop.n_images, loop.n_offered) and loop.n_images > 10
     rates = [r.flip_rate for r in loop.results]
@@ -63,8 +63,8 @@ def test_batched_equals_the_patch_by_patch_loop(max_batch):
 
 def test_forwards_respect_max_batch_and_share_patches():
     model, images, a, b, patches, images_b = _setting()
-    ev = evaluate_patches(model, images, a, b, patches, images_b=images_b, sizes=(0.25, 0.5), n_random=3,
-                          max_batch=300)
+    ev = evaluate_patches(model, images, patches, Experiment(a, b, sizes=(0.25, 0.5), n_random=3, max_batch=300),
+                          images_b=images_b)
     sizes = model.sizes
     assert max(sizes) <= 300
     # resized patches and controls: 2 sizes x (4 corners + 3 random positions); native ones: 1 x 9
@@ -79,12 +79,12 @@ def test_forwards_respect_max_batch_and_share_patches():
 def test_progress_counts_patches_and_no_images_gives_nan():
     model, images, a, b, patches, images_b = _setting()
     seen = []
-    evaluate_patches(model, images, a, b, patches[:4], images_b=images_b, max_batch=50,
+    evaluate_patches(model, images, patches[:4], Experiment(a, b, max_batch=50), images_b=images_b,
                      progress=lambda done, total: seen.append((done, total)))
     total = seen[-1][1]
     # icon and crop3r resized, crop3 and crop6 native: 3 geometries x (noise, natural) controls
     assert total == 4 + 6 and seen == [(k, total) for k in range(1, total + 1)]
-    none = evaluate_patches(model, images[:0], a, b, patches[:2], images_b=images_b)
+    none = evaluate_patches(model, images[:0], patches[:2], Experiment(a, b), images_b=images_b)
     assert none.n_images == 0 and len(none.results) == (2 + 4) * 3  # 2 patches, 4 controls
     assert all(math.isnan(r.flip_rate) for r in none.results)
 
@@ -95,9 +95,8 @@ def test_auto_max_batch_follows_image_size_and_bad_values_are_refused():
     assert auto_max_batch((3, 64, 64), 64, "cuda") == 64 * 2**20 // (4 * 3 * 64 * 64) == 1365
     assert auto_max_batch((1, 8, 8)) == 512  # the CPU cap
     assert auto_max_batch((3, 224, 224), batch_size=256) == 256  # never below batch_size
-    model, images, a, b, patches, _ = _setting()
     with pytest.raises(DebugAtlasError, match="max_batch=0"):
-        evaluate_patches(model, images, a, b, patches[:1], max_batch=0)
+        Experiment(0, 1, max_batch=0)
 
 
 def test_model_left_as_found_when_a_batched_forward_raises():
@@ -111,7 +110,7 @@ def test_model_left_as_found_when_a_batched_forward_raises():
     model.conv.weight.requires_grad_(False)
     _, images, a, b, patches, _ = _setting()
     with pytest.raises(RuntimeError, match="boom"):
-        evaluate_patches(model, images, a, b, patches[:3], max_batch=500)
+        evaluate_patches(model, images, patches[:3], Experiment(a, b, max_batch=500))
     assert model.training and model.bn.training and not model.conv.weight.requires_grad
     assert model.fc.weight.requires_grad
 
@@ -129,7 +128,7 @@ def test_patch_pixels_land_where_the_loop_puts_them():
     patch = Patch("p", None, "icon", torch.arange(4.0).view(1, 2, 2) / 4, resize=False)
     for batched in (False, True):
         seen.clear()
-        evaluate_patches(Spy(), images, 0, 1, [patch], placements=("dynamic",), batched=batched,
+        evaluate_patches(Spy(), images, [patch], Experiment(0, 1, placements=("dynamic",), batched=batched),
                          controls=[])
         patched = torch.cat(seen[1:])
         corners = {(0, 0), (0, 6), (6, 0), (6, 6)}
@@ -147,11 +146,11 @@ def test_reduced_precision_counts_nearly_the_same_flips_and_bad_names_are_refuse
     """bfloat16 autocast (what the choosing stages use where the device has it) rounds logits, so a
     few images near a decision boundary may flip differently; the rates stay close."""
     model, images, a, b, patches, images_b = _setting()
-    kwargs = dict(images_b=images_b, sizes=(0.25, 0.5), n_random=3, seed=3)
-    full = evaluate_patches(model, images, a, b, patches, **kwargs)
-    reduced = evaluate_patches(model, images, a, b, patches, precision="bfloat16", **kwargs)
+    experiment = Experiment(a, b, sizes=(0.25, 0.5), n_random=3, seed=3)
+    full = evaluate_patches(model, images, patches, experiment, images_b=images_b)
+    reduced = evaluate_patches(model, images, patches, experiment.with_(precision="bfloat16"), images_b=images_b)
     assert [r.patch_id for r in reduced.results] == [r.patch_id for r in full.results]
     gaps = [abs(x.flip_rate - y.flip_rate) for x, y in zip(full.results, reduced.results)]
     assert max(gaps) <= 0.1 and any(0 < r.flip_rate < 1 for r in full.results)
     with pytest.raises(DebugAtlasError, match="precision"):
-        evaluate_patches(model, images, a, b, patches, precision="half", **kwargs)
+        evaluate_patches(model, images, patches, experiment.with_(precision="half"), images_b=images_b)

@@ -14,10 +14,12 @@ from debugatlas.core import DebugAtlasError
 from debugatlas.core import load_images
 from debugatlas.data import PlantedShortcut, TensorImageDataset, digits
 from debugatlas.models import SmallCNN, train_classifier
+from debugatlas.artifacts.summary import patch_entries
 from debugatlas.patches import (
-    Patch, candidate_patches, control_patches, evaluate_patches, placement_positions, refine_patch,
+    Experiment, KeepRule, Patch, candidate_patches, control_patches, evaluate_patches, placement_positions,
+    refine_patch,
 )
-from debugatlas.patches.suite import PatchSuite, build_suite, summary_patch_entries
+from debugatlas.patches.suite import PatchSuite, build_suite
 
 # -- a hand-made model: class 1 (B) scores the mean of the bottom-right 4x4 region of an 8x8 image --
 A, B = 0, 1
@@ -70,8 +72,8 @@ WHITE_R = Patch("white-r", (3, 4), "icon", torch.ones(1, 1, 1), resize=True)
 
 def test_flip_rates_match_hand_computation():
     model = RegionModel()
-    ev = evaluate_patches(model, region_images(), A, B, [WHITE2, WHITE_R], images_b=torch.ones(3, 1, 8, 8),
-                          sizes=(0.25, 0.5), n_random=8, seed=3)
+    experiment = Experiment(A, B, sizes=(0.25, 0.5), n_random=8, seed=3)
+    ev = evaluate_patches(model, region_images(), [WHITE2, WHITE_R], experiment, images_b=torch.ones(3, 1, 8, 8))
     assert ev.n_images == len(COUNTED) == 8 and ev.n_offered == 10
     before = sum(p_b(v) for v in COUNTED) / 8
 
@@ -104,21 +106,21 @@ def test_flip_rates_match_hand_computation():
 def test_only_correct_images_counted_and_dynamic_at_least_static():
     model = RegionModel()
     images = region_images()
-    ev = evaluate_patches(model, images, A, B, [WHITE2, WHITE_R], images_b=images, sizes=(0.25, 0.5))
+    ev = evaluate_patches(model, images, [WHITE2, WHITE_R], Experiment(A, B, sizes=(0.25, 0.5)), images_b=images)
     assert ev.n_images == 8
     for r in ev.results:
         assert r.n_images == 8
         if r.placement == "dynamic":
             assert r.flip_rate >= ev.get(r.patch_id, "static").flip_rate
     # no image is counted when the model gets none right
-    none = evaluate_patches(model, images[5:7], A, B, [WHITE2], images_b=images)
+    none = evaluate_patches(model, images[5:7], [WHITE2], Experiment(A, B), images_b=images)
     assert none.n_images == 0 and all(math.isnan(r.flip_rate) for r in none.results)
 
 
 def test_controls_share_sizes_and_placements():
     images_b = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    ev = evaluate_patches(RegionModel(), region_images(), A, B, [WHITE2, WHITE_R],
-                          images_b=images_b, sizes=(0.25, 0.5), n_random=4)
+    ev = evaluate_patches(RegionModel(), region_images(), [WHITE2, WHITE_R],
+                          Experiment(A, B, sizes=(0.25, 0.5), n_random=4), images_b=images_b)
     controls = {(r.source, r.geometry) for r in ev.controls()}
     assert controls == {("noise", "resized"), ("natural", "resized"),
                         ("noise", "native-2x2"), ("natural", "native-2x2")}
@@ -134,8 +136,8 @@ def test_controls_share_sizes_and_placements():
     ranked = ev.ranked("dynamic")
     assert [r.lift for r in ranked] == sorted((r.lift for r in ranked), reverse=True)
     # against dark images of B (natural crops that flip nothing) the resized white patch wins
-    dark = evaluate_patches(RegionModel(), region_images(), A, B, [WHITE2, WHITE_R],
-                            images_b=torch.zeros(4, 1, 8, 8), sizes=(0.25, 0.5), n_random=4)
+    dark = evaluate_patches(RegionModel(), region_images(), [WHITE2, WHITE_R],
+                            Experiment(A, B, sizes=(0.25, 0.5), n_random=4), images_b=torch.zeros(4, 1, 8, 8))
     assert [r.patch_id for r in dark.ranked("dynamic")] == ["white-r", "white2"]
 
 
@@ -158,23 +160,22 @@ def test_batched_forwards_and_chunking_do_not_change_results():
     model = RegionModel()
     images = region_images()
     seen = []
-    big = evaluate_patches(model, images, A, B, [WHITE2, WHITE_R], images_b=images, sizes=(0.25, 0.5),
+    experiment = Experiment(A, B, sizes=(0.25, 0.5))
+    big = evaluate_patches(model, images, [WHITE2, WHITE_R], experiment, images_b=images,
                            progress=lambda done, total: seen.append((done, total)))
     assert model.calls < 1 + 6  # patches and controls share forward passes
     assert seen and seen[-1][0] == seen[-1][1]
     model.calls = 0
-    one_by_one = evaluate_patches(model, images, A, B, [WHITE2, WHITE_R], images_b=images, sizes=(0.25, 0.5),
-                                  batched=False)
+    one_by_one = evaluate_patches(model, images, [WHITE2, WHITE_R], experiment.with_(batched=False), images_b=images)
     assert model.calls == 1 + 6  # the correctness pass, then one forward per patch and control
-    small = evaluate_patches(model, images, A, B, [WHITE2, WHITE_R], images_b=images, sizes=(0.25, 0.5),
-                             batch_size=5)
+    small = evaluate_patches(model, images, [WHITE2, WHITE_R], experiment.with_(batch_size=5), images_b=images)
     for other in (one_by_one, small):
         assert [r.to_dict() for r in big.results] == [r.to_dict() for r in other.results]
 
 
 def test_model_left_as_found_even_when_it_raises():
     model = RegionModel().train()
-    evaluate_patches(model, region_images(), A, B, [WHITE2])
+    evaluate_patches(model, region_images(), [WHITE2], Experiment(A, B))
     assert model.training and model.scale.requires_grad and no_hooks(model)
 
     class Broken(RegionModel):
@@ -185,20 +186,20 @@ def test_model_left_as_found_even_when_it_raises():
 
     broken = Broken().train()
     with pytest.raises(RuntimeError):
-        evaluate_patches(broken, region_images(), A, B, [WHITE2])
+        evaluate_patches(broken, region_images(), [WHITE2], Experiment(A, B))
     assert broken.training and broken.scale.requires_grad and no_hooks(broken)
 
 
 def test_bad_arguments_raise_clear_errors():
     images = region_images()
     with pytest.raises(DebugAtlasError, match="placements"):
-        evaluate_patches(RegionModel(), images, A, B, [WHITE2], placements=("middle",))
+        Experiment(A, B, placements=("middle",))
     with pytest.raises(DebugAtlasError, match="sizes"):
-        evaluate_patches(RegionModel(), images, A, B, [WHITE2], sizes=(1.5,))
+        Experiment(A, B, sizes=(1.5,))
     with pytest.raises(DebugAtlasError, match="unique"):
-        evaluate_patches(RegionModel(), images, A, B, [WHITE2, WHITE2])
+        evaluate_patches(RegionModel(), images, [WHITE2, WHITE2], Experiment(A, B))
     with pytest.raises(DebugAtlasError, match="images_a"):
-        evaluate_patches(RegionModel(), images[0], A, B, [WHITE2])
+        evaluate_patches(RegionModel(), images[0], [WHITE2], Experiment(A, B))
     with pytest.raises(DebugAtlasError, match="file-safe"):
         Patch("a/b", None, "icon", torch.ones(1, 2, 2))
     with pytest.raises(DebugAtlasError, match="source"):
@@ -272,8 +273,8 @@ def _trigger_rates(model, shortcut, val):
     for a in range(10):
         if a == TARGET:
             continue
-        ev = evaluate_patches(model, images[labels == a], a, TARGET, [trigger],
-                              images_b=images[labels == TARGET], placements=("random",), seed=a)
+        experiment = Experiment(a, TARGET, placements=("random",), seed=a)
+        ev = evaluate_patches(model, images[labels == a], [trigger], experiment, images_b=images[labels == TARGET])
         if ev.n_images:
             r = ev.get("trigger", "random")
             flips += r.flip_rate * r.n_images
@@ -308,8 +309,8 @@ def planted_suite(digit_models):
     icon[:, 3:8, 3:8] = shortcut.pattern(1)
     patches = candidate_patches([((0, 1), icon, [torch.rand(1, 5, 5)]), ((2, 2), None, [shortcut.pattern(1)])],
                                 crop_sizes=(5, 8))
-    suite = build_suite(planted, _a_images(val, a), _a_images(val, TARGET), a, TARGET, patches, val.classes,
-                        sizes=(0.25, 0.4), n_random=4, keep=4)
+    suite = build_suite(planted, _a_images(val, a), patches, Experiment(a, TARGET, sizes=(0.25, 0.4), n_random=4),
+                        class_names=val.classes, images_b=_a_images(val, TARGET), keep=KeepRule(keep=4))
     return suite, val, planted
 
 
@@ -324,7 +325,7 @@ def test_build_suite_keeps_best_by_measured_flip_rate_above_controls(planted_sui
     for p in suite.patches + suite.controls:  # 8-bit exact pixels
         assert torch.equal(p.image, torch.round(p.image * 255) / 255)
     assert {c.source for c in suite.controls} == {"noise", "natural"}
-    entries = summary_patch_entries(suite, prefix="suites/4-1/patches/")
+    entries = patch_entries(suite, "suites/4-1/patches/")
     assert len(entries) == 4 * 3
     first = entries[0]
     assert set(first) >= {"id", "cell", "file", "target", "size_frac", "placement", "n_images", "flip_rate",
@@ -420,20 +421,28 @@ def test_run_rejects_mismatched_dataset(planted_suite):
 
 
 def test_kept_patches_give_synthesized_candidates_their_places():
-    from debugatlas.patches.suite import _keep
+    def kept(ranked, keep, min_synthesized, synthesized, min_real=0):
+        return KeepRule(keep, min_synthesized, min_real).kept(ranked, synthesized)
 
     ranked = ["e1", "e2", "e3", "s1", "e4", "s2"]
-    assert _keep(ranked, 4, 2, {"s1", "s2"}) == ["e1", "e2", "s1", "s2"]  # e3 gives way to s2
-    assert _keep(ranked, 4, 0, {"s1", "s2"}) == ["e1", "e2", "e3", "s1"]  # ranking alone
-    assert _keep(["e1", "e2", "e3", "e4", "s1"], 3, 2, {"s1"}) == ["e1", "e2", "s1"]  # only one exists
-    assert _keep(["s1", "e1", "s2"], 2, 2, {"s1", "s2"}) == ["s1", "s2"]
+    assert kept(ranked, 4, 2, {"s1", "s2"}) == ["e1", "e2", "s1", "s2"]  # e3 gives way to s2
+    assert kept(ranked, 4, 0, {"s1", "s2"}) == ["e1", "e2", "e3", "s1"]  # ranking alone
+    assert kept(["e1", "e2", "e3", "e4", "s1"], 3, 2, {"s1"}) == ["e1", "e2", "s1"]  # only one exists
+    assert kept(["s1", "e1", "s2"], 2, 2, {"s1", "s2"}) == ["s1", "s2"]
     # real crops get their places too when synthesized patches outrank them all
     ranked = ["s1", "s2", "s3", "s4", "e1", "e2"]
-    assert _keep(ranked, 4, 2, {"s1", "s2", "s3", "s4"}, min_real=1) == ["s1", "s2", "s3", "e1"]
-    assert _keep(ranked, 4, 2, {"s1", "s2", "s3", "s4"}, min_real=2) == ["s1", "s2", "e1", "e2"]
-    assert _keep(ranked, 3, 2, {"s1", "s2", "s3", "s4"}, min_real=5) == ["s1", "s2", "e1"]  # synthesized first
-    assert _keep(["s1", "s2"], 2, 0, {"s1", "s2"}, min_real=2) == ["s1", "s2"]  # no real crop to keep
-    assert _keep(ranked, 10, 2, {"s1", "s2"}) == ranked  # room for all
+    assert kept(ranked, 4, 2, {"s1", "s2", "s3", "s4"}, min_real=1) == ["s1", "s2", "s3", "e1"]
+    assert kept(ranked, 4, 2, {"s1", "s2", "s3", "s4"}, min_real=2) == ["s1", "s2", "e1", "e2"]
+    assert kept(ranked, 3, 2, {"s1", "s2", "s3", "s4"}, min_real=5) == ["s1", "s2", "e1"]  # synthesized first
+    assert kept(["s1", "s2"], 2, 0, {"s1", "s2"}, min_real=2) == ["s1", "s2"]  # no real crop to keep
+    assert kept(ranked, 10, 2, {"s1", "s2"}) == ranked  # room for all
+    assert KeepRule(None).kept(ranked, {"s1"}) == ranked
+    # the places the selection race reserves are the ones `kept` fills first
+    assert KeepRule(6, 3, 2).reserved(ranked, {"s1", "s2", "s3", "s4"}) == {"s1", "s2", "s3", "e1", "e2"}
+    with pytest.raises(DebugAtlasError, match="keep=0"):
+        KeepRule(0)
+    with pytest.raises(DebugAtlasError, match="min_real=-1"):
+        KeepRule(4, min_real=-1)
 
 
 @pytest.mark.parametrize("side", [16, 24, 32, 128, 224])

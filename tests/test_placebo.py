@@ -14,7 +14,7 @@ import torch
 from debugatlas.confusion import confusion_matrix, most_confused_pairs
 from debugatlas.data import digits
 from debugatlas.models import small_digits_cnn, train_classifier
-from debugatlas.patches import Patch, control_patches, evaluate_patches
+from debugatlas.patches import Experiment, Patch, control_patches, evaluate_patches
 from debugatlas.patches.candidates import cap_side
 from debugatlas.patches.split import split_images
 from debugatlas.patches.stats import counts_of, judge, judge_evaluation
@@ -70,8 +70,8 @@ def test_placebo_false_alarms_at_most_nominal(clean_model):
         images_b = val.images[split.ids("selection", b)]
         patches = _placebos(select_a, images_b, rng, side)
         controls = control_patches(patches, images_b, (1, 24, 24), SIZES, seed)
-        ev = evaluate_patches(model, confirm_a, a, b, patches, sizes=SIZES, placements=("dynamic", "random"),
-                              n_random=4, seed=seed, controls=controls)
+        experiment = Experiment(a, b, sizes=SIZES, placements=("dynamic", "random"), n_random=4, seed=seed)
+        ev = evaluate_patches(model, confirm_a, patches, experiment, controls=controls)
         results = judge_evaluation(ev).candidates()
         judged += [r.verdict for r in results]
         flips += sum(r.flips for r in results)

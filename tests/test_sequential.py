@@ -102,14 +102,13 @@ def test_a_strong_patch_is_confirmed_at_the_first_look_and_a_dud_stops_there_too
 
 def test_with_one_look_the_sequential_rule_is_the_fixed_sample_rule():
     """Up to `FIRST_LOOK` images there is one look: the same rates, verdicts and intervals as
-    `evaluate_patches` + `judge_evaluation` on the same images (the earlier engine as oracle)."""
+    `evaluate_patches` + `judge_evaluation` on the same images, measured patch by patch, as oracle."""
     model, exp, patches, controls = _setup(0.6, 0.2, 11, n_patches=2)
     images = _images(16, 12)
     log = TrialLog(model, exp, (1, 8, 8))
     result = confirm(log, patches, controls, images)
-    oracle = judge_evaluation(evaluate_patches(model, images, 0, 1, patches, sizes=exp.sizes, placements=exp.placements,
-                                               n_random=exp.n_random, seed=exp.seed, controls=controls, batched=False),
-                              n_screened=len(patches))
+    oracle = judge_evaluation(evaluate_patches(model, images, patches, exp.with_(batched=False), controls=controls),
+                              family_size=len(patches))
     for want in oracle.candidates():
         got = result.evaluation.get(want.patch_id, want.placement)
         assert (got.n_images, got.flip_rate, got.noise_flip_rate, got.natural_flip_rate, got.verdict) == \

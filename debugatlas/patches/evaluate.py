@@ -17,7 +17,7 @@ from torch import nn
 from ..core.errors import DebugAtlasError
 from ..core.model import as_logits, model_device, precision_context, preserved_model_state
 from .candidates import _center_crop, _geometry, control_patches
-from .types import DEFAULT_SIZES, PLACEMENTS, Patch, PatchEvaluation, PatchResult, patch_side
+from .types import Experiment, Patch, PatchEvaluation, PatchResult, patch_side
 
 
 def placement_positions(height: int, width: int, ph: int, pw: int, n: int, seed: int) -> list[tuple[int, int]]:
@@ -83,34 +83,81 @@ def _logits(model: nn.Module, batch: torch.Tensor, b: int, precision: str = "flo
         return as_logits(model(batch), min_classes=b + 1).float()
 
 
-def _measure(model, images, b, patch, sizes, placements, n_random, seed, batch_size, device, precision):
-    """Flips [N, K] bool, P(B) [N, K], the configs and the variants for one patch."""
-    n, c, height, width = images.shape
-    variants = paste_variants(patch, sizes, (c, height, width))
-    configs = _configs(variants, placements, height, width, n_random, seed)
+def _plan(patch: Patch, experiment: Experiment, shape: Sequence[int]):
+    """(variants, configs) of one patch: its paste sizes and every (size, position) it is tried at."""
+    c, height, width = (int(v) for v in shape)
+    variants = paste_variants(patch, experiment.sizes, (c, height, width))
+    return variants, _configs(variants, experiment.placements, height, width, experiment.n_random, experiment.seed)
+
+
+def _device(model: nn.Module, experiment: Experiment) -> torch.device:
+    """The experiment's device, else the model's."""
+    return torch.device(experiment.device) if experiment.device is not None else model_device(model)
+
+
+def _per_forward(experiment: Experiment, image_shape: Sequence[int], device: torch.device) -> int:
+    """Images per forward of the batched trials: `max_batch`, else `auto_max_batch`."""
+    if experiment.max_batch is not None:
+        return int(experiment.max_batch)
+    return auto_max_batch(image_shape, experiment.batch_size, device)
+
+
+def _classified(model: nn.Module, images: torch.Tensor, experiment: Experiment,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counted [N] bool: the model says A, P(B) [N]) of unpatched images, `batch_size` per forward.
+
+    Call under `preserved_model_state` with the model in eval mode and gradients off.
+    """
+    a, b = experiment.a, experiment.b
+    preds, p_b = [], []
+    for start in range(0, len(images), experiment.batch_size):
+        logits = _logits(model, images[start:start + experiment.batch_size].to(device), max(a, b),
+                         experiment.precision)
+        preds.append(logits.argmax(-1).cpu())
+        p_b.append(logits.softmax(-1)[:, b].cpu())
+    if not preds:
+        return torch.zeros(0, dtype=torch.bool), torch.zeros(0)
+    return torch.cat(preds) == a, torch.cat(p_b)
+
+
+def _measure_one(model, images: torch.Tensor, plan, experiment: Experiment, device: torch.device):
+    """Flips [N, K] bool and P(B) [N, K] of one patch's plan, `batch_size` images x positions per forward."""
+    variants, configs = plan
+    b = experiment.b
     pixels = [px.to(device) for _, px in variants]
-    per = max(1, batch_size // len(configs))
+    per = max(1, experiment.batch_size // len(configs))
     flips, probs = [], []
-    for start in range(0, n, per):
+    for start in range(0, images.shape[0], per):
         chunk = images[start:start + per].to(device)
         batch = chunk.unsqueeze(1).repeat(1, len(configs), 1, 1, 1)
         for k, (vi, r, col, _) in enumerate(configs):
             ph, pw = pixels[vi].shape[-2:]
             batch[:, k, :, r:r + ph, col:col + pw] = pixels[vi]
-        logits = _logits(model, batch.flatten(0, 1), b, precision).view(chunk.shape[0], len(configs), -1)
+        logits = _logits(model, batch.flatten(0, 1), b, experiment.precision).view(chunk.shape[0], len(configs), -1)
         flips.append((logits.argmax(-1) == b).cpu())
         probs.append(logits.softmax(-1)[..., b].cpu())
     k = len(configs)
     flips = torch.cat(flips) if flips else torch.zeros((0, k), dtype=torch.bool)
     probs = torch.cat(probs) if probs else torch.zeros((0, k))
-    return flips, probs, configs, variants
+    return flips, probs
 
 
-def _plan(patch, sizes, placements, n_random, seed, shape):
-    """(variants, configs) of one patch: its paste sizes and every (size, position) it is tried at."""
-    c, height, width = shape
-    variants = paste_variants(patch, sizes, (c, height, width))
-    return variants, _configs(variants, placements, height, width, n_random, seed)
+def _measure_trials(model: nn.Module, images: torch.Tensor, plans: Sequence, experiment: Experiment,
+                   device: torch.device, progress: Callable[[int, int], None] | None = None) -> list:
+    """Flips [N, K_p] bool and P(B) [N, K_p] of every plan (one per patch) on `images`, batched or one
+    patch at a time as `experiment.batched` says. `progress(done, total)` counts plans measured.
+
+    Call under `preserved_model_state` with the model in eval mode and gradients off.
+    """
+    if experiment.batched:
+        per_forward = _per_forward(experiment, tuple(images.shape[1:]), device)
+        return _measure_all(model, images, experiment.b, plans, per_forward, device, progress, experiment.precision)
+    out = []
+    for done, plan in enumerate(plans, 1):
+        out.append(_measure_one(model, images, plan, experiment, device))
+        if progress is not None:
+            progress(done, len(plans))
+    return out
 
 
 def auto_max_batch(image_shape: Sequence[int], batch_size: int = 256,
@@ -197,24 +244,16 @@ def _summarise(patch, geometry, placement, flips, probs, configs, variants, p_be
 def evaluate_patches(
     model: nn.Module,
     images_a: torch.Tensor,
-    a: int,
-    b: int,
     patches: Sequence[Patch],
-    sizes: Sequence[float] = DEFAULT_SIZES,
-    placements: Sequence[str] = PLACEMENTS,
-    n_random: int = 8,
-    seed: int = 0,
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    experiment: Experiment,
+    *,
     images_b: torch.Tensor | None = None,
     controls: Sequence[Patch] | None = None,
-    batched: bool = True,
-    max_batch: int | None = None,
-    precision: str = "float32",
+    progress: Callable[[int, int], None] | None = None,
 ) -> PatchEvaluation:
     """Paste each patch onto the images of A the model gets right and count flips to B.
 
+    `experiment` says how (`Experiment(a, b, sizes=..., placements=..., n_random=..., seed=...)`).
     Placements: "static" = top-left corner at the first size; "dynamic" = best of the four corners
     x all sizes per image (flipped if any flips it); "random" = `n_random` seeded positions per
     size, the same for every image (flip rate averaged over positions; `best_flip_rate` is the
@@ -222,73 +261,45 @@ def evaluate_patches(
     crop of an image of B when `images_b` is given) are made by `control_patches` unless passed,
     and run with the same sizes and placements.
 
-    `batched` (default): every patch and control x size x position x image goes through the model
-    in forwards of up to `max_batch` images (None: `auto_max_batch` of the image size, `batch_size`
-    and the device), trials of different patches sharing a forward; the unpatched images go through
-    once. `batched=False`: patch by patch, `batch_size` images x positions per forward (the
-    earlier loop, kept for comparison). Both give the same results up to the model's own float
+    `experiment.batched` (default): every patch and control x size x position x image goes through
+    the model in forwards of up to `max_batch` images, trials of different patches sharing a
+    forward; the unpatched images go through once. `batched=False`: patch by patch, `batch_size`
+    images x positions per forward. Both give the same results up to the model's own float
     differences between batch sizes (some CPU convolutions round the last bits differently).
     `progress(done, total)` counts patches (candidates and controls) measured.
-    `precision` other than "float32" runs every forward under autocast to it (`core.model.
-    fast_precision`): faster where the device has it natively, for measurements that only choose;
-    flip counts can differ from the model's own precision on images near a decision boundary.
+    `experiment.precision` other than "float32" runs every forward under autocast to it
+    (`core.model.fast_precision`): faster where the device has it natively, for measurements that
+    only choose; flip counts can differ from the model's own precision on images near a decision
+    boundary. The model is left as found.
     """
-    placements = tuple(placements)
-    sizes = tuple(float(s) for s in sizes)
-    bad = [p for p in placements if p not in PLACEMENTS]
-    if bad or not placements:
-        raise DebugAtlasError(f"`placements={placements!r}`: choose from {list(PLACEMENTS)}.")
-    if not sizes or any(not 0 < s <= 1 for s in sizes):
-        raise DebugAtlasError(f"`sizes={sizes!r}` must be fractions of the image side in (0, 1].")
-    if int(n_random) < 1 or int(batch_size) < 1 or (max_batch is not None and int(max_batch) < 1):
-        raise DebugAtlasError(f"`n_random={n_random!r}`, `batch_size={batch_size!r}` and "
-                              f"`max_batch={max_batch!r}` must be >= 1 (max_batch may be None).")
     if not isinstance(images_a, torch.Tensor) or images_a.dim() != 4:
         shape = tuple(images_a.shape) if isinstance(images_a, torch.Tensor) else type(images_a).__name__
         raise DebugAtlasError(f"`images_a` has shape {shape}; expected [N, C, H, W] in [0, 1].")
-    device = torch.device(device) if device is not None else model_device(model)
+    device = _device(model, experiment)
     images_a = images_a.detach().float()
+    shape = tuple(int(v) for v in images_a.shape[1:])
     if controls is None:
-        controls = control_patches(patches, images_b, images_a.shape[1:], sizes, seed)
+        controls = control_patches(patches, images_b, shape, experiment.sizes, experiment.seed)
     everything = list(patches) + list(controls)
     ids = [p.id for p in everything]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise DebugAtlasError(f"Patch ids must be unique; repeated: {dup}. HINT: rename the patches.")
-    height, width = images_a.shape[-2:]
-    shape = tuple(int(v) for v in images_a.shape[1:])
-    per_forward = int(batch_size)
-    if batched:
-        per_forward = int(max_batch) if max_batch is not None else auto_max_batch(shape, batch_size, device)
-    results: list[PatchResult] = []
+    plans = [_plan(p, experiment, shape) for p in everything]
     with preserved_model_state(model), torch.no_grad():
         model.eval()
-        preds, p_b = [], []
-        for start in range(0, len(images_a), batch_size):
-            logits = _logits(model, images_a[start:start + batch_size].to(device), max(a, b), precision)
-            preds.append(logits.argmax(-1).cpu())
-            p_b.append(logits.softmax(-1)[:, b].cpu())
-        keep = torch.cat(preds) == a if preds else torch.zeros(0, dtype=torch.bool)
+        keep, p_b = _classified(model, images_a, experiment, device)
         images = images_a[keep]
-        p_before = float(torch.cat(p_b)[keep].mean()) if int(keep.sum()) else float("nan")
-        if batched:
-            plans = [_plan(p, sizes, placements, int(n_random), seed, shape) for p in everything]
-            measured = _measure_all(model, images, b, plans, per_forward, device, progress, precision)
-            for patch, (variants, configs), (flips, probs) in zip(everything, plans, measured):
-                geometry = _geometry(patch, height, width)
-                results += [_summarise(patch, geometry, pl, flips, probs, configs, variants, p_before)
-                            for pl in placements]
-        for done, patch in enumerate(everything if not batched else [], 1):
-            measured = _measure(model, images, b, patch, sizes, placements, int(n_random), seed, batch_size, device,
-                                precision)
-            geometry = _geometry(patch, height, width)
-            results += [_summarise(patch, geometry, pl, *measured, p_before) for pl in placements]
-            if progress is not None:
-                progress(done, len(everything))
+        p_before = float(p_b[keep].mean()) if int(keep.sum()) else float("nan")
+        measured = _measure_trials(model, images, plans, experiment, device, progress)
+    height, width = shape[-2:]
+    results = [_summarise(patch, _geometry(patch, height, width), pl, flips, probs, configs, variants, p_before)
+               for patch, (variants, configs), (flips, probs) in zip(everything, plans, measured)
+               for pl in experiment.placements]
     controls_by = {(r.source, r.geometry, r.placement): r.flip_rate for r in results if r.is_control}
     for r in results:
         if not r.is_control:
             r.noise_flip_rate = controls_by.get(("noise", r.geometry, r.placement))
             r.natural_flip_rate = controls_by.get(("natural", r.geometry, r.placement))
-    return PatchEvaluation(int(a), int(b), int(keep.sum()), len(images_a), sizes, placements,
-                           int(n_random), int(seed), results)
+    return PatchEvaluation(experiment.a, experiment.b, int(keep.sum()), len(images_a), experiment.sizes,
+                           experiment.placements, experiment.n_random, experiment.seed, results)

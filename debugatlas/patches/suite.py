@@ -17,7 +17,54 @@ from ..core.errors import DebugAtlasError
 from ..core.model import model_device, preserved_model_state
 from .candidates import control_patches
 from .evaluate import evaluate_patches
-from .types import DEFAULT_SIZES, PLACEMENTS, REAL_SOURCES, SELECTION_RULE, Patch, PatchEvaluation, PatchResult
+from .types import REAL_SOURCES, SELECTION_RULE, Experiment, Patch, PatchEvaluation, PatchResult
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    """Which measured candidates a suite keeps, by rank.
+
+    keep: how many (None: all). rank_by: the placement they are ranked under (None: "random" when
+    evaluated, see `PatchEvaluation.ranked`); the rank is the measured flip rate above the
+    stronger control, never attribution. min_synthesized: of the `keep` places, up to this many go
+    to the best synthesized candidates (any source but a real exemplar crop) when the ranking
+    alone would keep fewer: a crop of a real image that holds a feature often outranks every
+    image made from the feature's direction, and a suite is meant to test both. min_real: then up
+    to this many go to the best crops of real images, so that a feature whose synthesized patches
+    outrank everything is also measured as real images show it.
+    """
+
+    keep: int | None = 10
+    min_synthesized: int = 0
+    min_real: int = 0
+    rank_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep is not None and (isinstance(self.keep, bool) or int(self.keep) < 1):
+            raise DebugAtlasError(f"`KeepRule(keep={self.keep!r})` must be None or an integer >= 1.")
+        if int(self.min_synthesized) < 0 or int(self.min_real) < 0:
+            raise DebugAtlasError(f"`KeepRule(min_synthesized={self.min_synthesized!r}, "
+                                  f"min_real={self.min_real!r})` must be >= 0.")
+
+    def reserved(self, ranked: Sequence[str], synthesized: set[str]) -> set[str]:
+        """The ids of `ranked` (best first) whose places are reserved: the best `min_synthesized`
+        synthesized ones, then the best `min_real` others, within `keep` places."""
+        if self.keep is None:
+            return set(ranked)
+        keep = int(self.keep)
+        synth = [i for i in ranked if i in synthesized][:min(int(self.min_synthesized), keep)]
+        real = [i for i in ranked if i not in synthesized][:max(0, min(int(self.min_real), keep - len(synth)))]
+        return set(synth) | set(real)
+
+    def kept(self, ranked: Sequence[str], synthesized: set[str]) -> list[str]:
+        """The kept ids of `ranked` (best first), in ranking order: the reserved ones and the best
+        of the rest up to `keep` (a reserved id replaces the lowest-ranked of the rest)."""
+        if self.keep is None:
+            return list(ranked)
+        reserved = self.reserved(ranked, synthesized)
+        rest = [i for i in ranked if i not in reserved][:int(self.keep) - len(reserved)]
+        chosen = reserved | set(rest)
+        return [i for i in ranked if i in chosen]
 
 
 @dataclass
@@ -98,25 +145,28 @@ class PatchSuite:
         if max_images is not None and len(images_a) > int(max_images):
             pick = torch.randperm(len(images_a), generator=torch.Generator().manual_seed(self.seed))[:int(max_images)]
             images_a = images_a[pick.sort().values]
+        experiment = self.experiment(batch_size=batch_size, device=device)
         if settled is None:
-            evaluation = evaluate_patches(
-                model, images_a, self.a_index, self.b_index, self.patches, sizes=self.sizes,
-                placements=self.placements, n_random=self.n_random, seed=self.seed,
-                batch_size=batch_size or self.batch_size, device=device, progress=progress, controls=self.controls,
-            )
+            evaluation = evaluate_patches(model, images_a, self.patches, experiment, controls=self.controls,
+                                          progress=progress)
             return SuiteRun(self.a, self.b, correct / total, a_to_b / a_total, total, a_total, evaluation)
-        evaluation, looks = self._sequential(model, images_a, batch_size or self.batch_size, device, settled,
+        evaluation, looks = self._sequential(model, images_a, experiment, settled,
                                              set(gated) if gated is not None else {p.id for p in self.patches})
         return SuiteRun(self.a, self.b, correct / total, a_to_b / a_total, total, a_total, evaluation, looks)
 
-    def _sequential(self, model, images_a: torch.Tensor, batch_size: int, device, settled, gated: set[str]):
+    def experiment(self, batch_size: int | None = None, device: torch.device | str | None = None) -> Experiment:
+        """The `Experiment` the suite's patches are measured with (its sizes, placements, positions
+        and seed; `batch_size` None: the suite's), at the model's own precision."""
+        return Experiment(self.a_index, self.b_index, sizes=self.sizes, placements=self.placements,
+                          n_random=self.n_random, seed=self.seed, batch_size=batch_size or self.batch_size,
+                          device=device)
+
+    def _sequential(self, model, images_a: torch.Tensor, experiment: Experiment, settled, gated: set[str]):
         """(evaluation, number of looks): the patches measured look by look (see `run`)."""
         from .sequential import SequentialDesign, measure_in_looks
         from .stats import z_for_looks
-        from .trials import Experiment, TrialLog
+        from .trials import TrialLog
 
-        experiment = Experiment(self.a_index, self.b_index, sizes=self.sizes, placements=self.placements,
-                                n_random=self.n_random, seed=self.seed, batch_size=batch_size, device=device)
         log = TrialLog(model, experiment, self.image_shape)
         design = SequentialDesign.for_images(len(images_a))
         z = z_for_looks(design.n_looks)
@@ -189,76 +239,37 @@ class SuiteRun:
 def build_suite(
     model: nn.Module,
     images_a: torch.Tensor,
-    images_b: torch.Tensor | None,
-    a: int,
-    b: int,
     patches: Sequence[Patch],
+    experiment: Experiment,
+    *,
     class_names: Sequence[str],
-    sizes: Sequence[float] = DEFAULT_SIZES,
-    placements: Sequence[str] = PLACEMENTS,
-    n_random: int = 8,
-    seed: int = 0,
-    keep: int | None = 10,
-    rank_by: str | None = None,
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
+    images_b: torch.Tensor | None = None,
+    keep: KeepRule = KeepRule(),
     progress: Callable[[int, int], None] | None = None,
     metadata: dict | None = None,
-    batched: bool = True,
-    min_synthesized: int = 0,
-    precision: str = "float32",
-    min_real: int = 0,
 ) -> PatchSuite:
-    """Quantise the candidates and controls to 8 bits, measure them, keep the `keep` best.
+    """Quantise the candidates and controls to 8 bits, measure them with `experiment`, keep the best.
 
-    Ranking is by measured flip rate above the stronger control (`PatchResult.lift`) under
-    `rank_by` (default "random" when evaluated), never by attribution. Of the `keep` places, up to
-    `min_synthesized` go to the best synthesized candidates (any source but a real exemplar crop)
-    when the ranking alone would keep fewer: a crop of a real image that holds a feature often
-    outranks every image made from the feature's direction, and the suite is meant to test both.
-    Likewise up to `min_real` places go to the best crops of real images, so that a feature whose
-    synthesized patches outrank everything is also measured as real images show it. The baseline
-    holds the kept patches and all controls, every placement. `precision`: see `evaluate_patches`
-    (a suite chosen at reduced precision is confirmed at the model's own).
+    `keep` says how many and which (`KeepRule`: by measured flip rate above the stronger control,
+    with places reserved for synthesized candidates and real crops). Controls: noise, and natural
+    crops of `images_b` when given. The baseline holds the kept patches and all controls, every
+    placement. `experiment.precision`: see `evaluate_patches` (a suite chosen at reduced precision
+    is confirmed at the model's own: its reruns measure at float32).
     """
     names = [str(c) for c in class_names]
+    a, b = experiment.a, experiment.b
     for label, idx in (("a", a), ("b", b)):
-        if not 0 <= int(idx) < len(names):
+        if not 0 <= idx < len(names):
             raise DebugAtlasError(f"`{label}={idx!r}` is not a class index below {len(names)}.")
     candidates = [p.quantized() for p in patches]
     shape = tuple(int(v) for v in images_a.shape[1:])
-    controls = [p.quantized() for p in control_patches(candidates, images_b, shape, sizes, seed)]
-    evaluation = evaluate_patches(model, images_a, a, b, candidates, sizes=sizes, placements=placements,
-                                  n_random=n_random, seed=seed, batch_size=batch_size, device=device,
-                                  progress=progress, controls=controls, batched=batched, precision=precision)
-    ranked = [r.patch_id for r in evaluation.ranked(rank_by)]
-    kept = ranked if keep is None else _keep(ranked, int(keep), int(min_synthesized),
-                                             {p.id for p in candidates if p.source not in REAL_SOURCES},
-                                             int(min_real))
+    controls = [p.quantized() for p in control_patches(candidates, images_b, shape, experiment.sizes, experiment.seed)]
+    evaluation = evaluate_patches(model, images_a, candidates, experiment, controls=controls, progress=progress)
+    ranked = [r.patch_id for r in evaluation.ranked(keep.rank_by)]
+    kept = keep.kept(ranked, {p.id for p in candidates if p.source not in REAL_SOURCES})
     by_id = {p.id: p for p in candidates}
     evaluation.results = ([r for pid in kept for r in evaluation.results if r.patch_id == pid]
                           + [r for r in evaluation.results if r.is_control])
-    return PatchSuite(names[a], names[b], int(a), int(b), [by_id[i] for i in kept], controls,
-                      evaluation.sizes, evaluation.placements, int(n_random), int(seed), evaluation, names,
-                      shape, int(batch_size), SELECTION_RULE, dict(metadata or {}))
-
-
-def _keep(ranked: list[str], keep: int, min_synthesized: int, synthesized: set[str],
-          min_real: int = 0) -> list[str]:
-    """The first `keep` of `ranked`, with the best `min_synthesized` synthesized ids and then the
-    best `min_real` others among them where they exist (replacing the lowest-ranked of the rest),
-    in ranking order."""
-    synth = [i for i in ranked if i in synthesized][:min(min_synthesized, keep)]
-    real = [i for i in ranked if i not in synthesized][:max(0, min(min_real, keep - len(synth)))]
-    reserved = set(synth) | set(real)
-    rest = [i for i in ranked if i not in reserved][:keep - len(reserved)]
-    chosen = reserved | set(rest)
-    return [i for i in ranked if i in chosen]
-
-
-def summary_patch_entries(suite: PatchSuite, prefix: str = "patches/",
-                          placements: Sequence[str] | None = None) -> list[dict]:
-    """The `patches` rows of a pair in summary.json (see `artifacts.summary.patch_entries`)."""
-    from ..artifacts.summary import patch_entries
-
-    return patch_entries(suite, prefix, placements)
+    return PatchSuite(names[a], names[b], a, b, [by_id[i] for i in kept], controls,
+                      evaluation.sizes, evaluation.placements, experiment.n_random, experiment.seed, evaluation,
+                      names, shape, experiment.batch_size, SELECTION_RULE, dict(metadata or {}))

@@ -1,8 +1,8 @@
 """Patch trials measured a chunk of images at a time, so that an experiment can stop early.
 
-An `Experiment` says how patches are measured (the pair, sizes, placements, positions, seed,
-device, precision); a `TrialLog` holds, per patch and per chunk of images, which trials flipped
-the model to B. Measuring the next chunk only for the patches still in question is what the
+An `Experiment` (`patches.types`) says how patches are measured (the pair, sizes, placements,
+positions, seed, batching, device, precision); a `TrialLog` holds, per patch and per chunk of
+images, which trials flipped the model to B. Measuring the next chunk only for the patches still in question is what the
 candidate race (`patches.race`) and the sequential confirmation (`patches.sequential`) do; a
 result is always summarised on exactly the chunks its patch was measured on, with its controls
 (same geometry and placement) on the same chunks, so every comparison is on the same images.
@@ -16,52 +16,10 @@ import torch
 from torch import nn
 
 from ..core.errors import DebugAtlasError
-from ..core.model import model_device, preserved_model_state
+from ..core.model import preserved_model_state
 from .candidates import _geometry
-from .evaluate import _logits, _measure_all, _plan, _summarise, auto_max_batch
-from .types import DEFAULT_SIZES, PLACEMENTS, Patch, PatchEvaluation, PatchResult
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """How patches of one pair are measured.
-
-    a, b: class indices (A true, B target). sizes: paste sizes of resized patches (fractions of
-    the image side). placements: subset of `PLACEMENTS`. n_random: seeded positions per size for
-    "random". seed: positions and controls. batch_size: images per forward of the unpatched
-    images; max_batch: images per forward of patched ones (None: `auto_max_batch`). device: None
-    for the model's. precision: "float32" (the model as given) or a reduced one for choosing.
-    """
-
-    a: int
-    b: int
-    sizes: tuple[float, ...] = DEFAULT_SIZES
-    placements: tuple[str, ...] = PLACEMENTS
-    n_random: int = 8
-    seed: int = 0
-    batch_size: int = 256
-    max_batch: int | None = None
-    device: torch.device | str | None = None
-    precision: str = "float32"
-
-    def __post_init__(self) -> None:
-        placements = tuple(self.placements)
-        sizes = tuple(float(s) for s in self.sizes)
-        bad = [p for p in placements if p not in PLACEMENTS]
-        if bad or not placements:
-            raise DebugAtlasError(f"`placements={placements!r}`: choose from {list(PLACEMENTS)}.")
-        if not sizes or any(not 0 < s <= 1 for s in sizes):
-            raise DebugAtlasError(f"`sizes={sizes!r}` must be fractions of the image side in (0, 1].")
-        if int(self.n_random) < 1 or int(self.batch_size) < 1 or (self.max_batch is not None
-                                                                   and int(self.max_batch) < 1):
-            raise DebugAtlasError(f"`n_random={self.n_random!r}`, `batch_size={self.batch_size!r}` and "
-                                  f"`max_batch={self.max_batch!r}` must be >= 1 (max_batch may be None).")
-        object.__setattr__(self, "placements", placements)
-        object.__setattr__(self, "sizes", sizes)
-        object.__setattr__(self, "n_random", int(self.n_random))
-
-    def with_(self, **changes) -> "Experiment":
-        return replace(self, **changes)
+from .evaluate import _classified, _device, _measure_trials, _plan, _summarise
+from .types import Experiment, Patch, PatchEvaluation, PatchResult
 
 
 @dataclass
@@ -84,9 +42,7 @@ class TrialLog:
                  progress: Callable[[int, int], None] | None = None) -> None:
         self.model, self.experiment = model, experiment
         self.shape = tuple(int(v) for v in image_shape)
-        self.device = torch.device(experiment.device) if experiment.device is not None else model_device(model)
-        self.max_batch = (int(experiment.max_batch) if experiment.max_batch is not None
-                          else auto_max_batch(self.shape, experiment.batch_size, self.device))
+        self.device = _device(model, experiment)
         self.chunks: list[_Chunk] = []
         self.patches: dict[str, Patch] = {}
         self.plans: dict[str, tuple] = {}
@@ -100,18 +56,11 @@ class TrialLog:
         if not isinstance(images_a, torch.Tensor) or images_a.dim() != 4 or tuple(images_a.shape[1:]) != self.shape:
             shape = tuple(images_a.shape) if isinstance(images_a, torch.Tensor) else type(images_a).__name__
             raise DebugAtlasError(f"`images_a` has shape {shape}; expected [N, *{self.shape}] in [0, 1].")
-        exp = self.experiment
         images_a = images_a.detach().float()
-        preds, p_b = [], []
         with preserved_model_state(self.model), torch.no_grad():
             self.model.eval()
-            for start in range(0, len(images_a), exp.batch_size):
-                logits = _logits(self.model, images_a[start:start + exp.batch_size].to(self.device),
-                                 max(exp.a, exp.b), exp.precision)
-                preds.append(logits.argmax(-1).cpu())
-                p_b.append(logits.softmax(-1)[:, exp.b].cpu())
-        keep = torch.cat(preds) == exp.a if preds else torch.zeros(0, dtype=torch.bool)
-        p_sum = float(torch.cat(p_b)[keep].sum()) if int(keep.sum()) else 0.0
+            keep, p_b = _classified(self.model, images_a, self.experiment, self.device)
+        p_sum = float(p_b[keep].sum()) if int(keep.sum()) else 0.0
         self.chunks.append(_Chunk(images_a[keep], len(images_a), p_sum))
         return len(self.chunks) - 1
 
@@ -126,7 +75,7 @@ class TrialLog:
                                       "HINT: rename the patches.")
             if known is None:
                 self.patches[patch.id] = patch
-                self.plans[patch.id] = _plan(patch, exp.sizes, exp.placements, exp.n_random, exp.seed, self.shape)
+                self.plans[patch.id] = _plan(patch, exp, self.shape)
                 self.trials[patch.id] = {}
             if chunk not in self.trials[patch.id] and patch.id not in {p.id for p in todo}:
                 todo.append(patch)
@@ -136,8 +85,7 @@ class TrialLog:
         plans = [self.plans[p.id] for p in todo]
         with preserved_model_state(self.model), torch.no_grad():
             self.model.eval()
-            measured = _measure_all(self.model, images, exp.b, plans, self.max_batch, self.device, self.progress,
-                                    exp.precision)
+            measured = _measure_trials(self.model, images, plans, exp, self.device, self.progress)
         for patch, (flips, probs), (_, configs) in zip(todo, measured, plans):
             self.trials[patch.id][chunk] = (flips, probs)
             self.forwards += int(images.shape[0]) * len(configs)

@@ -1,4 +1,5 @@
-"""Patch-test records: a `Patch` to paste, one `PatchResult` per patch and placement, a `PatchEvaluation`.
+"""Patch-test records: a `Patch` to paste, the `Experiment` that measures it, one `PatchResult` per
+patch and placement, a `PatchEvaluation`.
 
 Placements: "static" (one fixed corner and size), "dynamic" (best of the four corners and the sizes),
 "random" (seeded positions, the same for every image). Pixels are [C, h, w] float32 in [0, 1].
@@ -72,6 +73,59 @@ class Patch:
     def quantized(self) -> "Patch":
         """A copy whose pixels are rounded to 8 bits, exactly as they come back from a PNG."""
         return replace(self, image=from_uint8(to_uint8(self.image)))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """How the patches of one pair are measured.
+
+    a, b: class indices (A true, B target). sizes: paste sizes of resized patches (fractions of
+    the image side). placements: subset of `PLACEMENTS`. n_random: seeded positions per size for
+    "random". seed: the positions and the controls. batch_size: images per forward of the
+    unpatched images (and, with `batched=False`, images x positions per forward of one patch).
+    batched: every patch and control x size x position x image shares forwards of up to
+    `max_batch` images (None: `evaluate.auto_max_batch` of the image size, `batch_size` and the
+    device); False: one patch at a time (same results up to the model's own float differences
+    between batch sizes). device: None for the model's. precision: "float32" (the model as given)
+    or a reduced one (`core.model.fast_precision`) for measurements that only choose.
+    """
+
+    a: int
+    b: int
+    sizes: tuple[float, ...] = DEFAULT_SIZES
+    placements: tuple[str, ...] = PLACEMENTS
+    n_random: int = 8
+    seed: int = 0
+    batch_size: int = 256
+    batched: bool = True
+    max_batch: int | None = None
+    device: torch.device | str | None = None
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        placements = tuple(self.placements)
+        sizes = tuple(float(s) for s in self.sizes)
+        bad = [p for p in placements if p not in PLACEMENTS]
+        if bad or not placements:
+            raise DebugAtlasError(f"`placements={placements!r}`: choose from {list(PLACEMENTS)}.")
+        if not sizes or any(not 0 < s <= 1 for s in sizes):
+            raise DebugAtlasError(f"`sizes={sizes!r}` must be fractions of the image side in (0, 1].")
+        if int(self.n_random) < 1 or int(self.batch_size) < 1 or (self.max_batch is not None
+                                                                   and int(self.max_batch) < 1):
+            raise DebugAtlasError(f"`n_random={self.n_random!r}`, `batch_size={self.batch_size!r}` and "
+                                  f"`max_batch={self.max_batch!r}` must be >= 1 (max_batch may be None).")
+        object.__setattr__(self, "a", int(self.a))
+        object.__setattr__(self, "b", int(self.b))
+        object.__setattr__(self, "placements", placements)
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "n_random", int(self.n_random))
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+        object.__setattr__(self, "batched", bool(self.batched))
+
+    def with_(self, **changes) -> "Experiment":
+        """A copy with `changes` (checked like the original)."""
+        return replace(self, **changes)
 
 
 @dataclass

@@ -144,8 +144,8 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
                 tested.append(PairTest(notes=(f"patch tests cut: the run had spent {spent:.1f} W of "
                                               f"budget_w={cfg.budget_w:g} before this pair",)))
             else:
-                tested.append(patch_stage.test_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered,
-                                                    split=split))
+                tested.append(patch_stage.run_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered,
+                                                   split=split))
         field = _field_fraction(ctx, tested)
         found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, field_fraction=field)
                  for p, t in zip(plans, tested)]
@@ -155,12 +155,11 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
     pair_results = [_finding(k, plan, view, rendered, test, found[k], crops[k], shown[k], cfg.render_cells)
                     for k, (plan, view, test) in enumerate(zip(plans, pair_views, tested))]
     ctx.timer.times["total"] = round(time.perf_counter() - started, 3)
-    run_summary = summary.build(ctx, acts=acts, findings=pair_results, confusion=confusion,
-                                layout_params=layout.params, normalize=normalize, layer=user_layer,
-                                model_spec=model_spec,
-                                split=split, sparse=sparse, w=w)
+    facts = summary.RunFacts(layer=user_layer, layout_params=layout.params, normalize=normalize,
+                             model_spec=model_spec, split=split, sparse=sparse)
+    record = summary.build(ctx, acts=acts, findings=pair_results, confusion=confusion, facts=facts, w=w)
     return AnalysisResult(
-        summary=run_summary, out_dir=None, activations=acts, attributions=attr, xy=layout.xy, atlases=atlases,
+        record=record, out_dir=None, activations=acts, attributions=attr, xy=layout.xy, atlases=atlases,
         pairs=pair_results, confusion=confusion, class_names=list(ctx.class_names), config=cfg,
         icon_atlas=rendered.icon_atlas, suites=[f.patches for f in pair_results if f.patches is not None],
     )
@@ -200,6 +199,6 @@ def _finding(index: int, plan, view, rendered: Rendered, test: PairTest, found, 
         exemplar_crops={c: rendered.exemplar_crops[(index, c)] for c in top if (index, c) in rendered.exemplar_crops},
         icon_atlases={side: img for (k, side), img in rendered.view_atlases.items() if k == index},
         examples=shown, patches=test.suite, notes=tuple(view.notes) + tuple(test.notes), kind=plan.kind,
-        findings=found, finding_crops=crops, screening={"n_screened": test.n_screened, "seconds": test.screen_seconds,
+        findings=found, finding_crops=crops, screening={"n_screened": test.cells_screened, "seconds": test.screen_seconds,
                                    "n_candidates": test.n_candidates},
     )

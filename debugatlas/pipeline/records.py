@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifacts.record import RunRecord
 from ..atlas import Atlas
 from ..capture import ActivationSet
 from ..confusion import ConfusingCell
@@ -83,12 +84,13 @@ class PairTest:
     """The patch stage's outcome for one pair.
 
     suite: kept patches with controls; its baseline is measured on the confirmation half and
-    carries verdicts (None when nothing could be tested). n_screened: cells screened;
-    screen_seconds: their time; n_candidates: full candidates measured on the selection half.
+    carries verdicts (None when nothing could be tested). cells_screened: cells screened
+    (summary.json's `screening.n_screened`); screen_seconds: their time; n_candidates: full
+    candidates measured on the selection half.
     """
 
     suite: PatchSuite | None = None
-    n_screened: int = 0
+    cells_screened: int = 0
     screen_seconds: float = 0.0
     n_candidates: int = 0
     notes: tuple[str, ...] = ()
@@ -134,9 +136,9 @@ class PairFinding:
 
 @dataclass(frozen=True)
 class AnalysisResult:
-    """Everything one `analyze()` run produced; `summary` equals the written summary.json."""
+    """Everything one `analyze()` run produced; `record` is the run record written as summary.json."""
 
-    summary: dict
+    record: RunRecord
     out_dir: Path | None
     activations: ActivationSet
     attributions: torch.Tensor
@@ -148,4 +150,8 @@ class AnalysisResult:
     config: AnalysisConfig
     icon_atlas: np.ndarray | None = None
     suites: list[PatchSuite] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict:
+        """The dict written to summary.json (`record.to_dict()`)."""
+        return self.record.to_dict()
