@@ -1,7 +1,7 @@
 """Options of an analysis run, checked once, recorded in summary.json."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ..core.errors import DebugAtlasError
@@ -21,9 +21,12 @@ def auto_filter_top_n(n_samples: int, n_classes: int) -> int:
     return int(max(1, min(AUTO_FILTER_CAP, int(n_samples) // max(1, int(n_classes)))))
 
 
-@dataclass
+@dataclass(frozen=True)
 class AnalysisConfig:
     """Every stage option of `analyze()`; pass any of them as a keyword argument.
+
+    Frozen: build it with `from_options` (checked, `grid_sizes` holding `grid_size`, tuples of
+    numbers), change it with `dataclasses.replace`.
 
     Capture: sampling ("guided": per image, `guided_fraction` of the positions where attribution
     toward the predicted class (and the named pairs' classes) is highest, the rest uniformly random;
@@ -44,7 +47,8 @@ class AnalysisConfig:
     (images of A in the selection half: screening and ranking only choose, so fewer suffice),
     patch_batch_size (images per forward pass),
     patch_batching ("batched": every candidate, control and position share forward passes;
-    "per_candidate": one candidate at a time, the earlier behaviour, same results),
+    "per_candidate": one candidate at a time, same results up to the model's float differences
+    between batch sizes; see `patches.Experiment.batched`),
     choosing_precision ("auto": the reduced precision the device runs natively, see
     `core.model.fast_precision`; or "float32", "bfloat16", "float16"): the precision of the forwards
     that synthesise (icons, in-context patches), screen and rank candidates; attribution, the icons'
@@ -113,12 +117,11 @@ class AnalysisConfig:
                 f"Unknown analysis option(s) {unknown}. HINT: closest valid names {close}; "
                 f"all options: {sorted(names)}."
             )
-        config = cls(**options)
-        config.validate()
-        return config
+        return cls(**options).validated()
 
-    def validate(self) -> None:
-        """Check value ranges; errors quote the option and the bad value."""
+    def validated(self) -> "AnalysisConfig":
+        """A checked copy: `grid_sizes` as integers holding `grid_size` first when it was missing,
+        `patch_sizes` as floats. Errors quote the option and the bad value."""
         if self.samples_per_image != "auto" and (not isinstance(self.samples_per_image, int)
                                                  or isinstance(self.samples_per_image, bool)
                                                  or self.samples_per_image < 1):
@@ -144,11 +147,11 @@ class AnalysisConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DebugAtlasError(f"`{name}={value!r}` must be an integer >= 1.")
-        self.grid_sizes = tuple(int(g) for g in self.grid_sizes)
-        if self.grid_size not in self.grid_sizes:
-            self.grid_sizes = (self.grid_size,) + self.grid_sizes
-        if any(g < 1 for g in self.grid_sizes):
-            raise DebugAtlasError(f"`grid_sizes={self.grid_sizes!r}` must be integers >= 1.")
+        grid_sizes = tuple(int(g) for g in self.grid_sizes)
+        if self.grid_size not in grid_sizes:
+            grid_sizes = (self.grid_size,) + grid_sizes
+        if any(g < 1 for g in grid_sizes):
+            raise DebugAtlasError(f"`grid_sizes={grid_sizes!r}` must be integers >= 1.")
         if self.patch_batching not in PATCH_BATCHING:
             raise DebugAtlasError(f"`patch_batching={self.patch_batching!r}` is not one of {list(PATCH_BATCHING)}.")
         if self.choosing_precision not in CHOOSING_PRECISIONS:
@@ -167,9 +170,10 @@ class AnalysisConfig:
         if self.budget_w is not None and (isinstance(self.budget_w, bool) or not isinstance(self.budget_w, (int, float))
                                           or not self.budget_w > 0):
             raise DebugAtlasError(f"`budget_w={self.budget_w!r}` must be None or a number of forward passes > 0.")
-        self.patch_sizes = tuple(float(s) for s in self.patch_sizes)
-        if not self.patch_sizes or any(not 0 < s <= 1 for s in self.patch_sizes):
-            raise DebugAtlasError(f"`patch_sizes={self.patch_sizes!r}` must be fractions in (0, 1].")
+        patch_sizes = tuple(float(s) for s in self.patch_sizes)
+        if not patch_sizes or any(not 0 < s <= 1 for s in patch_sizes):
+            raise DebugAtlasError(f"`patch_sizes={patch_sizes!r}` must be fractions in (0, 1].")
+        return replace(self, grid_sizes=grid_sizes, patch_sizes=patch_sizes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for summary.json."""
