@@ -152,11 +152,11 @@ def _errors(caplog) -> list[str]:
 
 
 def test_a_failed_epoch_is_logged_counted_and_shown_and_training_goes_on(digits_data, tmp_path, caplog):
-    # the one test of the broad except (lenient, the default): a real mistake that only the
-    # analysis can see, a pair naming a class the data lacks; any other error it catches fails here
+    # the one test of the broad except (lenient, the default): epoch 0's analysis fails, epoch 1's
+    # runs; any other error it catches fails here
     from pytorch_lightning.loggers import CSVLogger
 
-    callback = AtlasCallback("model.layer3", pairs=[("1", "nine")], **FAST)
+    callback = _FailsAtFirst("model.layer3", **FAST)
     logger = CSVLogger(tmp_path, name="csv")
     trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=logger, enable_progress_bar=False,
                          enable_model_summary=False, limit_train_batches=2, limit_val_batches=2,
@@ -164,39 +164,41 @@ def test_a_failed_epoch_is_logged_counted_and_shown_and_training_goes_on(digits_
     with caplog.at_level(logging.WARNING, logger="debugatlas"):
         trainer.fit(_module(), *_loaders(digits_data))
     assert trainer.current_epoch == 2 and trainer.state.finished
-    errors = _errors(caplog)
-    cause = "DebugAtlasError: `pairs` names unknown class 'nine'"
-    assert [e.split("training goes on: ")[-1].split(". HINT: ")[0] for e in errors] == [cause, cause], errors
-    assert "(1 failed so far)" in errors[0] and "(2 failed so far)" in errors[1]
-    assert all("\n" not in e and "HINT: " in e and "classes are" in e for e in errors)  # one line, its own hint
+    (error,) = _errors(caplog)
+    assert error == ("`AtlasCallback(layer='model.layer3')` could not analyse epoch 0 (1 failed so far), training "
+                     "goes on: RuntimeError: planted failure in the analysis. HINT: pass `strict=True` to raise it "
+                     "where it happens")  # one line: the cause's first line and a hint
     assert [r for r in caplog.records if r.levelno >= logging.ERROR][0].exc_info is not None  # and its traceback
     with open(f"{logger.log_dir}/metrics.csv", newline="") as handle:
         counted = [float(r["atlas/failed_epochs"]) for r in csv.DictReader(handle) if r.get("atlas/failed_epochs")]
-    assert counted == [1.0, 2.0]
-    assert callback.state_dict()["failed_epochs"] == 2 and [r["epoch"] for r in callback.runs] == [0, 1]
-    timeline = (callback.dirpath / "index.html").read_text()
-    assert timeline.count("analysis failed: DebugAtlasError: `pairs` names unknown class &#39;nine&#39;") == 2
-    assert "2 analysed epochs, 2 failed" in timeline and "href=" not in timeline
-
-
-def test_a_failed_epoch_is_a_gap_between_analysed_ones_and_strict_raises_it(digits_data, tmp_path, caplog):
-    callback = _FailsAtFirst("model.layer3", **FAST)
-    trainer = _trainer(tmp_path, callback, epochs=2, limit_val_batches=2)
-    with caplog.at_level(logging.WARNING, logger="debugatlas"):
-        trainer.fit(_module(), *_loaders(digits_data))
-    (error,) = _errors(caplog)
-    assert "epoch 0 (1 failed so far)" in error and "RuntimeError: planted failure in the analysis. HINT: " in error
-    assert "second line" not in error and "strict=True" in error
+    assert counted == [1.0, 1.0]  # after the failure, and with epoch 1's analysis
+    assert callback.state_dict()["failed_epochs"] == 1
     assert [(r["epoch"], r.get("failed")) for r in callback.runs] == [
         (0, "RuntimeError: planted failure in the analysis"), (1, None)]
-    timeline = (tmp_path / "atlas" / "index.html").read_text()
-    assert "1 failed" in timeline and "analysis failed: RuntimeError: planted failure" in timeline
-    assert re.findall(r'href="(epoch_\d+/index.html)"', timeline)[0] == "epoch_1/index.html"
+    timeline = (callback.dirpath / "index.html").read_text()
+    assert "2 analysed epochs, 1 failed" in timeline
+    assert timeline.count("analysis failed: RuntimeError: planted failure in the analysis — HINT: pass") == 1
+    assert re.findall(r'href="(epoch_\d+/index.html)"', timeline)[0] == "epoch_1/index.html"  # no link to epoch 0
+
+
+def test_strict_raises_a_failed_analysis_where_it_happens(digits_data, tmp_path, caplog):
+    # a real mistake that only the analysis can see: a pair naming a class the data lacks
+    callback = AtlasCallback("model.layer3", pairs=[("1", "nine")], strict=True, **FAST)
     module = _module()
-    with pytest.raises(RuntimeError, match="planted failure"):
-        _trainer(tmp_path, _FailsAtFirst("model.layer3", strict=True, **FAST), epochs=1).fit(
-            module, *_loaders(digits_data))
+    with caplog.at_level(logging.WARNING, logger="debugatlas"), \
+            pytest.raises(DebugAtlasError, match="unknown class 'nine'.*HINT: classes are"):
+        _trainer(tmp_path, callback, epochs=1, limit_val_batches=2).fit(module, *_loaders(digits_data))
+    assert not _errors(caplog) and callback.failed_epochs == 0
     assert all(not m._forward_hooks for m in module.modules())
+
+
+def test_the_cause_of_a_failure_is_one_line_with_the_errors_own_hint():
+    from debugatlas.lightning.callback import _one_line
+
+    error = DebugAtlasError("`pairs` names unknown class 'nine'.\nHINT: classes are ['0', '1'] (2 classes).")
+    assert _one_line(error) == ("DebugAtlasError: `pairs` names unknown class 'nine'", "classes are ['0', '1'] (2 classes).")
+    assert _one_line(RuntimeError("first line\nsecond")) == ("RuntimeError: first line", None)
+    assert _one_line(KeyError()) == ("KeyError", None)
 
 
 @pytest.mark.slow
