@@ -21,7 +21,9 @@ from torch import nn
 from .capture import ActivationSet
 from .core.datasets import load_images
 from .core.errors import DebugAtlasError
-from .core.gradients import MAX_ALL_CLASSES, check_classes, layer_forward, position_attribution, relaxed_pooling
+from .core.gradients import (
+    MAX_ALL_CLASSES, batched_grad, check_classes, layer_forward, position_attribution, relaxed_pooling,
+)
 from .core.model import as_logits, gradient_context, layer_name_and_module, model_device
 
 __all__ = ["MAX_ALL_CLASSES", "PIXEL_METHODS", "attribute", "pixel_attribution", "position_attribution"]
@@ -263,11 +265,8 @@ def _at_grad(grads: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tens
 
 
 def _class_gradients(logits: torch.Tensor, h: torch.Tensor, selected: list[int]) -> torch.Tensor:
-    """∂logit_c/∂h for every selected class: [K, *h.shape], in batched backward passes.
-
-    Falls back to one backward pass per class where the model has an operation that cannot run
-    batched (for instance an `autograd.Function` without vmap support).
-    """
+    """∂logit_c/∂h for every selected class: [K, *h.shape], in batched backward passes
+    (`batched_grad`) over chunks of classes that keep each gradient tensor within `_GRAD_BUDGET_BYTES`."""
     k = len(selected)
     chunk = max(1, min(k, _GRAD_BUDGET_BYTES // max(1, h.numel() * 4)))
     target = logits[:, selected]  # [B, K]
@@ -275,11 +274,7 @@ def _class_gradients(logits: torch.Tensor, h: torch.Tensor, selected: list[int])
     parts = []
     for start in range(0, k, chunk):
         grad_out = eye[start:start + chunk].unsqueeze(1).expand(-1, target.shape[0], -1)  # [k', B, K]
-        try:
-            (g,) = torch.autograd.grad(target, h, grad_out, retain_graph=True, is_grads_batched=True)
-        except RuntimeError:
-            g = torch.stack([torch.autograd.grad(target, h, one, retain_graph=True)[0] for one in grad_out])
-        parts.append(g)
+        parts.append(batched_grad(target, h, grad_out, retain_graph=True))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 

@@ -40,6 +40,7 @@ from torch import nn
 
 from .atlas import Atlas
 from .core.errors import DebugAtlasError
+from .core.gradients import position_input_gradients
 
 MIN_B_SHARE = 0.6
 MAX_FIELD_FRACTION = 0.25
@@ -199,22 +200,14 @@ def effective_field_fraction(model: nn.Module, layer: str | nn.Module, input_sha
     colour channels; the field is the smallest set of pixels holding `mass` of that total. A pooled
     layer ([B, C]) sees the whole image (1.0). The model is left as found.
     """
-    from .core.model import generator, gradient_context, layer_name_and_module, model_device, run_to_layer
-
     if not 0.0 < float(mass) <= 1.0:
         raise DebugAtlasError(f"`mass={mass!r}` must be in (0, 1]. HINT: 0.9 keeps 90 % of the gradient.")
-    name, module = layer_name_and_module(model, layer)
-    shape = tuple(int(s) for s in input_shape)
-    gen = generator(seed)
-    with gradient_context(model):
-        images = torch.rand((max(1, int(trials)), *shape), generator=gen).to(model_device(model)).requires_grad_(True)
-        out = run_to_layer(model, module, images, name)
-        if out.dim() == 2:
-            return 1.0
-        centre = out[:, :, out.shape[2] // 2, out.shape[3] // 2] if out.dim() == 4 else out[:, out.shape[1] // 2]
-        mix = torch.rand(centre.shape[-1], generator=gen).add_(0.5).to(centre.device)
-        (grad,) = torch.autograd.grad((centre * mix).sum(), images)
-    weight = grad.abs().sum(1).mean(0).flatten().double().cpu()
+    weights = position_input_gradients(model, layer, input_shape, None,
+                                       lambda grad: grad.abs().sum(1).mean(0).flatten().double().cpu(),
+                                       trials=trials, seed=seed)
+    if weights is None:
+        return 1.0
+    (weight,) = weights
     total = float(weight.sum())
     if total <= 0:
         return 1.0

@@ -195,10 +195,8 @@ def test_batching_and_repeated_images_do_not_change_results():
     torch.testing.assert_close(a1[perm], a2, rtol=1e-5, atol=1e-7)
 
 
-def test_falls_back_to_one_backward_per_class(monkeypatch):
-    model, ds = _cnn(12), _images(4)
-    acts = capture(model, ds, "layer2", samples_per_image=2)
-    expected = attribute(model, "layer2", ds, acts)
+def _unbatchable(monkeypatch) -> None:
+    """Make every batched backward pass fail as an operation without vmap support does."""
     real_grad = torch.autograd.grad
 
     def unbatchable(*args, **kwargs):
@@ -207,7 +205,30 @@ def test_falls_back_to_one_backward_per_class(monkeypatch):
         return real_grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", unbatchable)
+
+
+def test_batched_grad_is_one_backward_per_row_and_falls_back_to_them(monkeypatch):
+    from debugatlas.core.gradients import batched_grad
+
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = torch.stack([x[0] * x[1], x[2] ** 2])  # by hand: rows of the Jacobian [[2, 1, 0], [0, 0, 6]]
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    expected = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 6.0], [2.0, 1.0, 6.0]])
+    assert torch.equal(batched_grad(y, x, rows, retain_graph=True), expected)
+    _unbatchable(monkeypatch)
+    assert torch.equal(batched_grad(y, x, rows), expected)
+
+
+def test_attribution_and_position_maps_fall_back_to_one_backward_per_class(monkeypatch):
+    from debugatlas.attribution import position_attribution
+
+    model, ds = _cnn(12), _images(4)
+    acts = capture(model, ds, "layer2", samples_per_image=2)
+    expected = attribute(model, "layer2", ds, acts)
+    maps = position_attribution(model, "layer2", ds.images, classes=[3])[0]
+    _unbatchable(monkeypatch)
     torch.testing.assert_close(attribute(model, "layer2", ds, acts), expected)
+    torch.testing.assert_close(position_attribution(model, "layer2", ds.images, classes=[3])[0], maps)
 
 
 # -- relaxed max-pool ------------------------------------------------------------------------------

@@ -250,6 +250,30 @@ def test_receptive_fields_of_many_positions_match_one_at_a_time():
         receptive_fields(stack(), "3", (1, 16, 16), [(1, 1), (8, 0)])
 
 
+def test_receptive_and_effective_fields_are_read_off_the_same_input_gradients():
+    from debugatlas.core.gradients import position_input_gradients
+    from debugatlas.shortcut import effective_field_fraction
+
+    conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+    nn.init.ones_(conv.weight)
+    model = nn.Sequential(conv).train()
+    support = position_input_gradients(model, "0", (1, 8, 8), [(4, 4), (0, 0)], lambda g: (g != 0).any(0)[0],
+                                       trials=2, seed=0)
+    box = torch.zeros(8, 8, dtype=torch.bool)
+    box[3:6, 3:6] = True  # a 3x3 box filter at (4, 4) sees rows and columns 3..5
+    assert torch.equal(support[0], box) and int(support[1].sum()) == 4  # (0, 0): clipped to 2x2
+    (centre,) = position_input_gradients(model, "0", (1, 8, 8), None, lambda g: g.abs().sum((0, 1)), trials=2, seed=0)
+    assert torch.equal(centre != 0, box)  # None: the centre position (4, 4)
+    # the two readings of them: the non-zero box, and the pixels holding the gradient's mass
+    assert receptive_field(model, "0", (1, 8, 8), (4, 4)) == (3, 6, 3, 6)
+    assert effective_field_fraction(model, "0", (1, 8, 8), mass=1.0) == 9 / 64
+    assert model.training and conv.weight.requires_grad and _hooks(model) == 0
+    flat = nn.Sequential(nn.Flatten())
+    assert position_input_gradients(flat, "0", (1, 4, 4), None, lambda g: g, trials=1, seed=0) is None
+    with pytest.raises(DebugAtlasError, match="outside"):
+        position_input_gradients(flat, "0", (1, 4, 4), [(0, 0)], lambda g: g, trials=1, seed=0)
+
+
 def test_exemplar_crops_cut_the_receptive_field(setup):
     model, val, acts, _ = setup
     crops = exemplar_crops(model, "layer3", val, acts, [0, 5])

@@ -1,21 +1,25 @@
 """Running a model to one layer and taking gradients there: the one place every stage does it.
 
 `layer_forward` runs the model with the layer's output replaced by a gradient-requiring leaf;
-`relaxed_pooling` swaps max-pool gradients for average-pool ones (the activation-atlas paper's
-relaxation); `position_attribution` gives h · ∂logit/∂h at every position of a spatial layer.
+`batched_grad` takes many vector-Jacobian products in one backward pass; `relaxed_pooling` swaps
+max-pool gradients for average-pool ones (the activation-atlas paper's relaxation);
+`position_attribution` gives h · ∂logit/∂h at every position of a spatial layer;
+`position_input_gradients` gives the input gradient of a layer position on random images (what
+the receptive fields are measured from).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import DebugAtlasError
-from .model import as_logits, gradient_context, layer_name_and_module, model_device
+from .model import as_logits, generator, gradient_context, layer_name_and_module, model_device, run_to_layer
 
+T = TypeVar("T")
 MAX_ALL_CLASSES = 100  # attributing to every class is limited to models with at most this many
 
 
@@ -75,6 +79,22 @@ def layer_forward(model: nn.Module, module: nn.Module, layer_name: str, images: 
             f"Layer {layer_name!r} did not run in the model's forward pass. HINT: choose another layer."
         )
     return seen["h"], logits
+
+
+def batched_grad(outputs: torch.Tensor, inputs: torch.Tensor, grad_outputs: torch.Tensor, *,
+                 retain_graph: bool = False) -> torch.Tensor:
+    """The gradient of `outputs` w.r.t. `inputs` for each row of `grad_outputs` [T, *outputs.shape]:
+    [T, *inputs.shape].
+
+    One batched backward pass (``is_grads_batched=True``); where the model has an operation that
+    cannot run batched (for instance an `autograd.Function` without vmap support), one backward
+    pass per row.
+    """
+    try:
+        (g,) = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain_graph, is_grads_batched=True)
+    except RuntimeError:
+        g = torch.stack([torch.autograd.grad(outputs, inputs, one, retain_graph=True)[0] for one in grad_outputs])
+    return g
 
 
 def _relaxed_hook(module: nn.MaxPool2d, inputs, output):
@@ -151,9 +171,73 @@ def position_attribution(
             raise DebugAtlasError(f"`position_attribution` got {first.numel()} targets for {logits.shape[0]} images.")
         cols = torch.stack([first] + [torch.full_like(first, c) for c in extra], 1)  # [B, T]
         grad_out = F.one_hot(cols.T, k).to(logits.dtype)  # [T, B, K]
-        try:
-            (g,) = torch.autograd.grad(logits, h, grad_out, is_grads_batched=True)
-        except RuntimeError:
-            g = torch.stack([torch.autograd.grad(logits, h, one, retain_graph=True)[0] for one in grad_out])
+        g = batched_grad(logits, h, grad_out)
         maps = (g * h.detach().unsqueeze(0)).sum(2).transpose(0, 1).float()  # [B, T, H, W]
     return maps.detach(), h.detach(), logits.detach()
+
+
+def _select(output: torch.Tensor, position: tuple[int, int]) -> torch.Tensor:
+    """The layer vectors [B, C] at `position` (row, col); tokens are (0, t)."""
+    row, col = position
+    if output.dim() == 4:
+        limit = tuple(output.shape[2:])
+    elif output.dim() == 3:
+        limit = (1, output.shape[1])
+    else:
+        limit = None
+    if limit is None or not (0 <= row < limit[0] and 0 <= col < limit[1]):
+        raise DebugAtlasError(
+            f"`position={position!r}` is outside the layer output of shape {tuple(output.shape[1:])}. "
+            "HINT: positions are (row, col) of [B, C, H, W] outputs or (0, token) of [B, T, C] outputs."
+        )
+    return output[:, :, row, col] if output.dim() == 4 else output[:, col, :]
+
+
+def _centre(output: torch.Tensor) -> tuple[int, int]:
+    """The middle position of a [B, C, H, W] output, or the middle token (0, T // 2) of a [B, T, C] one."""
+    return (output.shape[2] // 2, output.shape[3] // 2) if output.dim() == 4 else (0, output.shape[1] // 2)
+
+
+def position_input_gradients(
+    model: nn.Module,
+    layer: str | nn.Module,
+    input_shape: Sequence[int],
+    positions: Sequence[tuple[int, int]] | None,
+    reduce: Callable[[torch.Tensor], T],
+    *,
+    trials: int,
+    seed: int,
+    constant_first: bool = False,
+) -> list[T] | None:
+    """`reduce(g)` for each position of the layer's output, g [trials, C, H, W] the gradient w.r.t.
+    the input images of a random mix of the layer's channels at that position.
+
+    The images: `trials` uniformly random ones of `input_shape` (C, H, W) in [0, 1], the first a
+    constant 0.5 with `constant_first`. The mix: one weight per channel, uniform in [0.5, 1.5), the
+    same for every position. Both come from `generator(seed)`, the images first. `positions`:
+    (row, col) of a [B, C, H, W] output or (0, token) of a [B, T, C] one; None is the centre
+    position alone, and gives None for a flat [B, C] output, which has no positions. One forward
+    pass and one backward pass per position; `reduce` runs inside them, so it keeps only what it
+    returns. The model is left as found.
+    """
+    name, module = layer_name_and_module(model, layer)
+    shape = tuple(int(s) for s in input_shape)
+    gen = generator(seed)
+    with gradient_context(model):
+        images = torch.rand((max(1, int(trials)), *shape), generator=gen)
+        if constant_first:
+            images[0] = 0.5
+        images = images.to(model_device(model)).requires_grad_(True)
+        output = run_to_layer(model, module, images, name)
+        if positions is None:
+            if output.dim() == 2:
+                return None
+            positions = [_centre(output)]
+        out, mix = [], None
+        for k, position in enumerate(positions):
+            vectors = _select(output, position)
+            if mix is None:
+                mix = torch.rand(vectors.shape[-1], generator=gen).add_(0.5).to(vectors.device)
+            (grad,) = torch.autograd.grad((vectors * mix).sum(), images, retain_graph=k + 1 < len(positions))
+            out.append(reduce(grad))
+    return out

@@ -11,26 +11,10 @@ from torch import nn
 from ..capture import ActivationSet
 from ..core.datasets import load_images
 from ..core.errors import DebugAtlasError
-from ..core.model import generator, gradient_context, layer_name_and_module, model_device, run_to_layer
+from ..core.gradients import position_input_gradients
+from ..core.model import layer_name_and_module
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _select(output: torch.Tensor, position: tuple[int, int]) -> torch.Tensor:
-    """The layer vectors [B, C] at `position` (row, col); tokens are (0, t)."""
-    row, col = position
-    if output.dim() == 4:
-        limit = tuple(output.shape[2:])
-    elif output.dim() == 3:
-        limit = (1, output.shape[1])
-    else:
-        limit = None
-    if limit is None or not (0 <= row < limit[0] and 0 <= col < limit[1]):
-        raise DebugAtlasError(
-            f"`position={position!r}` is outside the layer output of shape {tuple(output.shape[1:])}. "
-            "HINT: positions are (row, col) of [B, C, H, W] outputs or (0, token) of [B, T, C] outputs."
-        )
-    return output[:, :, row, col] if output.dim() == 4 else output[:, col, :]
 
 
 def receptive_field(model: nn.Module, layer: str | nn.Module, input_shape: Sequence[int],
@@ -59,25 +43,21 @@ def receptive_fields(model: nn.Module, layer: str | nn.Module, input_shape: Sequ
     cache = _CACHE.setdefault(model, {}).setdefault((name, shape), {})
     missing = list(dict.fromkeys(pos for pos in wanted if pos != (-1, -1) and pos not in cache))
     if missing:
-        gen = generator(seed)
-        device = model_device(model)
-        with gradient_context(model):
-            images = torch.rand((max(1, int(trials)), *shape), generator=gen)
-            images[0] = 0.5
-            images = images.to(device).requires_grad_(True)
-            output = run_to_layer(model, module, images, name)
-            mix = None
-            for k, pos in enumerate(missing):
-                vectors = _select(output, pos)
-                if mix is None:
-                    mix = torch.rand(vectors.shape[-1], generator=gen).add_(0.5).to(device)
-                (grad,) = torch.autograd.grad((vectors * mix).sum(), images, retain_graph=k + 1 < len(missing))
-                support = (grad != 0).any(0).any(0)
-                rows = torch.nonzero(support.any(1)).flatten()
-                cols = torch.nonzero(support.any(0)).flatten()
-                cache[pos] = (whole if rows.numel() == 0 else
-                              (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1))
+        boxes = position_input_gradients(model, module, shape, missing, lambda grad: _support_box(grad, whole),
+                                         trials=trials, seed=seed, constant_first=True)
+        cache.update(zip(missing, boxes))
     return [whole if pos == (-1, -1) else cache[pos] for pos in wanted]
+
+
+def _support_box(grad: torch.Tensor, whole: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The half-open box (row0, row1, col0, col1) of the pixels where `grad` [N, C, H, W] is non-zero
+    for any input and channel; `whole` when it is zero everywhere."""
+    support = (grad != 0).any(0).any(0)
+    rows = torch.nonzero(support.any(1)).flatten()
+    cols = torch.nonzero(support.any(0)).flatten()
+    if rows.numel() == 0:
+        return whole
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _window(start: int, stop: int, length: int, size: int) -> tuple[int, int]:
