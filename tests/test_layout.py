@@ -1,5 +1,5 @@
-"""layout.py: normalisation properties, seeded UMAP / t-SNE / PCA layouts, recorded parameters,
-exact neighbours, degenerate input and clear errors."""
+"""The layout package: normalisation properties, seeded UMAP / t-SNE / PCA layouts, recorded
+parameters, exact neighbours, the torch backend's stages, degenerate input and clear errors."""
 from __future__ import annotations
 
 import json
@@ -206,11 +206,11 @@ def test_init_only_stores_and_fit_checks_settings():
 def test_pca_dims_projects_before_umap_and_matches_sklearn_pca():
     from sklearn.decomposition import PCA
 
-    from debugatlas.layout import Layout, pca_project
+    from debugatlas.layout._projection import pca_torch
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(300, 3)) @ rng.normal(size=(3, 20)) + 0.01 * rng.normal(size=(300, 20))).astype(np.float32)
-    ours = pca_project(x, 3)
+    ours = pca_torch(torch.from_numpy(x), 3).numpy()
     ref = PCA(n_components=3).fit_transform(x)
     for k in range(3):  # same axes up to sign
         assert abs(abs(np.corrcoef(ours[:, k], ref[:, k])[0, 1]) - 1) < 1e-4

@@ -1,4 +1,4 @@
-"""layout.py, backend="torchdr": clusters kept apart, settings mapped onto `torchdr.UMAP`, seeded
+"""`Layout(backend="torchdr")`: clusters kept apart, settings mapped onto `torchdr.UMAP`, seeded
 and leaving torch's global generator as found, clear errors for bad settings and a missing torchdr."""
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
 """Layout: activation vectors placed in the unit square (UMAP by default; t-SNE, PCA; fast backends)."""
-from .layout import BACKENDS, KNN, METHODS, Layout, exact_knn, normalize_layout, pca_project
+from ._settings import BACKENDS, KNN, METHODS
+from .knn import exact_knn
+from .layout import Layout
+from .normalize import normalize_layout
 
-__all__ = ["BACKENDS", "KNN", "METHODS", "Layout", "exact_knn", "normalize_layout", "pca_project"]
+__all__ = ["BACKENDS", "KNN", "METHODS", "Layout", "exact_knn", "normalize_layout"]

@@ -1,74 +1,18 @@
-"""UMAP's stages in torch (and one compiled CPU loop): the `Layout(backend="torch")` fast path.
+"""UMAP's stages in torch (and one compiled CPU loop) for `Layout(backend="torch")`.
 
-PCA, exact kNN in row blocks, UMAP's fuzzy simplicial set, a PCA start and UMAP's embedding
-optimisation with every edge sampled in an epoch applied at once. Everything runs on the input
-tensors' device; on a CPU the neighbour search and the graph can come from umap-learn instead
-(`nndescent`, `umap_graph`) and the epochs run in a parallel numba loop (`numba_epochs`).
+UMAP's fuzzy simplicial set, a PCA start and UMAP's embedding optimisation with every edge
+sampled in an epoch applied at once. Everything runs on the input tensors' device; on a CPU the
+graph can come from umap-learn instead (`umap_graph`) and the epochs run in a parallel numba loop
+(`numba_epochs`). The neighbours come from `knn`, the ``pca_dims`` projection from `_projection`;
+`_torch` runs the stages in order.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-
-def pca_torch(x: torch.Tensor, dims: int) -> torch.Tensor:
-    """Centred projection of `x` [N, C] on its top `dims` principal axes, on x's device."""
-    xc = x - x.mean(0, keepdim=True)
-    cov = (xc.T @ xc).double() / max(1, x.shape[0] - 1)  # float32 products, float64 eigh
-    _, vecs = torch.linalg.eigh(cov)
-    axes = vecs[:, -dims:].flip(1)
-    sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
-    return xc @ (axes * sign).to(x.dtype)
-
-
-def knn_torch(x: torch.Tensor, k: int, metric: str, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact kNN of `x` [N, C] float32 on its device, in row blocks of about `chunk_bytes`.
-
-    Returns (indices [N, k] int64, distances [N, k] float32) on x's device, self first.
-    """
-    n = x.shape[0]
-    zero = None
-    if metric == "cosine":
-        norm = x.norm(dim=1, keepdim=True)
-        x = x / norm.clamp_min(1e-30)
-        if bool((norm == 0).any()):
-            zero = norm.squeeze(1) == 0
-    else:
-        sq = (x * x).sum(1)
-    rows = max(1, min(n, chunk_bytes // (4 * n)))
-    indices = torch.empty((n, k), dtype=torch.int64, device=x.device)
-    dists = torch.empty((n, k), dtype=torch.float32, device=x.device)
-    for start in range(0, n, rows):
-        stop = min(n, start + rows)
-        own = torch.arange(start, stop, device=x.device)
-        if metric == "cosine":  # largest similarity first; itself (3) before any other point
-            s = x[start:stop] @ x.T
-            if zero is not None:  # two zero vectors are at distance 0, a zero and another at 1
-                zb = zero[start:stop, None]
-                s = torch.where(zb | zero[None, :], (zb & zero[None, :]).float(), s)
-            s[own - start, own] = 3.0
-            val, idx = torch.topk(s, k, dim=1)
-            dist = (1.0 - val).clamp_min(0)
-        else:  # |x_j|^2 - 2 x_i.x_j orders row i like the distance
-            s = torch.addmm(sq[None, :], x[start:stop], x.T, alpha=-2.0)
-            s[own - start, own] = -float("inf")
-            val, idx = torch.topk(s, k, dim=1, largest=False)
-            dist = (val + sq[start:stop, None]).clamp_min(0).sqrt()
-        indices[start:stop] = idx
-        dists[start:stop] = dist
-    return indices, dists
-
-
-def nndescent(x: torch.Tensor, k: int, metric: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """umap-learn's seeded NN-descent search on x (copied to the CPU) on all of numba's threads:
-    indices, distances [N, k]. The result is fixed by the seed and the thread count."""
-    from umap.umap_ import nearest_neighbors
-
-    indices, dists, _ = nearest_neighbors(
-        x.cpu().numpy(), k, metric, {}, False, np.random.RandomState(seed),
-        low_memory=True, use_pynndescent=True, n_jobs=-1,
-    )
-    return torch.from_numpy(indices.astype(np.int64)), torch.from_numpy(dists.astype(np.float32))
+from ._projection import pca_torch
+from .normalize import unit_rows_torch
 
 
 def umap_graph(indices: torch.Tensor, dists: torch.Tensor, n_neighbors: int, metric: str,
@@ -144,7 +88,7 @@ def pca_init(x: torch.Tensor, n_components: int, metric: str, generator: torch.G
     """Start of the optimisation: top principal components (of unit rows for "cosine"), each axis
     scaled to [0, 10] as umap-learn scales its initialisations, plus 1e-4 noise against ties."""
     if metric == "cosine":
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        x = unit_rows_torch(x)
     y = pca_torch(x, n_components)
     lo, hi = y.amin(0), y.amax(0)
     y = 10.0 * (y - lo) / (hi - lo).clamp_min(1e-30)

@@ -1,4 +1,5 @@
-"""TorchDR's UMAP behind `Layout(backend="torchdr")`: imported lazily, seeded without side effects.
+"""The torchdr backend, `Layout(backend="torchdr")`: TorchDR's UMAP after the ``pca_dims``
+projection, imported lazily and seeded without side effects.
 
 TorchDR (`pip install torchdr`) is optional. Its plain-torch neighbour search (``backend=None``:
 no faiss, no KeOps) holds the full N x N distance matrix, so memory grows as N^2.
@@ -9,33 +10,56 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..core.errors import DebugAtlasError
+from ._laps import Laps
+from ._projection import project
+from .normalize import unit_rows_torch
+
+if TYPE_CHECKING:  # `_settings` reads `METRICS` from here
+    from ._settings import Settings
 
 # Layout's metric -> TorchDR's, on unit rows for "cosine": TorchDR's "angular" is -u.v = (1 - cos) - 1,
 # the same neighbours, and UMAP's memberships exp(-(d - rho) / sigma) do not change under d + constant.
 METRICS = {"cosine": "angular", "euclidean": "euclidean"}
 
 
-def umap(x: torch.Tensor, n_neighbors: int, n_components: int, min_dist: float, metric: str,
-         n_epochs: int, seed: int) -> tuple[np.ndarray, int]:
+def fit(x: torch.Tensor, s: Settings) -> tuple[np.ndarray, dict[str, Any]]:
+    """`torchdr.UMAP` of `x` [N, C] on x's device after the ``pca_dims`` projection: (raw layout
+    [N, n_components] float32, the entries of ``params_`` that say what ran)."""
+    lap = Laps(x.device)
+    x = project(x, s.pca_dims)
+    lap("pca")
+    raw, epochs = _umap(x, s)
+    lap("umap")
+    device = x.device
+    return raw, {
+        "pca_dims": s.pca_dims, "knn": f"exact (torchdr, torch, {device})",
+        "graph": f"fuzzy simplicial set (torchdr, {device})", "init": "pca (torchdr)",
+        "optimizer": f"SGD with negative sampling (torchdr, {device})", "n_epochs_run": epochs,
+        "stage_seconds": lap.seconds,
+    }
+
+
+def _umap(x: torch.Tensor, s: Settings) -> tuple[np.ndarray, int]:
     """`torchdr.UMAP` of `x` [N, C] on x's device: (embedding [N, n_components] float32, epochs run).
 
-    `metric` is one of `METRICS`; for "cosine" the rows are scaled to unit length first. Seeded
-    through torch's global generators, which are restored afterwards.
+    `s.metric` is one of `METRICS`; for "cosine" the rows are scaled to unit length first. Seeded
+    with `s.seed` through torch's global generators, which are restored afterwards.
     """
     torchdr = _import()
-    if metric == "cosine":
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    if s.metric == "cosine":
+        x = unit_rows_torch(x)
     reducer = torchdr.UMAP(
-        n_neighbors=n_neighbors, n_components=n_components, min_dist=min_dist,
-        metric=METRICS[metric], max_iter=n_epochs, device=str(x.device), backend=None,
+        n_neighbors=s.n_neighbors, n_components=s.n_components, min_dist=s.min_dist,
+        metric=METRICS[s.metric], max_iter=s.epochs(x.shape[0]), device=str(x.device), backend=None,
         random_state=None, compile=False, distributed=False,
     )
-    with _seeded(seed, x.device):
+    with _seeded(s.seed, x.device):
         raw = reducer.fit_transform(x).detach().cpu().numpy()
     return np.ascontiguousarray(raw, dtype=np.float32), int(reducer.n_iter_) + 1
 
