@@ -6,7 +6,8 @@ import torch
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[C, h, w] in [0, 1] -> [h, w, C] uint8 (rounded)."""
+    """[C, h, w] in [0, 1] -> [h, w, C] uint8, the channels kept, rounded half to even: the pixels a
+    PNG of the run holds, read back by `from_uint8`. (A page's pictures: `report.figures.to_rgb8`.)"""
     return (image.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 

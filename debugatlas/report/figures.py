@@ -7,8 +7,12 @@ import numpy as np
 import torch
 
 
-def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[C, H, W] in [0, 1] (C = 1 or 3) or [H, W, 3] uint8 -> [H, W, 3] uint8."""
+def to_rgb8(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The picture of an image as 8-bit RGB: [C, H, W] or [H, W] in [0, 1] (C = 1 or 3), or a uint8
+    [H, W, 3] / [H, W] array, -> [H, W, 3] uint8, grey repeated into the three colours, rounded half up.
+
+    For what a page shows; a run's stored pixels keep their channels (`artifacts.images.to_uint8`).
+    """
     if isinstance(image, np.ndarray) and image.dtype == np.uint8:
         return image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)
     arr = torch.as_tensor(image).detach().float().cpu().clamp(0, 1).numpy()
@@ -22,10 +26,10 @@ def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def save_png(path: Path, image, scale: int = 1) -> None:
-    """Save an image (see `to_uint8`) as PNG, upscaled by `scale` with nearest neighbour."""
+    """Save an image (see `to_rgb8`) as PNG, upscaled by `scale` with nearest neighbour."""
     from PIL import Image
 
-    arr = to_uint8(image)
+    arr = to_rgb8(image)
     if scale > 1:
         arr = arr.repeat(scale, 0).repeat(scale, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +38,7 @@ def save_png(path: Path, image, scale: int = 1) -> None:
 
 def heat_overlay(image: torch.Tensor, heat: torch.Tensor) -> np.ndarray:
     """Image in grey with positive attribution in red and negative in blue."""
-    grey = to_uint8(image).astype(np.float32).mean(-1, keepdims=True) / 255.0
+    grey = to_rgb8(image).astype(np.float32).mean(-1, keepdims=True) / 255.0
     h = heat.detach().float().cpu().numpy()
     scale = np.abs(h).max() or 1.0
     pos, neg = np.clip(h / scale, 0, 1)[..., None], np.clip(-h / scale, 0, 1)[..., None]
