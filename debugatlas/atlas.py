@@ -326,64 +326,11 @@ def _fit_layout(vectors: torch.Tensor, layout: dict | None, seed: int, **overrid
     return np.asarray(fitted.embedding_, dtype=np.float32), params
 
 
-def _check_enough(count: int, what: str, min_samples: int) -> None:
-    if count < min_samples:
-        raise DebugAtlasError(
-            f"{what} selects only {count} samples; at least {min_samples} are needed for a layout. "
-            "HINT: raise `top_n`, capture more samples (larger `cap` or `samples_per_image`), "
-            "or pick a class the model sees more often."
-        )
+def comparison_mask(acts: ActivationSet, attributions: Any, a: int, b: int, top_n: int) -> np.ndarray:
+    """Samples of the two-class comparison of classes `a` and `b`: bool [N].
 
-
-def class_filtered_atlas(
-    acts: ActivationSet,
-    attributions: Any,
-    target: int,
-    top_n: int = 2000,
-    grid_size: int = 20,
-    layout: dict | None = None,
-    min_count: int = 1,
-    n_exemplars: int = 8,
-    seed: int = 0,
-    min_samples: int = MIN_FILTER_SAMPLES,
-) -> Atlas:
-    """Atlas of the samples relevant to class `target` (`class_filter_mask`), laid out again.
-
-    `layout` holds keyword arguments for `Layout` (method, n_neighbors, min_dist, metric, seed);
-    n_neighbors is lowered to (number of samples - 1) when there are few samples, never below 2,
-    and `layout_params` records the value used, the value asked for, and the filter. Raises
-    `DebugAtlasError` naming the class when fewer than `min_samples` samples are selected.
-    """
-    attr = _attribution_matrix(attributions, len(acts))
-    mask = class_filter_mask(attr, target, top_n)
-    index = np.flatnonzero(mask)
-    _check_enough(index.size, f"The class filter for class {int(target)} (top_n={top_n})", min_samples)
-    xy, params = _fit_layout(acts.vectors[torch.as_tensor(index)], layout, seed)
-    params["filter"] = {"kind": "class", "target": int(target), "top_n": int(top_n)}
-    return build_atlas(xy, acts, attr, grid_size, min_count, n_exemplars, index, params)
-
-
-def comparison_atlas(
-    acts: ActivationSet,
-    attributions: Any,
-    a: int,
-    b: int,
-    grid_size: int = 20,
-    seed: int = 0,
-    top_n: int = 2000,
-    layout: dict | None = None,
-    min_count: int = 1,
-    n_exemplars: int = 8,
-    min_samples: int = MIN_FILTER_SAMPLES,
-) -> Atlas:
-    """Two-class comparison atlas of classes `a` and `b`.
-
-    Samples: those whose true label or prediction is `a` or `b`, together with the class filters
-    of both classes (`class_filter_mask(attributions, a, top_n) | class_filter_mask(..., b, top_n)`).
-    x: d = attr_a - attr_b, divided by the 99th percentile of |d| over these samples (by max |d|
-    if that is 0), clipped to [-1, 1] and mapped to [0, 1]: x = 0 pulls toward b, x = 1 toward a,
-    x = 0.5 is neutral (all 0.5 when every d is 0). y: a 1-D `Layout` (n_components=1) of the
-    samples' vectors, n_neighbors reduced for few samples as in `class_filtered_atlas`.
+    True where the sample's true label or prediction is `a` or `b`, and in the class filters of
+    both classes (`class_filter_mask(attributions, a, top_n) | class_filter_mask(..., b, top_n)`).
     """
     attr = _attribution_matrix(attributions, len(acts))
     a = _check_class(a, attr.shape[1], "a")
@@ -394,8 +341,78 @@ def comparison_atlas(
     preds = acts.preds.detach().cpu().numpy()
     mask = np.isin(labels, (a, b)) | np.isin(preds, (a, b))
     mask |= class_filter_mask(attr, a, top_n) | class_filter_mask(attr, b, top_n)
+    return mask
+
+
+def view_samples(mask: np.ndarray, what: str, option: str = "top_n") -> np.ndarray:
+    """Indices [M] int64 of the samples `mask` [N] selects for a view (a class filter, a comparison).
+
+    Raises `DebugAtlasError` naming `what` and the option that widens the selection (`option`)
+    when fewer than `MIN_FILTER_SAMPLES` are selected.
+    """
     index = np.flatnonzero(mask)
-    _check_enough(index.size, f"The comparison of classes {a} and {b} (top_n={top_n})", min_samples)
+    if index.size < MIN_FILTER_SAMPLES:
+        raise DebugAtlasError(
+            f"{what} selects only {index.size} samples; at least {MIN_FILTER_SAMPLES} are needed for a view. "
+            f"HINT: raise `{option}`, capture more samples (larger `cap` or `samples_per_image`), "
+            "or pick a class the model sees more often."
+        )
+    return index
+
+
+def class_filtered_atlas(
+    acts: ActivationSet,
+    attributions: Any,
+    *,
+    target: int,
+    top_n: int = 2000,
+    grid_size: int = 20,
+    layout: dict | None = None,
+    min_count: int = 1,
+    n_exemplars: int = 8,
+    seed: int = 0,
+) -> Atlas:
+    """Atlas of the samples relevant to class `target` (`class_filter_mask`), laid out again.
+
+    `layout` holds keyword arguments for `Layout` (method, n_neighbors, min_dist, metric, seed);
+    n_neighbors is lowered to (number of samples - 1) when there are few samples, never below 2,
+    and `layout_params` records the value used, the value asked for, and the filter. Raises
+    `DebugAtlasError` naming the class when fewer than `MIN_FILTER_SAMPLES` samples are selected.
+    """
+    attr = _attribution_matrix(attributions, len(acts))
+    index = view_samples(class_filter_mask(attr, target, top_n),
+                         f"The class filter for class {int(target)} (top_n={top_n})")
+    xy, params = _fit_layout(acts.vectors[torch.as_tensor(index)], layout, seed)
+    params["filter"] = {"kind": "class", "target": int(target), "top_n": int(top_n)}
+    return build_atlas(xy, acts, attr, grid_size, min_count, n_exemplars, index, params)
+
+
+def comparison_atlas(
+    acts: ActivationSet,
+    attributions: Any,
+    *,
+    a: int,
+    b: int,
+    top_n: int = 2000,
+    grid_size: int = 20,
+    layout: dict | None = None,
+    min_count: int = 1,
+    n_exemplars: int = 8,
+    seed: int = 0,
+) -> Atlas:
+    """Two-class comparison atlas of classes `a` and `b`, the other arguments as in `class_filtered_atlas`.
+
+    Samples: `comparison_mask` (those whose true label or prediction is `a` or `b`, and the class
+    filters of both classes); at least `MIN_FILTER_SAMPLES`.
+    x: d = attr_a - attr_b, divided by the 99th percentile of |d| over these samples (by max |d|
+    if that is 0), clipped to [-1, 1] and mapped to [0, 1]: x = 0 pulls toward b, x = 1 toward a,
+    x = 0.5 is neutral (all 0.5 when every d is 0). y: a 1-D `Layout` (n_components=1) of the
+    samples' vectors, n_neighbors reduced for few samples as in `class_filtered_atlas`.
+    """
+    attr = _attribution_matrix(attributions, len(acts))
+    mask = comparison_mask(acts, attr, a, b, top_n)
+    a, b = int(a), int(b)
+    index = view_samples(mask, f"The comparison of classes {a} and {b} (top_n={top_n})")
     diff = attr[index, a].astype(np.float64) - attr[index, b].astype(np.float64)
     scale = float(np.percentile(np.abs(diff), 99))
     if scale <= 0:

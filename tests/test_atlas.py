@@ -4,7 +4,8 @@ import torch
 
 from debugatlas.core import DebugAtlasError
 from debugatlas.atlas import (
-    Atlas, bin_points, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas, filter_overlap,
+    MIN_FILTER_SAMPLES, Atlas, bin_points, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas,
+    comparison_mask, filter_overlap, view_samples,
 )
 from debugatlas.capture import ActivationSet
 
@@ -195,18 +196,17 @@ def test_class_filter_mask_hand_made():
 @pytest.fixture
 def fake_umap(monkeypatch):
     """Replace UMAP's optimisation (seconds of compilation), umap-learn's and the torch backend's, by a
-    seeded random embedding;
-    Layout's own checks (n_neighbors < number of samples) still run."""
-    from debugatlas import layout
+    seeded random embedding; Layout's own checks (n_neighbors < number of samples) still run."""
+    from debugatlas.layout import _torch, _umap_learn
 
     seen = []
 
-    def _umap(self, x, params):
-        seen.append(int(self.n_neighbors))
-        return np.random.default_rng(0).normal(size=(x.shape[0], self.n_components))
+    def fit(x, settings):
+        seen.append(int(settings.n_neighbors))
+        return np.random.default_rng(0).normal(size=(x.shape[0], settings.n_components)), {}
 
-    monkeypatch.setattr(layout.Layout, "_umap", _umap)
-    monkeypatch.setattr(layout.Layout, "_umap_torch", _umap)  # the default backend on every device
+    monkeypatch.setattr(_umap_learn, "fit", fit)
+    monkeypatch.setattr(_torch, "fit", fit)  # the default backend on every device
     return seen
 
 
@@ -252,7 +252,7 @@ def test_class_filtered_atlas_too_few_samples_names_class():
 
 def test_comparison_atlas_x_follows_attribution_difference():
     acts, attr = make_acts(n=200, k=4)
-    atlas = comparison_atlas(acts, attr, 0, 1, grid_size=10, layout={"method": "pca"})
+    atlas = comparison_atlas(acts, attr, a=0, b=1, grid_size=10, layout={"method": "pca"})
     xy = atlas.xy
     assert xy.shape == (atlas.sample_index.size, 2)
     assert xy.min() >= 0 and xy.max() <= 1
@@ -261,9 +261,11 @@ def test_comparison_atlas_x_follows_attribution_difference():
     relevant = np.isin(labels, (0, 1)) | np.isin(preds, (0, 1))
     expected = relevant | class_filter_mask(attr, 0, 2000) | class_filter_mask(attr, 1, 2000)
     assert idx.tolist() == np.flatnonzero(expected).tolist()
-    small = comparison_atlas(acts, attr, 0, 1, top_n=3, layout={"method": "pca"})
+    assert np.array_equal(comparison_mask(acts, attr, 0, 1, 2000), expected)
+    small = comparison_atlas(acts, attr, a=0, b=1, top_n=3, layout={"method": "pca"})
     expected = relevant | class_filter_mask(attr, 0, 3) | class_filter_mask(attr, 1, 3)
     assert small.sample_index.tolist() == np.flatnonzero(expected).tolist()
+    assert np.array_equal(comparison_mask(acts, attr, 0, 1, 3), expected)
     diff = (attr[idx, 0] - attr[idx, 1]).numpy()
     order = np.argsort(diff, kind="stable")
     assert (np.diff(xy[order, 0]) >= -1e-7).all()  # x is monotone in attr_a - attr_b
@@ -279,16 +281,29 @@ def test_comparison_atlas_x_follows_attribution_difference():
 def test_comparison_atlas_bad_inputs():
     acts, attr = make_acts(n=50, k=3)
     with pytest.raises(DebugAtlasError, match="same class"):
-        comparison_atlas(acts, attr, 1, 1)
+        comparison_atlas(acts, attr, a=1, b=1)
     with pytest.raises(DebugAtlasError, match="b=7"):
-        comparison_atlas(acts, attr, 1, 7)
-    with pytest.raises(DebugAtlasError, match=r"classes 1 and 2.*HINT"):
-        comparison_atlas(acts.subset(np.arange(4)), attr[:4], 1, 2, layout={"method": "pca"})
+        comparison_atlas(acts, attr, a=1, b=7)
+    with pytest.raises(DebugAtlasError, match="b=7"):
+        comparison_mask(acts, attr, 1, 7, 10)
+    with pytest.raises(DebugAtlasError, match=r"classes 1 and 2.*HINT: raise `top_n`"):
+        comparison_atlas(acts.subset(np.arange(4)), attr[:4], a=1, b=2, layout={"method": "pca"})
+    with pytest.raises(TypeError):
+        comparison_atlas(acts, attr, 1, 2)  # the classes are named: a=..., b=...
+
+
+def test_a_view_needs_the_minimum_of_samples_and_names_the_option_that_widens_it():
+    mask = np.zeros(10, dtype=bool)
+    mask[[1, 3, 5, 7]] = True
+    with pytest.raises(DebugAtlasError, match=r"The filter selects only 4 samples; at least 5.*HINT: raise `filter_top_n`"):
+        view_samples(mask, "The filter", "filter_top_n")
+    mask[9] = True
+    assert view_samples(mask, "The filter").tolist() == [1, 3, 5, 7, 9] and MIN_FILTER_SAMPLES == 5
 
 
 def test_comparison_atlas_umap_one_dimensional(fake_umap):
     acts, attr = make_acts(n=120, k=3)
-    atlas = comparison_atlas(acts, attr, 2, 0, grid_size=8, layout={"n_neighbors": 500})
+    atlas = comparison_atlas(acts, attr, a=2, b=0, grid_size=8, layout={"n_neighbors": 500})
     assert atlas.layout_params["n_components"] == 1
     assert atlas.layout_params["n_neighbors"] == atlas.sample_index.size - 1
     assert 0 <= atlas.xy.min() and atlas.xy.max() <= 1

@@ -6,7 +6,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atlas import Atlas, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas, filter_overlap
+from ..atlas import (
+    Atlas, build_atlas, class_filter_mask, class_filtered_atlas, comparison_atlas, comparison_mask, filter_overlap,
+    view_samples,
+)
 from ..attribution import MAX_ALL_CLASSES, attribute
 from ..capture import ActivationSet
 from ..confusion import rank_confusing_cells
@@ -14,7 +17,6 @@ from ..core.errors import DebugAtlasError
 from .context import RunContext
 from .records import Layout2D, PairPlan, PairViews
 
-_MIN_VIEW_SAMPLES = 5
 _OVERLAP_NOTE = 0.5  # class filters sharing at least this share of their samples get a note
 
 
@@ -119,42 +121,33 @@ def pair_views(ctx: RunContext, *, acts: ActivationSet, attributions: torch.Tens
     return PairViews(tuple(cells), views["filtered_a"], views["filtered_b"], views["comparison"], tuple(notes))
 
 
-def _view(ctx: RunContext, acts, attributions, layout: Layout2D, grid: int, index: np.ndarray, what: str,
+def _view(ctx: RunContext, acts, attributions, layout: Layout2D, grid: int, mask: np.ndarray, what: str,
           filter_params: dict) -> Atlas:
-    if index.size < _MIN_VIEW_SAMPLES:
-        raise DebugAtlasError(
-            f"{what} selects only {index.size} samples; at least {_MIN_VIEW_SAMPLES} are needed. "
-            "HINT: raise `filter_top_n` or capture more samples."
-        )
+    index = view_samples(mask, what, "filter_top_n")
     params = dict(layout.params, filter=filter_params, layout="shared with the main atlas")
     return build_atlas(layout.xy[index], acts, attributions, grid, 1, ctx.config.n_exemplars, index, params)
 
 
 def _shared_filtered(ctx, acts, attributions, layout, grid: int, cls: int) -> Atlas:
     mask = class_filter_mask(attributions.numpy(), cls, ctx.config.filter_top_n)
-    return _view(ctx, acts, attributions, layout, grid, np.flatnonzero(mask),
-                 f"The class filter for {ctx.class_names[cls]!r}",
+    return _view(ctx, acts, attributions, layout, grid, mask, f"The class filter for {ctx.class_names[cls]!r}",
                  {"kind": "class", "target": int(cls), "top_n": int(ctx.config.filter_top_n)})
 
 
 def _shared_comparison(ctx, acts, attributions, layout, grid: int, plan: PairPlan) -> Atlas:
-    attr = attributions.numpy()
-    labels, preds = acts.labels.numpy(), acts.preds.numpy()
-    mask = np.isin(labels, (plan.a, plan.b)) | np.isin(preds, (plan.a, plan.b))
     top_n = ctx.config.filter_top_n
-    mask |= class_filter_mask(attr, plan.a, top_n) | class_filter_mask(attr, plan.b, top_n)
-    return _view(ctx, acts, attributions, layout, grid, np.flatnonzero(mask),
-                 f"The comparison of {plan.a_name!r} and {plan.b_name!r}",
+    mask = comparison_mask(acts, attributions, plan.a, plan.b, top_n)
+    return _view(ctx, acts, attributions, layout, grid, mask, f"The comparison of {plan.a_name!r} and {plan.b_name!r}",
                  {"kind": "comparison", "a": int(plan.a), "b": int(plan.b), "top_n": int(top_n)})
 
 
 def _own_filtered(ctx, acts, attributions, cls: int) -> Atlas:
-    grid = max(4, ctx.config.grid_size // 2)
-    return class_filtered_atlas(acts, attributions, cls, ctx.config.filter_top_n, grid, layout_options(ctx), 1,
-                                ctx.config.n_exemplars, ctx.seed)
+    return class_filtered_atlas(acts, attributions, target=cls, top_n=ctx.config.filter_top_n,
+                                grid_size=max(4, ctx.config.grid_size // 2), layout=layout_options(ctx), min_count=1,
+                                n_exemplars=ctx.config.n_exemplars, seed=ctx.seed)
 
 
 def _own_comparison(ctx, acts, attributions, plan: PairPlan) -> Atlas:
-    grid = max(4, ctx.config.grid_size // 2)
-    return comparison_atlas(acts, attributions, plan.a, plan.b, grid, ctx.seed, ctx.config.filter_top_n,
-                            layout_options(ctx), 1, ctx.config.n_exemplars)
+    return comparison_atlas(acts, attributions, a=plan.a, b=plan.b, top_n=ctx.config.filter_top_n,
+                            grid_size=max(4, ctx.config.grid_size // 2), layout=layout_options(ctx), min_count=1,
+                            n_exemplars=ctx.config.n_exemplars, seed=ctx.seed)
