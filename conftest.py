@@ -78,3 +78,19 @@ def trained_cnn(digits_data):
 
     torch.manual_seed(0)
     return train_classifier(SmallCNN(1, 10, width=8), digits_data[0], epochs=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`demo_run(scenario)`: the demo's run directory and result, run once per session per scenario."""
+    from debugatlas.demo import run_demo
+
+    done: dict = {}
+
+    def run(scenario: str):
+        if scenario not in done:
+            out = tmp_path_factory.mktemp(f"demo_{scenario}") / scenario
+            done[scenario] = (out, run_demo(out, scenario=scenario))
+        return done[scenario]
+
+    return run

@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .artifacts.summary import baseline_pair, baseline_patch_rates
+from .artifacts.record import GATE_EPS as _EPS, PairRecord, RunRecord, gate, rate_interval
+from .artifacts.suite_file import suite_dirs
+from .artifacts.summary import as_record, baseline_pair
 from .core.errors import DebugAtlasError
 from .patches.stats import wilson_interval, z_for_looks
-from .artifacts.paths import SUITE_FILE
 from .patches.suite import PatchSuite, SuiteRun
 
-_EPS = 1e-9
 STATUSES = ("ok", "failed", "reported", "nothing_to_measure")
 CHECK_IMAGES = 100  # images of A a rerun measures at most by default, as the confirmation half
 GATE_RULE = (
@@ -146,19 +146,16 @@ class _Reference:
 
 def _reference(value: float, n, ci, origin: str, verdict: str | None = None) -> _Reference:
     value = float(value)
-    if ci is not None:
-        lo, hi = float(ci[0]), float(ci[1])
-    elif n is not None and int(n) > 0 and not math.isnan(value):
-        lo, hi = wilson_interval(min(int(n), max(0, round(value * int(n)))), int(n))
-    else:
-        lo = hi = value
+    lo, hi = rate_interval(value, n, ci) or (value, value)
     return _Reference(value, lo, hi, None if n is None else int(n), origin, verdict)
 
 
-def _baseline_patches(pair: dict | None) -> dict[tuple[str, str], _Reference]:
-    """(patch id, placement) -> baseline flip rate with its interval and verdict, from summary.json."""
-    return {key: _reference(value, n, ci, "baseline", verdict)
-            for key, (value, n, ci, verdict) in baseline_patch_rates(pair).items()}
+def _baseline_patches(pair: PairRecord | None) -> dict[tuple[str, str], _Reference]:
+    """(patch id, placement) -> baseline flip rate with its interval and verdict, from the run record."""
+    if pair is None:
+        return {}
+    return {(p.id, p.placement): _reference(p.flip_rate, p.n_images, p.flip_rate_ci, "baseline", p.verdict)
+            for p in pair.patches if p.flip_rate is not None}
 
 
 def _suite_reference(suite: PatchSuite, patch_id: str, placement: str) -> _Reference:
@@ -167,22 +164,17 @@ def _suite_reference(suite: PatchSuite, patch_id: str, placement: str) -> _Refer
     return _reference(r.flip_rate, r.n_images, ci, "suite baseline", r.verdict)
 
 
-def _pair_references(baseline: dict | None, suite: PatchSuite) -> tuple[_Reference | None, _Reference | None]:
-    """Baseline accuracy and a->b confusion rate: from summary.json, else the suite's metadata."""
+def _pair_references(baseline: RunRecord | None, suite: PatchSuite) -> tuple[_Reference | None, _Reference | None]:
+    """Baseline accuracy and a->b confusion rate: from the run record, else the suite's metadata."""
     meta = suite.metadata or {}
     accuracy = confusion = None
-    if baseline is not None and baseline.get("accuracy") is not None:
-        accuracy = _reference(baseline["accuracy"], baseline.get("num_images"), None, "baseline")
+    if baseline is not None:
+        accuracy = _reference(baseline.accuracy, baseline.num_images, None, "baseline")
+        rate = baseline.confusion_rate(suite.a, suite.b)
+        if rate is not None:
+            confusion = _reference(rate[0], rate[1], None, "baseline")
     elif meta.get("accuracy") is not None:
         accuracy = _reference(meta["accuracy"], meta.get("num_images"), None, "suite baseline")
-    cm = baseline.get("confusion_matrix") if baseline is not None else None
-    if cm is not None:
-        try:
-            row = [float(v) for v in cm[suite.a_index]]
-            if sum(row) > 0:
-                confusion = _reference(row[suite.b_index] / sum(row), int(sum(row)), None, "baseline")
-        except (TypeError, ValueError, IndexError) as exc:
-            raise DebugAtlasError(f"The baseline's confusion_matrix is malformed ({exc}).") from exc
     if confusion is None and meta.get("confusion_rate") is not None:
         confusion = _reference(meta["confusion_rate"], meta.get("num_a"), None, "suite baseline")
     return accuracy, confusion
@@ -201,12 +193,7 @@ def _as_suites(suite) -> list[PatchSuite]:
 
 def load_suites(path: str | Path) -> list[PatchSuite]:
     """One suite (`path/suite.json`) or every suite in the sub-folders of `path`, sorted by name."""
-    path = Path(path)
-    if path.is_dir() and not (path / SUITE_FILE).is_file():
-        subdirs = sorted(d for d in path.iterdir() if (d / SUITE_FILE).is_file())
-        if subdirs:
-            return [PatchSuite.load(d) for d in subdirs]
-    return [PatchSuite.load(path)]
+    return [PatchSuite.load(d) for d in suite_dirs(path)]
 
 
 def check_suite(
@@ -214,12 +201,11 @@ def check_suite(
     model: nn.Module,
     dataset,
     max_flip_rate: float | None = None,
-    baseline: dict | None = None,
+    baseline: RunRecord | dict | str | Path | None = None,
     tolerance: float = 0.05,
     min_accuracy: float | None = None,
     max_confusion: float | None = None,
     batch_size: int | None = None,
-    device: torch.device | str | None = None,
     max_images: int | None = None,
 ) -> CheckReport:
     """Rerun the suite(s) on `model` and `dataset`; gate the confirmed findings (see `GATE_RULE`).
@@ -227,7 +213,7 @@ def check_suite(
     Gated patches: those whose baseline verdict is "confirmed" (all of them in a suite without
     verdicts); the others are measured and reported. A gated patch fails when its new flip rate
     exceeds `max_flip_rate`, or else when its Wilson 95 % interval lies above the baseline's
-    (`baseline`, a summary.json dict, else the suite's own) by more than `tolerance`. Accuracy and
+    (`baseline`: a run record, the dict of a summary.json or its path; else the suite's own) by more than `tolerance`. Accuracy and
     each pair's rate of A predicted B: against `min_accuracy` / `max_confusion` when given, else
     against the baseline's the same way (a drop / rise beyond the intervals and `tolerance` fails),
     else reported. A pair with no correctly classified image of A has nothing to measure: one row
@@ -237,6 +223,7 @@ def check_suite(
     `CHECK_IMAGES` and what the baseline measured), in looks (`patches.sequential`): a gated patch
     stops once its interval lies wholly on one side of its limit, a reported one after the first
     look; intervals are then at 1 - 0.05 / looks, so a rerun stopped early keeps 95 % coverage.
+    The model runs where its parameters are.
     """
     if max_flip_rate is not None and baseline is not None:
         raise DebugAtlasError("Pass `max_flip_rate` or `baseline`, not both. HINT: choose one rule.")
@@ -244,6 +231,8 @@ def check_suite(
                          ("max_confusion", max_confusion), ("tolerance", tolerance)):
         if value is not None and not 0.0 <= float(value) <= 1.0:
             raise DebugAtlasError(f"`{label}={value!r}` must be a rate in [0, 1].")
+    baseline = None if baseline is None else as_record(baseline)
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
     rows: list[CheckRow] = []
     runs: list[SuiteRun] = []
     accuracy_ref = None
@@ -325,7 +314,7 @@ def _flip_row(s: PatchSuite, run: SuiteRun, pair: str, patch_id: str, placement:
                         f"nothing to measure: the {ref.origin} counted no image for this patch; {context}",
                         pair, "nothing_to_measure")
     limit = ref.hi + tolerance
-    ok = lo <= limit + _EPS
+    ok = gate((lo, hi), (ref.lo, ref.hi), tolerance) != "above"
     if ok:
         message = f"new {new} vs {ref.text()} + tolerance {tolerance}"
     else:
@@ -344,7 +333,7 @@ def _accuracy_row(run: SuiteRun, min_accuracy: float | None, ref: _Reference | N
     if ref is None:
         return CheckRow("accuracy", "accuracy", acc, None, True, "reported (no baseline accuracy)", status="reported")
     limit = ref.lo - tolerance
-    ok = hi >= limit - _EPS
+    ok = gate((lo, hi), (ref.lo, ref.hi), tolerance) != "below"
     new = f"{acc:.4f} [{lo:.2f}-{hi:.2f}]"
     message = (f"new {new} vs {ref.text()} - tolerance {tolerance}" if ok else
                f"accuracy {new}: its 95 % interval lies below the {ref.text()} by more than the tolerance {tolerance}")
@@ -363,7 +352,7 @@ def _confusion_row(s: PatchSuite, run: SuiteRun, pair: str, max_confusion: float
     if ref is None:
         return CheckRow(name, "confusion", rate, None, True, "reported (no baseline confusion rate)", pair, "reported")
     limit = ref.hi + tolerance
-    ok = lo <= limit + _EPS
+    ok = gate((lo, hi), (ref.lo, ref.hi), tolerance) != "above"
     message = (f"new {new} vs {ref.text()} + tolerance {tolerance}" if ok else
                f"{new} of images of {s.a!r} predicted {s.b!r}: its 95 % interval lies above the {ref.text()} "
                f"by more than the tolerance {tolerance}")

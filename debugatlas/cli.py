@@ -185,18 +185,17 @@ def _demo(args) -> int:
     started = time.perf_counter()
     result = run_demo(Path(args.out), scenario=args.scenario, device=args.device, epochs=args.epochs, seed=args.seed,
                       train=args.train)
-    summary = result.summary
-    print(f"debugatlas demo ({args.scenario}): accuracy {summary['accuracy']:.3f} on {summary['num_images']} "
-          f"validation images, {summary['num_samples']} activation samples at {summary['layer']!r}")
-    for pair in summary["pairs"]:
-        findings = pair.get("findings") or []
-        near = ", a near miss" if pair.get("kind") == "near_miss" else ""
-        print(f"  {pair['a']} -> {pair['b']}: {pair['confused']} confused{near}; "
-              f"{len(findings) or 'nothing'} confirmed")
-        for finding in findings:
-            flag = " [suspected shortcut]" if finding.get("suspected_shortcut") else ""
-            flag += " [synthesised patches only]" if finding.get("synthesized_only") else ""
-            print(f"    - {finding['statement']}{flag}")
+    record = result.record
+    print(f"debugatlas demo ({args.scenario}): accuracy {record.accuracy:.3f} on {record.num_images} "
+          f"validation images, {record.num_samples} activation samples at {record.layer!r}")
+    for pair in record.pairs:
+        near = ", a near miss" if pair.kind == "near_miss" else ""
+        print(f"  {pair.a} -> {pair.b}: {pair.confused} confused{near}; "
+              f"{len(pair.confirmed) or 'nothing'} confirmed")
+        for finding in pair.confirmed:
+            flag = " [suspected shortcut]" if finding.suspected_shortcut else ""
+            flag += " [synthesised patches only]" if finding.synthesized_only else ""
+            print(f"    - {finding.statement}{flag}")
     print(f"report: {Path(args.out) / 'index.html'}  ({time.perf_counter() - started:.0f} s)")
     return EXIT_OK
 
@@ -218,7 +217,7 @@ def _analyze(args) -> int:
                      progress=True if args.progress else None,
                      title=f"{args.model} on {args.data}", data_description=str(args.data),
                      model_spec=args.model, **options)
-    print(f"accuracy {result.summary['accuracy']:.3f}; report: {Path(args.out) / 'index.html'}")
+    print(f"accuracy {result.record.accuracy:.3f}; report: {Path(args.out) / 'index.html'}")
     return EXIT_OK
 
 
@@ -289,7 +288,7 @@ def check_main(argv: Sequence[str] | None = None) -> int:
             baseline = read_summary(args.baseline)
         report = check_suite(suites, model, dataset, max_flip_rate=args.max_flip_rate, baseline=baseline,
                              tolerance=args.tolerance, min_accuracy=args.min_accuracy,
-                             max_confusion=args.max_confusion, device=args.device)
+                             max_confusion=args.max_confusion)
         print(report.table())
         if args.json:
             write_text(args.json, json.dumps(report.to_dict(), indent=1))

@@ -2,11 +2,12 @@
 
 Reads each run's summary.json (schema 1) and compares: the pairs studied (appeared, went away,
 confusions), every patch measured in either run matched by (pair, patch id, placement), which of
-them are confirmed findings in each run, their flip rates with 95 % intervals (`flip_rate_ci` when
-the summary has one, else `patches.stats.wilson_interval` from `flip_rate` and `n_images`), and the accuracy.
+them are confirmed findings in each run (`artifacts.record.is_confirmed`), their flip rates with 95 %
+intervals (`artifacts.record.rate_interval`), and the accuracy.
 
 A finding *got worse* when it is confirmed in either run and B's interval lies above A's by more
-than `tolerance` (B's lower bound minus A's upper bound > tolerance); *better* the other way round.
+than `tolerance` (`artifacts.record.gate`: B's lower bound minus A's upper bound > tolerance);
+*better* the other way round.
 Each pair also gets a row "best confirmed finding": its strongest confirmed finding in A against
 the one in B, whichever patch each is (two checkpoints lay their atlases out differently, so their
 patch ids rarely match), judged by the same rule.
@@ -16,12 +17,12 @@ A does not). `diff_runs` only reads; `write_diff` writes `diff.json` and `index.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
 
+from .artifacts.record import RunRecord, gate, rate_interval
+from .artifacts.summary import read_summary
 from .core.errors import DebugAtlasError
 
 BEST = "best confirmed finding"
@@ -154,15 +155,9 @@ def _rate_text(rate: Rate | None) -> str:
     return "absent" if rate is None else f"{rate.value:.3f} [{rate.lo:.3f}, {rate.hi:.3f}]"
 
 
-def read_run(path: str | os.PathLike) -> dict:
-    """A run's summary.json (the run directory or the file), with a `pairs` list."""
-    from .artifacts.summary import read_summary
-
-    summary = read_summary(path)
-    if not isinstance(summary.get("pairs", []), list):
-        raise DebugAtlasError(f"The summary at {str(path)!r} has no `pairs` list. HINT: pass a run directory "
-                              "written by `debugatlas analyze` or AtlasCallback.")
-    return summary
+def read_run(path: str | os.PathLike) -> RunRecord:
+    """A run's record (the run directory or its summary.json)."""
+    return read_summary(path)
 
 
 @dataclass(frozen=True)
@@ -172,78 +167,39 @@ class _Item:
     statement: str | None
 
 
-def _rate(entry: Mapping, fallback_n: int | None = None) -> Rate | None:
-    value = entry.get("flip_rate")
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-        return None
-    n = entry.get("n_images", fallback_n)
-    n = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
-    ci = entry.get("flip_rate_ci")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
-        lo, hi = float(ci[0]), float(ci[1])
-    elif n:
-        from .patches.stats import wilson_interval
-
-        lo, hi = wilson_interval(round(float(value) * n), n)
-    else:
-        lo = hi = float(value)
-    return Rate(float(value), lo, hi, n)
+def _rate(rate: float | None, n: int | None, ci) -> Rate | None:
+    interval = rate_interval(rate, n, ci)
+    return None if interval is None else Rate(float(rate), interval[0], interval[1], n)
 
 
-def _patch_id(finding: Mapping) -> str | None:
-    patch = finding.get("patch")
-    if isinstance(patch, Mapping):
-        patch = patch.get("id")
-    return str(patch) if patch is not None else None
-
-
-def _items(summary: Mapping) -> dict[tuple[str, str], _Item]:
-    """(pair "A -> B", key) -> what the run measured; key is "patch id (placement)" or "cell [i, j]"."""
+def _items(record: RunRecord) -> dict[tuple[str, str], _Item]:
+    """(pair "A -> B", key) -> what the run measured; key is "patch id (placement)" or "patch id"
+    for a finding whose patch row the run does not list."""
     items: dict[tuple[str, str], _Item] = {}
-    for pair in summary.get("pairs", []):
-        name = f"{pair.get('a')} -> {pair.get('b')}"
-        patches = [p for p in pair.get("patches", []) or [] if isinstance(p, Mapping)]
-        for p in patches:
-            key = f"{p.get('id')} ({p.get('placement', 'static')})"
-            items[(name, key)] = _Item(_rate(p), p.get("verdict") == "confirmed", None)
-        for f in pair.get("findings", []) or []:
-            if not isinstance(f, Mapping):
-                continue
-            pid = _patch_id(f)
-            same = [p for p in patches if pid is not None and str(p.get("id")) == pid]
-            if f.get("placement") is not None:
-                same = [p for p in same if p.get("placement") == f.get("placement")]
-            if len(same) > 1:  # the finding's own placement: the one with its flip rate
-                same = [p for p in same if p.get("flip_rate") == f.get("flip_rate")][:1] or same[:1]
-            if same:
-                key = f"{pid} ({same[0].get('placement', 'static')})"
-                rate = _rate(f, same[0].get("n_images")) or _rate(same[0])
-            else:
-                key = f"{pid}" if pid is not None else f"cell {list(f.get('cell') or [])}"
-                rate = _rate(f)
-            items[(name, key)] = _Item(rate, True, f.get("statement"))
+    for pair in record.pairs:
+        for p in pair.patches:
+            items[(pair.name, f"{p.id} ({p.placement})")] = _Item(
+                _rate(p.flip_rate, p.n_images, p.flip_rate_ci), p.confirmed, None)
+        for f in pair.confirmed:
+            row = pair.patch_row(f)
+            key = f"{f.patch} ({f.placement})" if row is not None else f.patch
+            items[(pair.name, key)] = _Item(_rate(f.flip_rate, f.n_images, f.flip_rate_ci), True, f.statement)
     return items
 
 
-def _pairs(sa: Mapping, sb: Mapping) -> tuple[PairChange, ...]:
-    def index(summary: Mapping) -> dict[tuple[str, str], Mapping]:
-        return {(str(p.get("a")), str(p.get("b"))): p for p in summary.get("pairs", []) if isinstance(p, Mapping)}
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
-    ia, ib = index(sa), index(sb)
+
+def _pairs(ra: RunRecord, rb: RunRecord) -> tuple[PairChange, ...]:
+    ia = {(p.a, p.b): p for p in ra.pairs}
+    ib = {(p.a, p.b): p for p in rb.pairs}
     out = []
     for key in list(ia) + [k for k in ib if k not in ia]:
         pa, pb = ia.get(key), ib.get(key)
-        out.append(PairChange(key[0], key[1], _confused(pa), _confused(pb),
-                              str(pa.get("kind", "confused")) if pa else None,
-                              str(pb.get("kind", "confused")) if pb else None))
+        out.append(PairChange(key[0], key[1], pa.confused if pa else None, pb.confused if pb else None,
+                              pa.kind if pa else None, pb.kind if pb else None))
     return tuple(out)
-
-
-def _confused(pair: Mapping | None) -> int | None:
-    if pair is None:
-        return None
-    value = pair.get("confused", 0)
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _status(a: Rate | None, b: Rate | None, tolerance: float) -> str:
@@ -251,11 +207,7 @@ def _status(a: Rate | None, b: Rate | None, tolerance: float) -> str:
         return "only_b"
     if b is None:
         return "only_a"
-    if b.lo - a.hi > tolerance:
-        return "worse"
-    if a.lo - b.hi > tolerance:
-        return "better"
-    return "within"
+    return {"above": "worse", "below": "better", "within": "within"}[gate((b.lo, b.hi), (a.lo, a.hi), tolerance)]
 
 
 def diff_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, *, tolerance: float = 0.0,
@@ -266,10 +218,10 @@ def diff_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, *, tolerance: 
     sa, sb = read_run(run_a), read_run(run_b)
     notes = []
     for field_name in ("layer", "classes"):
-        if sa.get(field_name) != sb.get(field_name):
-            notes.append(f"the runs differ in {field_name}: {sa.get(field_name)!r} vs {sb.get(field_name)!r}")
-    if not any("findings" in p or any("verdict" in q for q in p.get("patches", []) or [])
-               for s in (sa, sb) for p in s.get("pairs", [])):
+        if getattr(sa, field_name) != getattr(sb, field_name):
+            notes.append(f"the runs differ in {field_name}: {_plain(getattr(sa, field_name))!r} vs "
+                         f"{_plain(getattr(sb, field_name))!r}")
+    if not any(p.findings or any(q.verdict is not None for q in p.patches) for s in (sa, sb) for p in s.pairs):
         notes.append("neither summary has findings or verdicts, so no finding counts as confirmed")
     ia, ib = _items(sa), _items(sb)
     changes = []
@@ -281,7 +233,7 @@ def diff_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, *, tolerance: 
                                      ra, rb, a.statement if a else None, b.statement if b else None))
     changes += _best_rows(ia, ib, float(tolerance))
     changes.sort(key=lambda f: (not f.is_finding, f.pair, f.key != BEST, f.key))
-    return DiffResult(str(run_a), str(run_b), float(tolerance), bool(fail_on_new), _accuracy(sa), _accuracy(sb),
+    return DiffResult(str(run_a), str(run_b), float(tolerance), bool(fail_on_new), sa.accuracy, sb.accuracy,
                       _pairs(sa, sb), tuple(changes), tuple(notes))
 
 
@@ -315,12 +267,6 @@ def _label(best: tuple[str, _Item] | None) -> str | None:
         return None
     key, item = best
     return f"{key}: {item.statement}" if item.statement else key
-
-
-def _accuracy(summary: Mapping) -> float | None:
-    value = summary.get("accuracy")
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-    return float(value) if ok else None
 
 
 def render_diff(result: DiffResult, out_dir: str | os.PathLike | None = None) -> str:

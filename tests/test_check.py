@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 from _planted import train_until_learned
+from _records import pair, run, suite_baseline
 from PIL import Image
 from torch import nn
 
-from debugatlas.artifacts.summary import patch_entries
 from debugatlas.core import DebugAtlasError
 from debugatlas.core import load_images
 from debugatlas.check import assert_suite_holds, check_suite
 from debugatlas.cli import check_main as main
 from debugatlas.data import PlantedShortcut, TensorImageDataset, digits, image_folder
 from debugatlas.models import small_digits_cnn, train_classifier
-from debugatlas.patches import Patch, to_uint8
+from debugatlas.patches import Experiment, KeepRule, Patch, to_uint8
 from debugatlas.patches.stats import judge_evaluation, wilson_interval
 from debugatlas.patches.suite import PatchSuite, build_suite
 
@@ -51,8 +51,8 @@ def region_suite():
     data = region_dataset()
     patches = [Patch("white2", None, "icon", torch.ones(1, 2, 2), resize=False),
                Patch("white-r", (3, 4), "icon", torch.ones(1, 1, 1), resize=True)]
-    suite = build_suite(RegionModel(), data.images[:10], data.images[10:], 0, 1, patches, data.classes,
-                        sizes=(0.25, 0.5), n_random=4, keep=None)
+    suite = build_suite(RegionModel(), data.images[:10], patches, Experiment(0, 1, sizes=(0.25, 0.5), n_random=4),
+                        class_names=data.classes, images_b=data.images[10:], keep=KeepRule(None))
     return suite, data
 
 
@@ -97,8 +97,8 @@ def test_limits_fail_and_report_formats(region_suite):
 
 def test_regressed_model_fails_against_baseline(region_suite):
     suite, data = region_suite
-    summary = {"accuracy": 11 / 13, "num_images": 13, "confusion_matrix": [[8, 2, 0], [0, 3, 0], [0, 0, 0]],
-               "pairs": [{"a": "a", "b": "b", "patches": patch_entries(suite, "patches/")}]}
+    summary = suite_baseline(suite, data.classes, accuracy=11 / 13, num_images=13,
+                             confusion_matrix=[[8, 2, 0], [0, 3, 0], [0, 0, 0]])
     assert check_suite(suite, RegionModel(), data, baseline=summary).passed
     small = check_suite(suite, RegionModel(scale=10), data, baseline=summary)
     # scale 10 reads every a with a region mean above 0.05 as b: 6 of 10 a ([0.31-0.83]) and
@@ -128,7 +128,7 @@ def test_regressed_model_fails_against_baseline(region_suite):
     xml = ET.fromstring(lowered.to_junit_xml())
     assert all("95 % interval lies above" in f.get("message") for f in xml.iter("failure"))
     with pytest.raises(DebugAtlasError, match="no pair"):
-        check_suite(suite, RegionModel(), data, baseline={"pairs": [{"a": "x", "b": "y", "patches": []}]})
+        check_suite(suite, RegionModel(), data, baseline=run([pair("x", "y")], classes=data.classes))
     with pytest.raises(DebugAtlasError, match="not both"):
         check_suite(suite, RegionModel(), data, max_flip_rate=0.1, baseline=summary)
     with pytest.raises(DebugAtlasError, match="tolerance"):
@@ -224,10 +224,13 @@ def cli_setup(tmp_path_factory):
     trigger = shortcut.pattern(1)
     patches = [Patch("trigger", None, "icon", trigger, resize=False),
                Patch("trigger-r", None, "icon", trigger, resize=True)]
-    suite = build_suite(clean, images_a, images_b, A, TARGET, patches, dataset.classes, sizes=(0.25,),
-                        n_random=6, keep=None)
+    suite = build_suite(clean, images_a, patches, Experiment(A, TARGET, sizes=(0.25,), n_random=6),
+                        class_names=dataset.classes, images_b=images_b, keep=KeepRule(None))
     suite.save(root / "suites" / f"{A}-{TARGET}")
-    summary = {"schema_version": 1, "pairs": [{"a": suite.a, "b": suite.b, "patches": patch_entries(suite, "patches/")}]}
+    rerun = suite.run(clean, dataset)
+    k = len(dataset.classes)
+    summary = suite_baseline(suite, dataset.classes, accuracy=rerun.accuracy, num_images=rerun.num_images,
+                             confusion_matrix=[[0] * k for _ in range(k)])
     (root / "summary.json").write_text(json.dumps(summary))
     yield root, suite
     torch.set_num_threads(threads)
@@ -327,9 +330,9 @@ def planted_suite(cli_setup):
     placebo = images_a[0, :, 8:14, 8:14]  # a crop of an image of A itself
     patches = [Patch("trigger", None, "icon", trigger, resize=False),
                Patch("placebo", None, "exemplar", placebo, resize=False)]
-    suite = build_suite(planted, images_a, images_b, A, TARGET, patches, dataset.classes, sizes=(0.25,),
-                        n_random=6, keep=None)
-    suite.baseline = judge_evaluation(suite.baseline, n_screened=len(patches))
+    suite = build_suite(planted, images_a, patches, Experiment(A, TARGET, sizes=(0.25,), n_random=6),
+                        class_names=dataset.classes, images_b=images_b, keep=KeepRule(None))
+    suite.baseline = judge_evaluation(suite.baseline, family_size=len(patches))
     run = suite.run(planted, dataset)
     suite.metadata = {"accuracy": run.accuracy, "num_images": run.num_images,
                       "confusion_rate": run.confusion_rate, "num_a": run.num_a}

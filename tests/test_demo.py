@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from debugatlas.demo import demo_weights, run_demo
+from debugatlas.demo import demo_weights
 
 pytestmark = pytest.mark.slow  # a full analysis per scenario (about 10 s each on two cores)
 
@@ -49,9 +49,10 @@ def test_readme_table_parses():
 
 
 @pytest.mark.parametrize("scenario", list(RUNS))
-def test_demo_shows_what_the_readme_says(scenario, tmp_path):
+def test_demo_shows_what_the_readme_says(scenario, demo_run):
     assert demo_weights(scenario).is_file(), "the demo's weights ship in the package (pyproject package-data)"
-    summary = run_demo(tmp_path / scenario, scenario=scenario).summary
+    out, result = demo_run(scenario)
+    summary = result.summary
     claims = readme_claims(RUNS[scenario])
     pairs = [(p["a"], p["b"], p["confused"] if p["kind"] == "confused" else None) for p in summary["pairs"]]
     assert pairs == claims["pairs"]
@@ -62,4 +63,4 @@ def test_demo_shows_what_the_readme_says(scenario, tmp_path):
     assert real == claims["confirmed"]
     top_flags = [bool(p["findings"]) and bool(p["findings"][0]["suspected_shortcut"]) for p in summary["pairs"]]
     assert top_flags == claims["shortcut"]
-    assert (tmp_path / scenario / "index.html").is_file()
+    assert (out / "index.html").is_file()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import _records as records
 import pytest
 
 from debugatlas.cli import main
@@ -12,36 +13,22 @@ from debugatlas.patches.stats import wilson_interval
 
 
 def _patch(pid, rate, n=40, placement="static", verdict=None, ci=None):
-    entry = {"id": pid, "cell": [1, 2], "file": f"patches/{pid}.png", "target": "b", "size_frac": 0.25,
-             "placement": placement, "n_images": n, "flip_rate": rate, "noise_flip_rate": 0.0,
-             "natural_flip_rate": 0.05}
-    if verdict is not None:
-        entry["verdict"] = verdict
-    if ci is not None:
-        entry["flip_rate_ci"] = ci
-    return entry
+    return records.patch_row(pid, rate, n=n, placement=placement, verdict=verdict, ci=ci)
 
 
 def _finding(pid, rate, ci):
-    return {"cell": [1, 2], "statement": f"Pasting {pid} makes the model say b in {rate:.0%} of them.",
-            "patch": pid, "flip_rate": rate, "flip_rate_ci": ci, "noise_flip_rate": 0.0,
-            "natural_flip_rate": 0.05, "exemplar_ids": [3], "icon": "icons/x.png", "suspected_shortcut": False}
+    return records.finding(pid, rate, ci)
 
 
 def _run(tmp_path, name, pairs, accuracy=0.9, classes=("a", "b", "c")):
     run = tmp_path / name
     run.mkdir()
-    summary = {"schema_version": 1, "layer": "layer3", "num_samples": 100, "accuracy": accuracy,
-               "classes": list(classes), "confusion_matrix": [], "pairs": pairs}
-    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "summary.json").write_text(json.dumps(records.run(pairs, accuracy=accuracy, classes=classes)))
     return run
 
 
-def _pair(a, b, confused, patches=(), findings=None):
-    pair = {"a": a, "b": b, "confused": confused, "kind": "confused", "confusing_cells": [], "patches": list(patches)}
-    if findings is not None:
-        pair["findings"] = findings
-    return pair
+def _pair(a, b, confused, patches=(), findings=()):
+    return records.pair(a, b, confused, patches, findings)
 
 
 def test_worse_confirmed_finding_fails_and_tolerance_lets_it_pass(tmp_path, capsys):
@@ -120,8 +107,7 @@ def test_pairs_and_findings_that_appear_or_go_away(tmp_path):
 def test_findings_key_to_their_patch_and_placement(tmp_path):
     patches = [_patch("c1-2", 0.2, placement="static", verdict="not_confirmed"),
                _patch("c1-2", 0.6, placement="dynamic", verdict="confirmed")]
-    finding = _finding("c1-2", 0.6, [0.45, 0.73])
-    del finding["flip_rate_ci"]  # n_images then comes from the matching patch (40) for a Wilson interval
+    finding = records.finding("c1-2", 0.6, None, placement="dynamic")  # no interval: Wilson's from its 40 images
     a = _run(tmp_path, "a", [_pair("a", "b", 3, patches, [finding])])
     result = diff_runs(a, a)
     by_key = {f.key: f for f in result.findings}

@@ -38,16 +38,16 @@ def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ra
     acts = SimpleNamespace(labels=torch.tensor([7, 7, 7]), image_ids=torch.tensor([10, 11, 12]))
     plan = PairPlan(1, 7, "1", "7", 3)
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
-    assert [f["cell"] for f in out] == [list(feature), list(neighbour)]
-    assert out[0]["patch"] == "c7-17-ctx5" and out[0]["exemplar_ids"] == [10, 11]
+    assert [f.cell for f in out] == [feature, neighbour]
+    assert out[0].patch == "c7-17-ctx5" and out[0].exemplar_ids == (10, 11)
     # equal support: more samples first; equal counts too: the selection half's order
     suite.patches = suite.patches[:2]
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
-    assert [f["cell"] for f in out] == [list(feature), list(neighbour)]
+    assert [f.cell for f in out] == [feature, neighbour]
     counts[feature] = 5
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
-    assert [f["cell"] for f in out] == [list(neighbour), list(feature)]
-    assert np.isclose(out[0]["flip_rate"], 0.91)
+    assert [f.cell for f in out] == [neighbour, feature]
+    assert np.isclose(out[0].flip_rate, 0.91)
 
 
 def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
@@ -70,10 +70,10 @@ def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
     acts = SimpleNamespace(labels=torch.tensor([7, 7]), image_ids=torch.tensor([10, 11]))
     out = findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas,
                                  acts=acts, field_fraction=0.1)
-    by_cell = {tuple(f["cell"]): f for f in out}
-    assert by_cell[real]["confirmed_sources"] == ["exemplar", "in_context"]
-    assert by_cell[real]["synthesized_only"] is False
-    assert by_cell[synthetic]["confirmed_sources"] == ["icon", "in_context"]
-    assert by_cell[synthetic]["synthesized_only"] is True
+    by_cell = {f.cell: f for f in out}
+    assert by_cell[real].confirmed_sources == ("exemplar", "in_context")
+    assert by_cell[real].synthesized_only is False
+    assert by_cell[synthetic].confirmed_sources == ("icon", "in_context")
+    assert by_cell[synthetic].synthesized_only is True
     # the held-out half measured one real crop of each cell; only the first cell's beat the controls
-    assert by_cell[real]["real_crops_tested"] == 1 and by_cell[synthetic]["real_crops_tested"] == 1
+    assert by_cell[real].real_crops_tested == 1 and by_cell[synthetic].real_crops_tested == 1

@@ -7,12 +7,14 @@ import json
 import logging
 from pathlib import Path
 
+import _records as records
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from debugatlas.artifacts.record import RunRecord
 from debugatlas.lightning import AtlasCallback, ClassifierModule
 from debugatlas.lightning.loggers import scalar_metrics
 from debugatlas.models import SmallCNN
@@ -21,11 +23,12 @@ FAST = {"layout": "pca", "render": False, "patches": False, "grid_sizes": (10,),
 
 
 def test_scalars_are_named_by_pair_and_skip_missing_rates():
-    pairs = [{"a": "grid", "b": "stripes", "confused": 7, "patches": [
-                 {"id": "p", "flip_rate": 0.5, "noise_flip_rate": 0.1, "natural_flip_rate": 0.2, "verdict": "confirmed"}]},
-             {"a": "stripes", "b": "grid", "confused": 3, "patches": [{"id": "q", "flip_rate": None}]}]
-    first = scalar_metrics({"accuracy": 0.75, "pairs": pairs}, num_samples=10)
-    second = scalar_metrics({"accuracy": 0.75, "pairs": pairs[::-1]}, num_samples=10)
+    rates = {"noise_flip_rate": 0.1, "natural_flip_rate": 0.2}
+    pairs = [records.pair("grid", "stripes", 7, [records.patch_row("p", 0.5, verdict="confirmed", **rates)],
+                          [records.finding("p", 0.5, None, **rates)]),
+             records.pair("stripes", "grid", 3, [records.patch_row("q", None)])]
+    first = scalar_metrics(RunRecord.from_dict(records.run(pairs, accuracy=0.75)), num_samples=10)
+    second = scalar_metrics(RunRecord.from_dict(records.run(pairs[::-1], accuracy=0.75)), num_samples=10)
     assert first == second  # the order of the pairs does not change a name or a value
     assert first == {"atlas/accuracy": 0.75, "atlas/num_samples": 10.0, "atlas/confirmed_findings": 1.0,
                      "atlas/grid→stripes/confused": 7.0, "atlas/grid→stripes/confirmed_findings": 1.0,
@@ -223,7 +226,8 @@ def _png(path: Path) -> Path:
 def test_csv_images_are_copied_from_elsewhere_and_logged_in_place_when_already_there(tmp_path):
     from debugatlas.lightning.loggers import log_analysis
 
-    summary = {"accuracy": 0.5, "config": {"grid_size": 8}, "pairs": [{"a": "1", "b": "7", "confused": 3}]}
+    summary = RunRecord.from_dict(records.run([records.pair("1", "7", 3)], classes=("1", "7"), accuracy=0.5,
+                                              config={"grid_size": 8}))
     logger = CSVLogger(tmp_path, name="csv")
     here = Path(logger.log_dir) / "atlas" / "epoch_0"  # the callback's default folder for this logger
     elsewhere = tmp_path / "reports" / "epoch_0"
@@ -258,7 +262,7 @@ def test_csv_logger_at_the_default_dirpath_logs_the_report_in_place(digits_data,
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     folder = Path(logger.log_dir) / "atlas" / "epoch_0"
     assert callback.dirpath == Path(logger.log_dir) / "atlas" and (folder / "summary.json").is_file()
-    logged = {path.name for _, path in report_images(folder, callback.last_result.summary)}
+    logged = {path.name for _, path in report_images(folder, callback.last_result.record)}
     assert {"atlas_10.png", "pair0_comparison.png"} <= logged
     named_by_pair = {f"{name.replace('→', '_')}_comparison.png" for name in _names(callback)}
     assert not named_by_pair & {p.name for p in folder.glob("*.png")}

@@ -1,6 +1,8 @@
 """The pipeline's own contract: stages on one RunContext, inputs left as they were given."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -99,13 +101,13 @@ def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(mo
     from debugatlas.pipeline import patch_stage
 
     calls = _record_trials(monkeypatch)
-    monkeypatch.setattr(patch_stage, "KEEP", 2)
+    monkeypatch.setattr(patch_stage, "DESIGN", dataclasses.replace(patch_stage.DESIGN, keep=2))
     analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=4, n_random=2,
             n_examples=1, selection_images=12, max_patch_images=9, crop_sizes=(4, 6))
     _screen, selection, _confirmation = _by_log(calls)
     sizes = [n for _, n, _ in selection]
-    assert sizes[0] == patch_stage.SELECTION_RACE_IMAGES and sizes[1] == 8  # 4, then the 8 left of 12
+    assert sizes[0] == patch_stage.DESIGN.selection_race_images and sizes[1] == 8  # 4, then the 8 left of 12
     candidates = [i for i in selection[0][2] if not i.startswith(("noise", "natural"))]
     second = [i for i in selection[1][2] if not i.startswith(("noise", "natural"))]
     assert len(candidates) > 3 * 2 and set(second) < set(candidates)
@@ -153,7 +155,7 @@ def test_many_screened_cells_race_on_a_few_images_before_the_full_screen(monkeyp
     from debugatlas.pipeline import patch_stage
 
     calls = _record_trials(monkeypatch)
-    monkeypatch.setattr(patch_stage, "SCREEN_RACE_IMAGES", 3)
+    monkeypatch.setattr(patch_stage, "DESIGN", dataclasses.replace(patch_stage.DESIGN, screen_race_images=3))
     analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=1, n_random=2, n_examples=1,
             selection_images=12, max_patch_images=9)

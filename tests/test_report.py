@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _records import complete
+
+from debugatlas.artifacts.record import RunRecord, sentence
 from PIL import Image
 
 from debugatlas.core import DebugAtlasError
@@ -133,11 +136,14 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
             for path in crops:
                 files[path] = _blob(rng, 24, 1)
             findings = [
-                {"cell": [0, 3], "statement": FINDING_STATEMENT, "patch": f"{stem}-0-dynamic",
+                {"cell": [0, 3], "statement": FINDING_STATEMENT, "patch": f"{stem}-0-dynamic", "placement": "dynamic",
+                 "patch_file": f"patches/{stem}_cell0.png",
                  "flip_rate": 0.65, "flip_rate_ci": [0.55, 0.74], "noise_flip_rate": 0.05,
                  "natural_flip_rate": 0.1, "exemplar_ids": [11, 12], "icon": icons[0],
                  "suspected_shortcut": False, "synthesized_only": True, "real_crops_tested": 2},
-                {"cell": [1, 3], "patch": f"{stem}-1-static", "flip_rate": 0.3,
+                {"cell": [1, 3], "statement": sentence(a, b, 0.3, [0.21, 0.41], 0.02, 0.04),
+                 "patch": f"{stem}-1-static", "patch_file": f"patches/{stem}_cell1.png", "flip_rate": 0.3,
+                 "synthesized_only": None, "real_crops_tested": None,
                  "flip_rate_ci": [0.21, 0.41], "noise_flip_rate": 0.02, "natural_flip_rate": 0.04,
                  "exemplar_ids": [21, 22, 23], "icon": icons[1], "suspected_shortcut": True,
                  "shortcut_evidence": {"exemplar_b_share": 0.8, "field_fraction": 0.05, "purity": 0.9,
@@ -175,6 +181,7 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
         "atlases": atlases, "pairs": [rd1, rd2],
         "suite": {"dir": "suite/", "check_command": "debugatlas check --suite suite/ --model m:f --data d/"},
     }
+    summary = complete(summary)
     if out_dir is not None:
         for path, array in files.items():
             _png(Path(out_dir) / path, array)
@@ -251,25 +258,38 @@ def test_every_section_is_rendered(full):
 
 
 def test_missing_sections_are_named_not_broken(tmp_path):
-    html = write_report(tmp_path, {}, {}).read_text(encoding="utf-8")
+    html = write_report(tmp_path, complete({"confusion_matrix": []}), {}).read_text(encoding="utf-8")
     for text in ("Not in this report", "No pair of classes was analysed",
                  "No activation atlas was rendered", "No patch suite was saved",
                  "no usable confusion matrix"):
         assert text in html, text
-    broken = {"classes": "oops", "confusion_matrix": [[1, 2], [3]], "pairs": "x",
-              "timings_s": {"layout": float("nan")}, "accuracy": "high"}
     rd = {"atlases": [{"grid_size": 0}, {"grid_size": 4, "cells": [{"cell": [9, 9]}, {"cell": "x"}]}],
           "pairs": [{"a": "cat", "b": "dog", "cells": [{}], "misclassified": [{}]}],
           "suite": {"dir": None}}
-    html = write_report(tmp_path, broken, rd).read_text(encoding="utf-8")
+    summary = complete({"classes": ["cat", "dog"], "confusion_matrix": [[5, 2], [1, 6]],
+                        "pairs": [{"a": "cat", "b": "dog", "confusing_cells": [{"cell": [1, 2], "score": 2.0}],
+                                   "patches": [{"id": "p1", "placement": "static", "flip_rate": 0.5}]}]})
+    html = write_report(tmp_path, summary, rd).read_text(encoding="utf-8")
     assert "cat" in html and "No activation atlas" not in html
     assert "No patch suite was saved" in html
-    summary_only = {"classes": ["cat", "dog"], "confusion_matrix": [[5, 2], [1, 6]],
-                    "pairs": [{"a": "cat", "b": "dog", "confusing_cells": [{"cell": [1, 2], "score": 2.0}],
-                               "patches": [{"id": "p1", "placement": "static", "flip_rate": 0.5}]}]}
-    html = write_report(tmp_path, summary_only).read_text(encoding="utf-8")
+    html = write_report(tmp_path, summary).read_text(encoding="utf-8")
     assert "(1, 2)" in html and "50.0 %" in html and "No misclassified examples" in html
     assert "Exemplar crops were not saved" in html
+
+
+@pytest.mark.parametrize("break_it, field", [
+    (lambda s: s.pop("accuracy"), "`accuracy` is missing"),
+    (lambda s: s.update(schema_version=2), "schema_version 2"),
+    (lambda s: s["pairs"][0]["patches"][0].update(flip_rate="high"), "`pairs[0].patches[0].flip_rate` is 'high'"),
+    (lambda s: s["pairs"][0].pop("confused"), "`pairs[0].confused` is missing"),
+    (lambda s: s.update(pairs="x"), "`pairs` is str"),
+])
+def test_a_summary_with_a_missing_or_malformed_field_is_an_error_that_names_it(tmp_path, break_it, field):
+    summary = complete({"pairs": [{"a": "cat", "b": "dog", "patches": [{"id": "p1", "flip_rate": 0.5}]}]})
+    break_it(summary)
+    with pytest.raises(DebugAtlasError, match=re.escape(field)):
+        write_report(tmp_path, summary, {})
+    assert not (tmp_path / "index.html").exists()
 
 
 def test_feature_icons_view_shows_the_icon_atlas_not_the_class_colours(tmp_path):
@@ -279,7 +299,7 @@ def test_feature_icons_view_shows_the_icon_atlas_not_the_class_colours(tmp_path)
     rd = {"icon_atlas": "icon_atlas.png",
           "atlases": [{"grid_size": g, "image": None, "grid_image": f"atlas_{g}_grid.png",
                        "cells": [{"cell": [1, 1], "count": 3}]} for g in (10, 20)]}
-    html = render_report({"config": {"grid_size": 20}}, rd, tmp_path)
+    html = render_report(complete({"config": {"grid_size": 20}}), rd, tmp_path)
     blob = _json_blob(html)
     assert [g["icon_image"] for g in blob["grids"]] == [None, "icon_atlas.png"]
     assert "20×20 grid only" in blob["grids"][0]["icon_image_problem"]
@@ -292,7 +312,7 @@ def test_image_paths_outside_the_folder_are_not_linked(tmp_path):
     rd = {"pairs": [{"a": "a", "b": "b", "filtered_a": "/etc/passwd", "filtered_b": "../x.png",
                      "comparison": "javascript:alert(1)",
                      "misclassified": [{"id": 1, "image": "examples/missing.png"}]}]}
-    html = render_report({}, rd, tmp_path)
+    html = render_report(complete({"pairs": [{"a": "a", "b": "b"}]}), rd, tmp_path)
     assert "/etc/passwd" in html and 'src="/etc' not in html and 'src="..' not in html
     assert 'src="javascript' not in html and "file not found" in html
 
@@ -301,11 +321,11 @@ def test_bad_arguments_are_user_errors(tmp_path):
     with pytest.raises(DebugAtlasError, match="summary"):
         write_report(tmp_path, ["not", "a", "dict"], {})
     with pytest.raises(DebugAtlasError, match="report_data"):
-        write_report(tmp_path, {}, "nope")
+        write_report(tmp_path, complete({}), "nope")
 
 
 def test_failed_render_leaves_the_old_report_intact(tmp_path, monkeypatch):
-    good = write_report(tmp_path, {"layer": "good"}, {})
+    good = write_report(tmp_path, complete({"layer": "good"}), {})
     before = good.read_text(encoding="utf-8")
 
     def boom(*args, **kwargs):
@@ -313,11 +333,11 @@ def test_failed_render_leaves_the_old_report_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report_writer._view, "pairs", boom)
     with pytest.raises(RuntimeError, match="render failed"):
-        write_report(tmp_path, {"layer": "new"}, {})
+        write_report(tmp_path, complete({"layer": "new"}), {})
     monkeypatch.undo()
     monkeypatch.setattr(report_writer.os, "replace", boom)
     with pytest.raises(RuntimeError, match="render failed"):
-        write_report(tmp_path, {"layer": "newer"}, {})
+        write_report(tmp_path, complete({"layer": "newer"}), {})
     assert good.read_text(encoding="utf-8") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
 
@@ -371,31 +391,31 @@ def test_no_findings_says_nothing_confirmed(tmp_path):
                 "natural_flip_rate": 0.6, "verdict": "natural"} for n in range(3)]
     summary = {"classes": ["cat", "dog"], "config": {},
                "pairs": [{"a": "cat", "b": "dog", "findings": [], "patches": patches}]}
-    findings = _section(render_report(summary, {}, tmp_path), "findings")
+    findings = _section(render_report(complete(summary), {}, tmp_path), "findings")
     assert "Nothing confirmed: no patch test in the 1 studied pair beat both of its controls." in findings
     assert "Nothing confirmed for cat → dog: of 3 patch tests, 3 natural." in findings
     assert "so the feature is simply part of dog" in findings
     assert "This run recorded no held-out split" in findings
-    assert "nothing was tested" in _section(render_report({}, {}, tmp_path), "findings")
+    assert "nothing was tested" in _section(render_report(complete({}), {}, tmp_path), "findings")
     summary["pairs"][0]["patches"] = []
-    findings = _section(render_report(summary, {}, tmp_path), "findings")
+    findings = _section(render_report(complete(summary), {}, tmp_path), "findings")
     assert "no patch test was run in this run" in findings and "beat both" not in findings
 
 
-def test_a_finding_whose_verdict_is_not_confirmed_is_not_shown(tmp_path):
-    summary = {"pairs": [{"a": "cat", "b": "dog", "findings": [
-        {"cell": [1, 1], "statement": "SHOWN", "verdict": "confirmed"},
-        {"cell": [2, 2], "statement": "HIDDEN", "verdict": "natural"}]}]}
+def test_a_confirmed_patch_row_is_a_finding_only_when_the_run_lists_it(tmp_path):
+    patches = [{"id": "p1", "flip_rate": 0.6, "verdict": "confirmed"}, {"id": "p2", "flip_rate": 0.7, "verdict": "confirmed"}]
+    summary = complete({"pairs": [{"a": "cat", "b": "dog", "patches": patches,
+                                   "findings": [{"cell": [1, 1], "patch": "p1", "statement": "SHOWN"}]}]})
     findings = _section(render_report(summary, {}, tmp_path), "findings")
-    assert "SHOWN" in findings and "HIDDEN" not in findings
+    assert "SHOWN" in findings
     assert "1</b> confirmed finding in 1 of 1 studied pair." in findings
 
 
 def test_user_strings_in_findings_are_escaped(tmp_path):
     summary = {"pairs": [{"a": HOSTILE_CLASS, "b": HOSTILE_LAYER, "kind": "near_miss", "findings": [
         {"cell": [1, 1], "statement": HOSTILE_TEXT, "patch": HOSTILE_TEXT, "suspected_shortcut": True},
-        {"cell": [2, 2], "flip_rate": 0.5}]}]}
-    html = render_report(summary, {}, tmp_path)
+        {"cell": [2, 2], "flip_rate": 0.5, "statement": sentence(HOSTILE_CLASS, HOSTILE_LAYER, 0.5, None, None, None)}]}]}
+    html = render_report(complete(summary), {}, tmp_path)
     for raw in (HOSTILE_CLASS, HOSTILE_LAYER, HOSTILE_TEXT):
         assert raw not in html
     findings = _section(html, "findings")
@@ -422,7 +442,7 @@ def test_confirmed_rows_come_first_and_the_rest_fold_away(tmp_path):
     patches = [{"id": f"p{n}", "flip_rate": n / 20, "verdict": "not_confirmed"} for n in range(11)]
     patches[9]["verdict"] = "confirmed"
     summary = {"pairs": [{"a": "cat", "b": "dog", "patches": patches}]}
-    html = render_report(summary, {}, tmp_path)
+    html = render_report(complete(summary), {}, tmp_path)
     shown, folded = html.split("more patch tests</summary>")
     candidates = re.findall(r'<td class="candidate">([^<]*)', shown)
     assert [c.strip() for c in candidates] == ["p9", "p0", "p1", "p2", "p3", "p4", "p5", "p6"]
@@ -436,24 +456,16 @@ def test_cells_with_score_zero_or_less_are_not_listed(full, tmp_path):
     assert "(7, 7)" not in pairs and pairs.count("1 ranked cell with a score of 0 or less") == 2
     summary = {"pairs": [{"a": "cat", "b": "dog", "confusing_cells": [
         {"cell": [1, 2], "score": 0.5}, {"cell": [3, 4], "score": 0.0}, {"cell": [5, 6], "score": -1.0}]}]}
-    pairs = _section(render_report(summary, {}, tmp_path), "pairs")
+    pairs = _section(render_report(complete(summary), {}, tmp_path), "pairs")
     assert "(1, 2)" in pairs and "(3, 4)" not in pairs and "(5, 6)" not in pairs
     assert "2 ranked cells with a score of 0 or less" in pairs
     summary["pairs"][0]["confusing_cells"] = [{"cell": [3, 4], "score": -0.1}]
-    assert "No cell pushes cat toward dog" in render_report(summary, {}, tmp_path)
+    assert "No cell pushes cat toward dog" in render_report(complete(summary), {}, tmp_path)
 
 
-def test_statement_gauge_and_interval_helpers():
+def test_gauge_and_verdict_helpers():
     from debugatlas.report import _findings
 
-    assert _findings.statement("2", "3", 0.41, (0.33, 0.49), 0.02, 0.09) == (
-        "Pasting this feature on images of 2 makes the model say 3 in 41 % of them [33–49 %], "
-        "against 2 % for noise and 9 % for a crop of a real 3.")
-    assert _findings.statement("a", "b", 0.5, None, None, 0.25) == (
-        "Pasting this feature on images of a makes the model say b in 50 % of them, "
-        "against 25 % for a crop of a real b.")
-    assert _findings.interval([0.2, 0.1]) is None and _findings.interval([0.1, float("nan")]) is None
-    assert _findings.interval((0, 1)) == (0.0, 1.0) and _findings.interval("01") is None
     assert _findings.gauge(0.41, (0.33, 0.49), 0.02, 1.5) == {
         "flip": 41.0, "lo": 33.0, "width": 16.0, "noise": 2.0, "natural": 100.0}
     rows = [{"verdict": _findings.verdict(v)} for v in ("not_confirmed", None, "confirmed", "natural", "natural")]
@@ -466,12 +478,12 @@ def test_cells_of_confirmed_findings_are_marked_on_the_main_grid_only(full, tmp_
     assert [g["marks"] for g in blob["grids"]] == [[], [[0, 3, "3 → 8"], [1, 3, "3 → 8"]]]
     assert "Cells of confirmed findings are outlined in green." in full[3]
     summary = {"config": {"grid_size": 4}, "pairs": [{"a": "x", "b": "y", "findings": [
-        {"cell": [1, 2]}, {"cell": [9, 9]}, {"cell": "bad"}]}]}
+        {"cell": [1, 2]}, {"cell": [9, 9]}]}]}
     rd = {"atlases": [{"grid_size": g, "cells": []} for g in (4, 8)]}
-    html = render_report(summary, rd, tmp_path)
+    html = render_report(complete(summary), rd, tmp_path)
     assert [g["marks"] for g in _json_blob(html)["grids"]] == [[[1, 2, "x → y"]], []]
     summary["pairs"][0]["findings"] = []
-    assert "outlined in green" not in render_report(summary, rd, tmp_path)
+    assert "outlined in green" not in render_report(complete(summary), rd, tmp_path)
 
 
 def test_the_split_is_said_in_a_few_words(tmp_path):
@@ -480,7 +492,9 @@ def test_the_split_is_said_in_a_few_words(tmp_path):
     split = {"rule": "per class, by a seeded hash", "seed": 3, "fraction": 0.5,
              "selection": {"n_images": 266, "per_class": {"0": 31}},
              "confirmation": {"n_images": 1273, "per_class": {"0": 31}}}
-    assert _view.held_out({"config": {"split": split}}) == (
-        "seed 3 · fraction 0.5 · selection 266 images · confirmation 1,273 images")
-    assert _view.held_out({"config": {"split": {"rule": "x"}}}) is None
-    assert _view.held_out({"config": {}}) is None and _view.held_out({"config": {"split": True}}) is None
+    def said(config):
+        return _view.held_out(RunRecord.from_dict(complete({"config": config})))
+
+    assert said({"split": split}) == "seed 3 · fraction 0.5 · selection 266 images · confirmation 1,273 images"
+    assert said({"split": {"rule": "x"}}) is None
+    assert said({}) is None and said({"split": True}) is None

@@ -1,63 +1,66 @@
-"""The run timeline: what it reads from summaries (missing fields and None rates), the page's
+"""The run timeline: what it reads from run records (findings, margins, None rates), the page's
 escaping, links, gaps and policy, and its atomic write."""
 from __future__ import annotations
 
 import html as html_lib
 import re
 
+import _records as records
 import pytest
+
+from debugatlas.artifacts.record import RunRecord
 
 from debugatlas.report.timeline import (PairOutcome, epoch_entry, pair_outcomes, relative_href, render_timeline,
                                         write_timeline)
 
 
-def _pair(a="grid", b="stripes", confused=12, patches=(), findings=None):
-    pair = {"a": a, "b": b, "confused": confused, "patches": list(patches)}
-    if findings is not None:
-        pair["findings"] = findings
-    return pair
+def _pair(a="grid", b="stripes", confused=12, patches=(), findings=()):
+    return records.pair(a, b, confused, patches, findings)
 
 
-PATCHES = [{"id": "p1", "flip_rate": 0.62, "noise_flip_rate": 0.05, "natural_flip_rate": 0.20, "verdict": "confirmed"},
-           {"id": "p2", "flip_rate": 0.70, "noise_flip_rate": 0.65, "natural_flip_rate": 0.10, "verdict": "natural"},
-           {"id": "p3", "flip_rate": None, "noise_flip_rate": None, "natural_flip_rate": None}]
+PATCHES = [records.patch_row("p1", 0.62, noise_flip_rate=0.05, natural_flip_rate=0.20, verdict="confirmed"),
+           records.patch_row("p2", 0.70, noise_flip_rate=0.65, natural_flip_rate=0.10, verdict="natural"),
+           records.patch_row("p3", None, noise_flip_rate=None, natural_flip_rate=None)]
 
 
-def test_outcomes_from_findings_use_their_verdicts_and_margin_over_the_larger_control():
-    findings = [{"patch": "p1", "flip_rate": 0.62, "noise_flip_rate": 0.05, "natural_flip_rate": 0.20},
-                {"patch": "p4", "flip_rate": 0.55, "noise_flip_rate": 0.01, "natural_flip_rate": 0.02},
-                {"patch": "p2", "flip_rate": 0.70, "noise_flip_rate": 0.65, "natural_flip_rate": 0.10,
-                 "verdict": "natural"}]
-    (o,) = pair_outcomes({"pairs": [_pair(patches=PATCHES, findings=findings)]})
-    # the third says it is not confirmed; the best confirmed is p1: margin 0.62 - max(0.05, 0.20) = 0.42
+def _record(pairs, accuracy=0.9):
+    return RunRecord.from_dict(records.run(pairs, accuracy=accuracy))
+
+
+def test_outcomes_count_the_findings_and_take_the_margin_over_the_larger_control():
+    findings = [records.finding("p1", 0.62, None, noise_flip_rate=0.05, natural_flip_rate=0.20),
+                records.finding("p4", 0.55, None, noise_flip_rate=0.01, natural_flip_rate=0.02)]
+    (o,) = pair_outcomes(_record([_pair(patches=PATCHES, findings=findings)]))
+    # the best confirmed is p1: margin 0.62 - max(0.05, 0.20) = 0.42; the best patch of any verdict p2
     assert o == PairOutcome("grid", "stripes", 12, 2, 0.70, 0.62, pytest.approx(0.42))
     assert o.name == "grid→stripes"
 
 
-def test_outcomes_without_findings_count_confirmed_patches_and_old_summaries_count_none():
-    (o,) = pair_outcomes({"pairs": [_pair(patches=PATCHES)]})
-    assert (o.confirmed, o.confirmed_flip_rate, o.best_flip_rate) == (1, 0.62, 0.70)
-    old = [{k: v for k, v in p.items() if k != "verdict"} for p in PATCHES]
-    (o,) = pair_outcomes({"pairs": [_pair(patches=old)]})
+def test_confirmed_findings_are_the_findings_not_the_confirmed_patch_rows():
+    (o,) = pair_outcomes(_record([_pair(patches=PATCHES)]))
     assert (o.confirmed, o.confirmed_flip_rate, o.confirmed_margin, o.best_flip_rate) == (0, None, None, 0.70)
 
 
-def test_missing_rates_are_none_never_zero_and_bad_entries_are_skipped():
-    none_only = [{"id": "p", "flip_rate": None, "noise_flip_rate": None, "natural_flip_rate": None}]
-    summary = {"pairs": [_pair(patches=none_only, findings=[{"flip_rate": None}]), {"a": "x"}, "junk",
-                         _pair(a="a", b="b", confused=None, patches=[{"flip_rate": float("nan")}])]}
-    first, second = pair_outcomes(summary)
+def test_missing_rates_are_none_never_zero():
+    none_only = [records.patch_row("p", None, noise_flip_rate=None, natural_flip_rate=None)]
+    record = _record([_pair(patches=none_only, findings=[records.finding("p", None, None)]),
+                      _pair(a="a", b="b", confused=0, patches=[records.patch_row("q", float("nan"))])])
+    first, second = pair_outcomes(record)
     assert (first.best_flip_rate, first.confirmed, first.confirmed_flip_rate, first.confirmed_margin) == (
         None, 1, None, None)
-    assert (second.confused, second.best_flip_rate) == (None, None)
-    assert pair_outcomes({}) == []
+    assert (second.confused, second.best_flip_rate) == (0, None)
+    assert pair_outcomes(_record([])) == []
+
+
+P1 = records.finding("p1", 0.62, None, noise_flip_rate=0.05, natural_flip_rate=0.20)
 
 
 def _entries():
-    s0 = {"accuracy": 0.3, "pairs": [_pair(confused=40, patches=[PATCHES[2]])]}
-    s1 = {"accuracy": 0.7, "pairs": [_pair(confused=25, patches=PATCHES[:2]),
-                                     _pair(a="<script>alert(1)</script>", b="b&c", confused=3)]}
-    s2 = {"accuracy": 0.9, "pairs": [_pair(confused=10, patches=PATCHES[:1])]}
+    s0 = _record([_pair(confused=40, patches=[PATCHES[2]])], accuracy=0.3)
+    s1 = _record([_pair(confused=25, patches=PATCHES[:2], findings=[P1]),
+                  _pair(a="<script>alert(1)</script>", b="b&c", confused=3)], accuracy=0.7)
+    s2 = _record([_pair(confused=10, patches=PATCHES[:1], findings=[P1])],
+                 accuracy=0.9)
     return [epoch_entry(s2, 2, "epoch_2/index.html"), epoch_entry(s0, 0, "epoch_0/index.html"),
             epoch_entry(s1, 1, "epoch_1/index.html")]
 

@@ -1,7 +1,11 @@
 """cells.csv: one row per valid cell of every atlas grid of a run."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from .atomic import write_text
+from .paths import CELLS_FILE
 
 
 def cells_table(atlases: Mapping[int, Any], image_ids, class_names: Sequence[str]):
@@ -24,3 +28,8 @@ def cells_table(atlases: Mapping[int, Any], image_ids, class_names: Sequence[str
             row["exemplar_ids"] = " ".join(str(int(image_ids[s])) for s in atlas.exemplars.get((i, j), []))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def write_cells(run_dir: str | Path, atlases: Mapping[int, Any], image_ids, class_names: Sequence[str]) -> Path:
+    """Write `run_dir/cells.csv` (`cells_table`) atomically."""
+    return write_text(Path(run_dir) / CELLS_FILE, cells_table(atlases, image_ids, class_names).to_csv(index=False))

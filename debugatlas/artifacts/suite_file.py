@@ -57,6 +57,17 @@ def write_suite(suite, directory: str | Path) -> Path:
     return directory
 
 
+def suite_dirs(path: str | Path) -> list[Path]:
+    """The suite folders at `path`: `path` itself when it holds a suite.json (or none of its
+    sub-folders does), else every sub-folder that holds one, sorted by name."""
+    path = Path(path)
+    if path.is_dir() and not (path / SUITE_FILE).is_file():
+        subdirs = sorted(d for d in path.iterdir() if (d / SUITE_FILE).is_file())
+        if subdirs:
+            return subdirs
+    return [path]
+
+
 def read_suite(directory: str | Path) -> dict[str, Any]:
     """The plain fields of a suite saved in `directory`, every file checked: patches and controls as
     {id, cell, source, resize, image [C, h, w] float32}, the baseline as its dict, selection or None."""

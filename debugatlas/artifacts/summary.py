@@ -1,17 +1,21 @@
-"""summary.json: its schema version, the patch rows taken from a suite, reading and writing it."""
+"""summary.json on disk: the patch rows taken from a suite, and the one reader and writer of the file.
+
+Its content is the run record (`artifacts.record.RunRecord`).
+"""
 from __future__ import annotations
 
 import json
 import math
 import platform
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 from ..core.errors import DebugAtlasError
 from .atomic import write_text
 from .paths import SUMMARY_FILE
+from .record import REDO, SCHEMA_VERSION, PairRecord, RunRecord
 
-SCHEMA_VERSION = 1
 TIMED_STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
 # the patch stage's parts, timed and costed apart in `cost_w` and `forwards`
 PATCH_SUBSTAGES = ("patches.screening", "patches.synthesis", "patches.selection", "patches.confirmation")
@@ -67,14 +71,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def dumps(summary: dict) -> str:
+def dumps(summary: RunRecord | dict) -> str:
     """summary.json's text (strict JSON: no NaN)."""
+    if isinstance(summary, RunRecord):
+        summary = summary.to_dict()
     return json.dumps(_plain(summary), indent=1, allow_nan=False)
 
 
-def write_summary(run_dir: str | Path, summary: dict) -> Path:
+def write_summary(run_dir: str | Path, record: RunRecord) -> Path:
     """Write `run_dir/summary.json` atomically."""
-    return write_text(Path(run_dir) / SUMMARY_FILE, dumps(summary))
+    return write_text(Path(run_dir) / SUMMARY_FILE, dumps(record))
 
 
 def read_versioned_json(path: Path, version: int, redo: str) -> dict:
@@ -91,8 +97,8 @@ def read_versioned_json(path: Path, version: int, redo: str) -> dict:
     return data
 
 
-def read_summary(path: str | Path) -> dict:
-    """A summary.json (its path, or the run directory holding it), checked for its schema version."""
+def read_summary(path: str | Path) -> RunRecord:
+    """The run record in a summary.json (its path, or the run directory holding it), checked."""
     path = Path(path)
     if path.is_dir():
         path = path / SUMMARY_FILE
@@ -100,45 +106,34 @@ def read_summary(path: str | Path) -> dict:
         raise DebugAtlasError(
             f"{str(path)!r} does not exist. HINT: pass a run directory written by `analyze()` or its summary.json."
         )
-    return read_versioned_json(path, SCHEMA_VERSION, "rerun the analysis with this version of debugatlas")
+    data = read_versioned_json(path, SCHEMA_VERSION, REDO)
+    try:
+        return RunRecord.from_dict(data)
+    except DebugAtlasError as exc:
+        raise DebugAtlasError(f"{str(path)!r}: {exc}") from exc
 
 
-def baseline_pair(baseline: dict | None, a: str, b: str) -> dict | None:
-    """The summary.json entry of the pair (a, b) (class names), a bare {"patches": [...]}, or None."""
+def as_record(summary: RunRecord | Mapping | str | Path) -> RunRecord:
+    """A run record from a record, the dict of a summary.json, or its path (or run directory)."""
+    if isinstance(summary, RunRecord):
+        return summary
+    if isinstance(summary, (str, Path)):
+        return read_summary(summary)
+    if isinstance(summary, Mapping):
+        return RunRecord.from_dict(summary)
+    raise DebugAtlasError(f"Got a {type(summary).__name__} for a run record. HINT: pass a summary.json "
+                          "(path, run directory or its dict) or `AnalysisResult.record`.")
+
+
+def baseline_pair(baseline: RunRecord | None, a: str, b: str) -> PairRecord | None:
+    """The baseline's record of the pair (a, b) (class names), or None without a baseline."""
     if baseline is None:
         return None
-    if not isinstance(baseline, dict):
-        raise DebugAtlasError(f"`baseline` is a {type(baseline).__name__}; expected the dict of a summary.json.")
-    if "pairs" in baseline:
-        pairs = [p for p in baseline["pairs"] if str(p.get("a")) == a and str(p.get("b")) == b]
-        if not pairs:
-            found = [(p.get("a"), p.get("b")) for p in baseline["pairs"]]
-            raise DebugAtlasError(
-                f"The baseline has no pair ({a!r}, {b!r}); it has {found}. "
-                "HINT: pass the summary.json written with this suite."
-            )
-        return pairs[0]
-    if not isinstance(baseline.get("patches"), list):
-        raise DebugAtlasError(
-            "The baseline has neither `pairs` nor a `patches` list. HINT: pass a summary.json written by analyze()."
-        )
-    return baseline
-
-
-def baseline_patch_rates(pair: dict | None) -> dict[tuple[str, str], tuple]:
-    """(patch id, placement) -> (flip rate, n_images, flip_rate_ci, verdict) of a summary.json pair entry."""
+    pair = baseline.pair(a, b)
     if pair is None:
-        return {}
-    entries = pair.get("patches", [])
-    if not isinstance(entries, list):
+        found = [(p.a, p.b) for p in baseline.pairs]
         raise DebugAtlasError(
-            "The baseline pair's `patches` is not a list. HINT: pass a summary.json written by analyze()."
+            f"The baseline has no pair ({a!r}, {b!r}); it has {found}. "
+            "HINT: pass the summary.json written with this suite."
         )
-    try:
-        return {(str(e["id"]), str(e.get("placement", "static"))):
-                (float(e["flip_rate"]), e.get("n_images"), e.get("flip_rate_ci"), e.get("verdict"))
-                for e in entries if e.get("flip_rate") is not None}
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise DebugAtlasError(
-            f"A baseline patch entry is malformed ({exc}). HINT: each needs id and flip_rate."
-        ) from exc
+    return pair

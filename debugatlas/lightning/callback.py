@@ -356,10 +356,10 @@ class AtlasCallback(*_callback_bases()):
         self.last_result = result
         self.last_epoch_analyzed = epoch
         self.runs = [r for r in self.runs if r.get("epoch") != epoch]
-        self.runs.append({"dir": str(out), "timings_s": dict(result.summary.get("timings_s") or {}),
-                          **epoch_entry(result.summary, epoch, None)})
+        self.runs.append({"dir": str(out), "timings_s": dict(result.record.timings_s),
+                          **epoch_entry(result.record, epoch, None)})
         self._write_timeline(pl_module)
-        log_analysis(trainer.loggers, out, result.summary, epoch=epoch, step=trainer.global_step,
+        log_analysis(trainer.loggers, out, result.record, epoch=epoch, step=trainer.global_step,
                      num_samples=len(acts), failed_epochs=self.failed_epochs, warned=self._warned)
 
     def _write_timeline(self, pl_module) -> None:

@@ -14,8 +14,10 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
+from ..artifacts import paths
+from ..artifacts.record import RunRecord
 from ..report.timeline import pair_outcomes
 
 log = logging.getLogger("debugatlas.lightning")
@@ -25,18 +27,16 @@ __all__ = ["FAILED_EPOCHS", "scalar_metrics", "report_images", "log_analysis", "
 FAILED_EPOCHS = "atlas/failed_epochs"
 
 
-def scalar_metrics(summary: Mapping, num_samples: int | None = None) -> dict[str, float]:
+def scalar_metrics(record: RunRecord, num_samples: int | None = None) -> dict[str, float]:
     """The scalars of one analysis; a rate that was not measured (None) is left out, never zero.
 
     atlas/accuracy, atlas/num_samples, atlas/confirmed_findings, and per pair `atlas/A→B/`:
     confused, confirmed_findings, best_flip_rate, confirmed_flip_rate, confirmed_margin.
     """
-    metrics: dict[str, float] = {}
-    if isinstance(summary.get("accuracy"), (int, float)):
-        metrics["atlas/accuracy"] = float(summary["accuracy"])
+    metrics: dict[str, float] = {"atlas/accuracy": float(record.accuracy)}
     if num_samples is not None:
         metrics["atlas/num_samples"] = float(num_samples)
-    outcomes = pair_outcomes(summary)
+    outcomes = pair_outcomes(record)
     metrics["atlas/confirmed_findings"] = float(sum(o.confirmed for o in outcomes))
     for o in outcomes:
         values = {"confused": o.confused, "confirmed_findings": o.confirmed, "best_flip_rate": o.best_flip_rate,
@@ -45,16 +45,15 @@ def scalar_metrics(summary: Mapping, num_samples: int | None = None) -> dict[str
     return metrics
 
 
-def report_images(out: Path, summary: Mapping) -> list[tuple[str, Path]]:
+def report_images(out: Path, record: RunRecord) -> list[tuple[str, Path]]:
     """(tag, file) of the run directory's pictures that exist: the atlases and each pair's comparison."""
-    config = summary.get("config") if isinstance(summary.get("config"), Mapping) else {}
-    grid = config.get("grid_size")
-    found = [("atlas/icon_atlas", out / "icon_atlas.png")]
+    grid = record.grid_size
+    found = [("atlas/icon_atlas", out / paths.ICON_ATLAS)]
     if grid is not None:
-        found.append((f"atlas/atlas_{grid}", out / f"atlas_{grid}.png"))
-    for k, o in enumerate(pair_outcomes(summary)):
-        found += [(f"atlas/{o.name}/comparison_icons", out / f"pair{k}_comparison_icons.png"),
-                  (f"atlas/{o.name}/comparison", out / f"pair{k}_comparison.png")]
+        found.append((f"atlas/atlas_{grid}", out / paths.atlas_figure_path(grid)))
+    for k, o in enumerate(pair_outcomes(record)):
+        found += [(f"atlas/{o.name}/comparison_icons", out / paths.view_path(k, "comparison", icons=True)),
+                  (f"atlas/{o.name}/comparison", out / paths.view_path(k, "comparison"))]
     return [(tag, path) for tag, path in found if path.is_file()]
 
 
@@ -120,12 +119,12 @@ def _send(logger: Any, kind: str, metrics: Mapping[str, float], step: int) -> No
                        step=step)
 
 
-def log_analysis(loggers: Sequence[Any], out: Path, summary: Mapping, *, epoch: int, step: int,
+def log_analysis(loggers: Sequence[Any], out: Path, record: RunRecord, *, epoch: int, step: int,
                  num_samples: int | None, warned: set[str], failed_epochs: int = 0) -> None:
     """Scalars (with `atlas/failed_epochs`, the run's failed analyses so far) to every logger, images
     to those that take them; `warned` holds logger types already warned about (one warning each)."""
-    metrics = {**scalar_metrics(summary, num_samples), FAILED_EPOCHS: float(failed_epochs)}
-    images = report_images(out, summary)
+    metrics = {**scalar_metrics(record, num_samples), FAILED_EPOCHS: float(failed_epochs)}
+    images = report_images(out, record)
     for logger in loggers:
         kind = _kind(logger)
         _send(logger, kind, metrics, step)

@@ -181,16 +181,16 @@ def _finding_crops(ctx: RunContext, acts: ActivationSet, atlas, found) -> dict:
 
     out = {}
     for f in found:
-        samples = atlas.exemplars.get(tuple(f["cell"]), [])[:6]
+        samples = atlas.exemplars.get(f.cell, [])[:6]
         if samples:
-            out[tuple(f["cell"])] = exemplar_crops(ctx.model, ctx.module, ctx.dataset, acts, samples)
+            out[f.cell] = exemplar_crops(ctx.model, ctx.module, ctx.dataset, acts, samples)
     return out
 
 
 def _finding(index: int, plan, view, rendered: Rendered, test: PairTest, found, crops, shown,
              render_cells: int) -> PairFinding:
     top = [c.cell for c in view.cells[:render_cells]]
-    top += [tuple(f["cell"]) for f in found if tuple(f["cell"]) not in top]
+    top += [f.cell for f in found if f.cell not in top]
     return PairFinding(
         plan.a, plan.b, plan.a_name, plan.b_name, plan.confused, cells=view.cells,
         filtered_a=view.filtered_a, filtered_b=view.filtered_b, comparison=view.comparison,

@@ -1,34 +1,22 @@
-"""Findings: the confirmed features of a pair, one per atlas cell, each said in one plain sentence."""
+"""Findings: the confirmed features of a pair, one per atlas cell, each said in one plain sentence
+(`artifacts.record.sentence`)."""
 from __future__ import annotations
 
 from collections import Counter
 
 from ..artifacts.paths import icon_path
+from ..artifacts.record import Finding, sentence
 from ..atlas import Atlas
 from ..capture import ActivationSet
-from ..patches import REAL_SOURCES, PatchResult
+from ..patches import REAL_SOURCES
 from ..shortcut import shortcut_evidence
 from .records import PairPlan, PairTest
 
 _PLACEMENT_ORDER = ("random", "static", "dynamic")
 
 
-def _pct(rate: float | None) -> str:
-    return "—" if rate is None or rate != rate else f"{100 * rate:.0f} %"
-
-
-def statement(plan: PairPlan, r: PatchResult) -> str:
-    """E.g. "Pasting this feature on 2s makes the model say 3 in 41 % of them [33–49 %], against 2 % for
-    noise and 9 % for a crop of a real 3."""
-    lo, hi = r.flip_rate_ci or (float("nan"), float("nan"))
-    return (f"Pasting this feature on images of {plan.a_name} makes the model say {plan.b_name} in "
-            f"{_pct(r.flip_rate)} of them [{_pct(lo)[:-2]}–{_pct(hi)}], against {_pct(r.noise_flip_rate)} for "
-            f"noise and {_pct(r.natural_flip_rate)} for a crop of a real {plan.b_name} "
-            f"({r.n_images} held-out images, {r.placement} placement).")
-
-
 def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet, field_fraction: float,
-                  limit: int = 5) -> tuple[dict, ...]:
+                  limit: int = 5) -> tuple[Finding, ...]:
     """Confirmed patches grouped by cell: first the cells that hold most of the kept patches, then
     the cells with more samples, then in the order the selection half ranked them.
 
@@ -65,15 +53,15 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
         patch = next(p for p in test.suite.patches if p.id == r.patch_id)
         sources = sorted({c.source for c in confirmed if c.cell == cell})
         real_tested = sum(1 for p in test.suite.patches if p.cell == cell and p.source in REAL_SOURCES)
-        out.append({
-            "cell": list(cell), "statement": statement(plan, r), "patch": r.patch_id, "source": patch.source,
-            "placement": r.placement, "n_images": r.n_images, "flip_rate": r.flip_rate,
-            "flip_rate_ci": list(r.flip_rate_ci) if r.flip_rate_ci else None, "p_value": r.p_value,
-            "noise_flip_rate": r.noise_flip_rate, "natural_flip_rate": r.natural_flip_rate,
-            "exemplar_ids": [int(i) for i in acts.image_ids[samples].tolist()] if samples else [],
-            "icon": icon_path(cell), "confirmed_sources": sources, "real_crops_tested": real_tested,
-            "synthesized_only": not any(source in REAL_SOURCES for source in sources),
-            "suspected_shortcut": bool(evidence.suspected),
-            "shortcut_evidence": evidence.to_dict(),
-        })
+        out.append(Finding(
+            cell=tuple(cell), statement=sentence(plan.a_name, plan.b_name, r.flip_rate, r.flip_rate_ci,
+                                                 r.noise_flip_rate, r.natural_flip_rate, r.n_images, r.placement),
+            patch=r.patch_id, source=patch.source, placement=r.placement, n_images=int(r.n_images),
+            flip_rate=r.flip_rate, flip_rate_ci=tuple(r.flip_rate_ci) if r.flip_rate_ci else None,
+            p_value=r.p_value, noise_flip_rate=r.noise_flip_rate, natural_flip_rate=r.natural_flip_rate,
+            exemplar_ids=tuple(int(i) for i in acts.image_ids[samples].tolist()) if samples else (),
+            icon=icon_path(cell), confirmed_sources=tuple(sources), real_crops_tested=real_tested,
+            synthesized_only=not any(source in REAL_SOURCES for source in sources),
+            suspected_shortcut=bool(evidence.suspected), shortcut_evidence=evidence.to_dict(),
+        ))
     return tuple(out)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts.record import RunRecord
+from ..artifacts.record import Finding, RunRecord
 from ..atlas import Atlas
 from ..capture import ActivationSet
 from ..confusion import ConfusingCell
@@ -107,7 +107,7 @@ class PairFinding:
     examples: misclassified a→b images: dicts with id, p_b, image [C,H,W], heatmap [H,W].
     patches: the pair's measured `PatchSuite`, or None when no patch test ran.
     kind: "confused" or "near_miss" (see `PairPlan`).
-    findings: confirmed features, best first: plain dicts as in summary.json's `pairs[].findings`;
+    findings: confirmed features, best first (`artifacts.record.Finding`);
     finding_crops: cell -> [n, C, h, w] receptive-field crops of that cell's exemplars (any class).
     screening: {"n_screened", "seconds", "n_candidates"} of the patch stage.
     """
@@ -129,7 +129,7 @@ class PairFinding:
     patches: PatchSuite | None = None
     notes: tuple[str, ...] = ()
     kind: str = "confused"
-    findings: tuple[dict, ...] = ()
+    findings: tuple[Finding, ...] = ()
     finding_crops: dict = field(default_factory=dict)
     screening: dict = field(default_factory=dict)
 

@@ -1,15 +1,16 @@
 """The Findings section and the verdict of every patch row, as plain values for the template.
 
-A *finding* is a confirmed feature of a pair (summary.json `pairs[].findings[]`); a patch row's
-`verdict` is "confirmed", "natural" or "not_confirmed" (summary.json `pairs[].patches[]`). Values
-that are missing or malformed become None and are shown as such; nothing here raises on bad data.
+A *finding* is a confirmed feature of a pair (`artifacts.record.Finding`, the pair's `confirmed`);
+a patch row's `verdict` is "confirmed", "natural" or "not_confirmed" (`PatchRow.verdict`). Numbers
+and sentences come from the run record; report_data adds the pictures, matched by cell.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._values import as_float as _num, cell as _cell_key, mapping as _mapping, sequence as _sequence
+from ..artifacts.record import PairRecord
+from ._values import as_float as _num, mapping as _mapping, sequence as _sequence
 
 VERDICTS = {
     "confirmed": ("confirmed", "beats both controls on held-out images, corrected for the patches tested there"),
@@ -17,15 +18,6 @@ VERDICTS = {
     "not_confirmed": ("not confirmed", "does not beat both controls"),
 }
 MAX_FINDING_EXEMPLARS = 6
-
-
-def interval(value: Any) -> tuple[float, float] | None:
-    """`[lo, hi]` as two finite rates with lo <= hi, else None."""
-    items = _sequence(value)
-    if len(items) != 2:
-        return None
-    lo, hi = _num(items[0]), _num(items[1])
-    return None if lo is None or hi is None or lo > hi else (lo, hi)
 
 
 def verdict(value: Any) -> dict | None:
@@ -37,73 +29,34 @@ def verdict(value: Any) -> dict | None:
     return {"key": key if key in VERDICTS else "other", "label": label, "meaning": meaning}
 
 
-def percent(rate: float | None) -> str:
-    return "—" if rate is None else f"{100 * rate:.0f} %"
-
-
-def statement(a: str, b: str, flip: float | None, ci: tuple[float, float] | None,
-              noise: float | None, natural: float | None) -> str:
-    """The one-sentence finding, written from the numbers when the summary gives no `statement`."""
-    if flip is None:
-        return f"Pasting this feature on images of {a} makes the model say {b} (rate not recorded)."
-    text = f"Pasting this feature on images of {a} makes the model say {b} in {percent(flip)} of them"
-    if ci is not None:
-        text += f" [{100 * ci[0]:.0f}–{100 * ci[1]:.0f} %]"
-    controls = []
-    if noise is not None:
-        controls.append(f"{percent(noise)} for noise")
-    if natural is not None:
-        controls.append(f"{percent(natural)} for a crop of a real {b}")
-    return text + (", against " + " and ".join(controls) if controls else "") + "."
-
-
-def findings(names: tuple[str, str], sm: Mapping, rd: Mapping, images, *, cell_exemplars: Mapping,
-             patches_by_id: Mapping) -> list[dict]:
+def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Mapping) -> list[dict]:
     """The confirmed findings of one pair, best first, with the images the page shows.
 
-    `sm` is the pair in summary.json, `rd` the pair in report_data (its `findings` give exemplar
-    crops and the patch image per cell); `cell_exemplars` maps a cell to the exemplar crops of the
-    ranked-cells table, used when report_data has none for the finding; `patches_by_id` maps a
-    patch id to its summary row (for the patch image when report_data names none).
+    `pictures` maps a cell to report_data's entry for that finding (`exemplars`: crops of real
+    images, best first; `patch_image`: the pasted patch); `cell_exemplars` maps a cell to the
+    exemplar crops of the ranked-cells table, used when report_data has none for the finding.
     """
-    a, b = names
-    extra = {}
-    for raw in _sequence(rd.get("findings")):
-        raw = _mapping(raw)
-        key = _cell_key(raw.get("cell"))
-        if key is not None:
-            extra.setdefault(key, raw)
     out = []
-    for raw in _sequence(sm.get("findings")):
-        raw = _mapping(raw)
-        if raw.get("verdict") not in (None, "confirmed"):
-            continue
-        key = _cell_key(raw.get("cell"))
-        more = extra.get(key, {}) if key is not None else {}
-        flip, ci = _num(raw.get("flip_rate")), interval(raw.get("flip_rate_ci"))
-        noise, natural = _num(raw.get("noise_flip_rate")), _num(raw.get("natural_flip_rate"))
-        patch_ref = raw.get("patch")
-        patch_row = _mapping(patch_ref) if isinstance(patch_ref, Mapping) else _mapping(
-            patches_by_id.get(str(patch_ref))) if patch_ref is not None else {}
+    for f in pair.confirmed:
+        more = _mapping(pictures.get(f.cell))
+        row = pair.patch_row(f)
         crops = [images(p) for p in _sequence(more.get("exemplars"))[:MAX_FINDING_EXEMPLARS]]
-        crops = [c for c in crops if c] or list(cell_exemplars.get(key, []))[:MAX_FINDING_EXEMPLARS]
-        ids = [int(i) for i in (_num(v) for v in _sequence(raw.get("exemplar_ids"))) if i is not None]
-        text = raw.get("statement")
+        crops = [c for c in crops if c] or list(cell_exemplars.get(f.cell, []))[:MAX_FINDING_EXEMPLARS]
+        flip, noise, natural = _num(f.flip_rate), _num(f.noise_flip_rate), _num(f.natural_flip_rate)
         out.append({
-            "cell": f"({key[0]}, {key[1]})" if key else "—", "key": key,
-            "statement": text if isinstance(text, str) and text.strip()
-            else statement(a, b, flip, ci, noise, natural),
-            "flip_rate": flip, "ci": ci, "noise": noise, "natural": natural,
-            "patch_id": "" if patch_ref is None or isinstance(patch_ref, Mapping) else str(patch_ref),
-            "patch_image": images(more.get("patch_image")) or images(patch_row.get("file")),
-            "icon": images(raw.get("icon")),
+            "cell": f"({f.cell[0]}, {f.cell[1]})", "key": f.cell, "statement": f.statement,
+            "flip_rate": flip, "ci": f.flip_rate_ci, "noise": noise, "natural": natural,
+            "patch_id": f.patch,
+            "patch_image": images(more.get("patch_image")) or images(f.patch_file)
+            or (images(row.file) if row is not None else None),
+            "icon": images(f.icon),
             "exemplars": crops,
-            "exemplar_ids": ids[:MAX_FINDING_EXEMPLARS],
-            "suspected_shortcut": raw.get("suspected_shortcut") is True,
-            "synthesized_only": raw.get("synthesized_only") is True,
-            "real_crops_tested": _num(raw.get("real_crops_tested")),
-            "evidence": _evidence(raw.get("shortcut_evidence")),
-            "gauge": gauge(flip, ci, noise, natural),
+            "exemplar_ids": list(f.exemplar_ids[:MAX_FINDING_EXEMPLARS]),
+            "suspected_shortcut": f.suspected_shortcut,
+            "synthesized_only": f.synthesized_only is True,
+            "real_crops_tested": f.real_crops_tested,
+            "evidence": _evidence(f.shortcut_evidence),
+            "gauge": gauge(flip, f.flip_rate_ci, noise, natural),
         })
     return out
 

@@ -1,8 +1,9 @@
-"""Turn `summary` and `report_data` into the plain values the template shows.
+"""Turn the run record and `report_data` into the plain values the template shows.
 
-Everything the page needs is checked and coerced here, so the template never meets a missing key
-or a value of the wrong type: an absent or malformed part becomes `None` (or an empty list) and a
-line in `absent`, which the page shows in its header and in the section concerned.
+The numbers come from the run record (`artifacts.record.RunRecord`), checked when it was read;
+`report_data` names the pictures written beside the page (per pair: views, exemplar crops by
+cell, misclassified examples; the atlases' cells). A picture that is absent or malformed becomes
+`None` (or an empty list), and the page names the gap in its header and in the section concerned.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..artifacts.record import CellRow, PairRecord, PatchRow, RunRecord
 from . import _findings
 from ._values import as_float, as_int, as_text, mapping, sequence
 from ._values import cell as as_cell
@@ -73,11 +75,11 @@ def _colour(rate: float, hue: str) -> tuple[str, str]:
     return f"rgb({rgb[0]},{rgb[1]},{rgb[2]})", text
 
 
-def confusion(summary: Mapping, classes: list[str]) -> dict | None:
-    """Rows of coloured cells, or None when the matrix is missing or not K×K."""
-    rows = sequence(summary.get("confusion_matrix"))
+def confusion(record: RunRecord, classes: list[str]) -> dict | None:
+    """Rows of coloured cells, or None when the matrix is empty or not K×K."""
+    rows = record.confusion_matrix
     k = len(rows)
-    matrix = [[as_int(v) for v in sequence(row)] for row in rows]
+    matrix = [[as_int(v) for v in row] for row in rows]
     if k == 0 or any(len(row) != k or None in row for row in matrix):
         return None
     names = classes if len(classes) == k else [str(i) for i in range(k)]
@@ -106,22 +108,17 @@ def confusion(summary: Mapping, classes: list[str]) -> dict | None:
     }
 
 
-def _patch_entry(raw: Mapping, images: Images, fallback_name: str) -> dict:
-    flip, ci = as_float(raw.get("flip_rate")), _findings.interval(raw.get("flip_rate_ci"))
-    noise, natural = as_float(raw.get("noise_flip_rate")), as_float(raw.get("natural_flip_rate"))
+def _patch_entry(row: PatchRow, images: Images) -> dict:
+    ci = row.flip_rate_ci
     return {
-        "candidate": as_text(raw.get("candidate", raw.get("id", fallback_name))),
-        "source": as_text(raw.get("source", "")),
-        "placement": as_text(raw.get("placement", "")) or "unspecified",
-        "flip_rate": flip, "noise_flip_rate": noise, "natural_flip_rate": natural, "ci": ci,
-        "p_value": as_float(raw.get("p_value")),
-        "verdict": _findings.verdict(raw.get("verdict")),
-        "gauge": _findings.gauge(flip, ci, noise, natural),
-        "p_b_before": as_float(raw.get("p_b_before")),
-        "p_b_after": as_float(raw.get("p_b_after")),
-        "n_images": as_int(raw.get("n_images")),
-        "size_frac": as_float(raw.get("size_frac")),
-        "file": images(raw.get("file")),
+        "candidate": row.id, "source": row.source, "placement": row.placement,
+        "flip_rate": as_float(row.flip_rate), "noise_flip_rate": as_float(row.noise_flip_rate),
+        "natural_flip_rate": as_float(row.natural_flip_rate), "ci": ci, "p_value": as_float(row.p_value),
+        "verdict": _findings.verdict(row.verdict),
+        "gauge": _findings.gauge(as_float(row.flip_rate), ci, as_float(row.noise_flip_rate),
+                                 as_float(row.natural_flip_rate)),
+        "p_b_before": as_float(row.p_b_before), "p_b_after": as_float(row.p_b_after),
+        "n_images": row.n_images, "size_frac": as_float(row.size_frac), "file": images(row.file),
     }
 
 
@@ -139,24 +136,17 @@ def _patch_rows(entries: list[dict]) -> tuple[list[dict], list[dict]]:
     return ordered[:shown], ordered[shown:]
 
 
-def _ranked_cells(raw_cells: Sequence, images: Images, from_summary: bool) -> list[dict]:
+def _ranked_cells(rows: Sequence[CellRow], crops: Mapping, images: Images) -> list[dict]:
+    """The pair's ranked cells with their exemplar crops (`crops`: cell -> paths written)."""
     cells = []
-    for rank, raw in enumerate(sequence(raw_cells), start=1):
-        raw = mapping(raw)
-        cell = as_cell(raw.get("cell"))
-        exemplars = [images(p) for p in sequence(raw.get("exemplars"))[:MAX_EXEMPLARS]]
-        ids = [as_int(i) for i in sequence(raw.get("exemplar_ids"))]
+    for rank, row in enumerate(rows, start=1):
+        exemplars = [images(p) for p in sequence(crops.get(row.cell))[:MAX_EXEMPLARS]]
         cells.append({
-            "rank": rank, "key": cell,
-            "cell": f"({cell[0]}, {cell[1]})" if cell else "—",
-            "score": as_float(raw.get("score")),
-            "count": as_int(raw.get("count")),
-            "count_a": as_int(raw.get("count_a")),
-            "attribution_a": as_float(raw.get("attribution_a")),
-            "attribution_b": as_float(raw.get("attribution_b")),
-            "icon": images(raw.get("icon")),
-            "exemplars": [e for e in exemplars if e],
-            "exemplar_ids": [i for i in ids if i is not None][:MAX_EXEMPLARS] if from_summary else [],
+            "rank": rank, "key": row.cell, "cell": f"({row.cell[0]}, {row.cell[1]})",
+            "score": as_float(row.score), "count": row.count, "count_a": row.count_a,
+            "attribution_a": as_float(row.attribution_a), "attribution_b": as_float(row.attribution_b),
+            "icon": images(row.icon), "exemplars": [e for e in exemplars if e],
+            "exemplar_ids": list(row.exemplar_ids[:MAX_EXEMPLARS]),
         })
     scale = max((abs(v) for c in cells for v in (c["attribution_a"], c["attribution_b"])
                  if v is not None), default=0.0) or 1.0
@@ -169,69 +159,63 @@ def _ranked_cells(raw_cells: Sequence, images: Images, from_summary: bool) -> li
 
 
 def _listed_cells(cells: list[dict]) -> tuple[list[dict], int]:
-    """Cells that push toward B (score > 0, or no score recorded), renumbered; and how many were dropped."""
-    listed = [c for c in cells if c["score"] is None or c["score"] > 0]
+    """Cells that push toward B (score > 0), renumbered; and how many were dropped."""
+    listed = [c for c in cells if c["score"] is not None and c["score"] > 0]
     for rank, c in enumerate(listed, start=1):
         c["rank"] = rank
     return listed, len(cells) - len(listed)
 
 
-def pair_view(index: int, names: tuple[str, str], rd: Mapping, sm: Mapping,
-              images: Images, matrix: dict | None) -> dict:
-    """Everything the page shows about one studied pair; `rd` from report_data, `sm` from summary."""
-    a, b = names
-    from_summary = not sequence(rd.get("cells"))
-    cells = _ranked_cells(sm.get("confusing_cells") if from_summary else rd.get("cells"),
-                          images, from_summary)
-    crops_by_cell = {c["key"]: c["exemplars"] for c in cells if c["key"] is not None}
+def _crops_by_cell(raw: Any) -> dict:
+    """report_data's `cells` or `findings` of a pair: cell -> the exemplar crop paths written."""
+    out: dict = {}
+    for entry in sequence(raw):
+        entry = mapping(entry)
+        key = as_cell(entry.get("cell"))
+        if key is not None:
+            out.setdefault(key, entry)
+    return out
+
+
+def pair_view(index: int, pair: PairRecord, rd: Mapping, images: Images) -> dict:
+    """Everything the page shows about one studied pair: numbers from its record, pictures from `rd`."""
+    saved = _crops_by_cell(rd.get("cells"))
+    crops = {key: mapping(entry).get("exemplars") for key, entry in saved.items()}
+    cells = _ranked_cells(pair.confusing_cells, crops, images)
+    crops_by_cell = {c["key"]: c["exemplars"] for c in cells}
     cells, dropped = _listed_cells(cells)
-    sm_patches = [mapping(p) for p in sequence(sm.get("patches"))]
-    entries = [_patch_entry(p, images, f"patch {n}") for n, p in enumerate(sm_patches, start=1)]
+    entries = [_patch_entry(p, images) for p in pair.patches]
     shown, folded = _patch_rows(entries)
-    patches_by_id = {as_text(p.get("id")): p for p in sm_patches if p.get("id") is not None}
-    confused = as_int(rd.get("confused"))
-    if confused is None and matrix is not None:
-        confused = matrix["lookup"].get((a, b))
-    notes = [as_text(n) for n in [*sequence(rd.get("notes")), *sequence(sm.get("notes"))] if n]
+    notes = [as_text(n) for n in [*sequence(rd.get("notes")), *pair.notes] if n]
     misclassified = []
     all_mis = sequence(rd.get("misclassified"))
     for raw in all_mis[:MAX_MISCLASSIFIED]:
         raw = mapping(raw)
         misclassified.append({"id": as_int(raw.get("id")), "p_b": as_float(raw.get("p_b")),
                               "image": images(raw.get("image")), "heatmap": images(raw.get("heatmap"))})
-    kind = as_text(sm.get("kind") or rd.get("kind")) or "confused"
-    found = _findings.findings(names, sm, rd, images, cell_exemplars=crops_by_cell, patches_by_id=patches_by_id)
+    found = _findings.findings(pair, _crops_by_cell(rd.get("findings")), images, cell_exemplars=crops_by_cell)
     return {
-        "anchor": f"pair-{index}", "a": a, "b": b, "confused": confused,
-        "kind": kind, "near_miss": kind == "near_miss",
+        "anchor": f"pair-{index}", "a": pair.a, "b": pair.b, "confused": pair.confused,
+        "kind": pair.kind, "near_miss": pair.kind == "near_miss",
         "notes": list(dict.fromkeys(notes)),
         "findings": found, "finding_cells": [f["cell"] for f in found],
         "verdict_counts": _findings.verdict_counts(entries),
         "filtered_a": images(rd.get("filtered_a")), "filtered_b": images(rd.get("filtered_b")),
         "comparison": images(rd.get("comparison")),
-        "cells": cells, "cells_dropped": dropped, "cells_from_summary": from_summary and bool(cells),
+        "cells": cells, "cells_dropped": dropped, "cells_from_summary": not saved and bool(cells),
         "misclassified": misclassified, "misclassified_total": len(all_mis),
         "patch_rows": shown, "patch_rows_folded": folded, "patch_entries": entries,
     }
 
 
-def pairs(summary: Mapping, report_data: Mapping, images: Images, matrix: dict | None) -> list[dict]:
-    """Pairs from report_data in their order, then pairs only the summary names."""
-    def key(raw: Mapping) -> tuple[str, str]:
-        return as_text(raw.get("a")), as_text(raw.get("b"))
-
-    rd_pairs = [mapping(p) for p in sequence(report_data.get("pairs"))]
-    sm_pairs = {key(mapping(p)): mapping(p) for p in sequence(summary.get("pairs"))}
-    order = [key(p) for p in rd_pairs] + [k for k in sm_pairs if k not in {key(p) for p in rd_pairs}]
-    by_rd = {key(p): p for p in rd_pairs}
-    seen, views = set(), []
-    for names in order:
-        if names in seen:
-            continue
-        seen.add(names)
-        views.append(pair_view(len(views) + 1, names, by_rd.get(names, {}),
-                               sm_pairs.get(names, {}), images, matrix))
-    return views
+def pairs(record: RunRecord, report_data: Mapping, images: Images) -> list[dict]:
+    """The run's pairs in its order, each with the pictures report_data gives for it."""
+    by_names = {}
+    for raw in sequence(report_data.get("pairs")):
+        raw = mapping(raw)
+        by_names.setdefault((as_text(raw.get("a")), as_text(raw.get("b"))), raw)
+    return [pair_view(k, pair, by_names.get((pair.a, pair.b), {}), images)
+            for k, pair in enumerate(record.pairs, start=1)]
 
 
 def _round(value: float) -> float:
@@ -324,32 +308,32 @@ def atlas_gallery(report_data: Mapping, images: Images, main_grid: int | None) -
     return gallery
 
 
-def overview(summary: Mapping, report_data: Mapping) -> dict:
+def overview(record: RunRecord, report_data: Mapping) -> dict:
     """Header rows (versions included), timings with bar widths and the config as pretty JSON."""
-    accuracy = as_float(summary.get("accuracy"))
-    samples = as_int(summary.get("num_samples"))
-    seed = as_int(report_data.get("seed", mapping(summary.get("config")).get("seed")))
+    accuracy = as_float(record.accuracy)
+    samples = record.num_samples
+    seed = record.seed
     rows = [
         ("Model", as_text(report_data.get("model")) or None),
-        ("Layer", as_text(summary.get("layer")) or None),
+        ("Layer", record.layer or None),
         ("Data", as_text(report_data.get("data")) or None),
         ("Samples", f"{samples:,}" if samples is not None else None),
         ("Accuracy", f"{100 * accuracy:.2f} %" if accuracy is not None else None),
         ("Seed", str(seed) if seed is not None else None),
-        ("Held-out split", held_out(summary)),
-        ("Schema version", as_text(summary.get("schema_version")) or None),
+        ("Held-out split", held_out(record)),
+        ("Schema version", str(record.schema_version)),
     ]
-    timings = [(as_text(k), as_float(v)) for k, v in mapping(summary.get("timings_s")).items()]
+    timings = [(as_text(k), as_float(v)) for k, v in record.timings_s.items()]
     timings = [(k, v) for k, v in timings if v is not None]
     total = next((v for k, v in timings if k == "total"), None)
     stages = [(k, v) for k, v in timings if k != "total"]
     longest = max([v for _, v in stages] + [total or 0.0, 1e-9])
-    versions = sorted((as_text(k), as_text(v)) for k, v in mapping(summary.get("versions")).items())
+    versions = sorted((as_text(k), as_text(v)) for k, v in record.versions.items())
     rows.append(("Versions", " · ".join(f"{k} {v}" for k, v in versions) or None))
-    config = mapping(summary.get("config"))
-    cost = mapping(summary.get("cost_w"))
-    forwards = mapping(summary.get("forwards"))
-    w = as_float(mapping(summary.get("w_s")).get("seconds"))
+    config = record.config
+    cost = mapping(record.cost_w)
+    forwards = mapping(record.forwards)
+    w = as_float(mapping(record.w_s).get("seconds"))
     parts = [(k, as_float(cost.get(k))) for k in cost if k.startswith("patches.")]
 
     def row(stage: str, seconds: float | None, label: str | None = None) -> dict:
@@ -379,13 +363,13 @@ def suite(report_data: Mapping) -> dict | None:
     return {"dir": as_text(raw.get("dir")), "check_command": as_text(raw.get("check_command"))}
 
 
-def held_out(summary: Mapping) -> str | None:
-    """The recorded selection/confirmation split (summary `config.split`) in a few words, else None.
+def held_out(record: RunRecord) -> str | None:
+    """The recorded selection/confirmation split (`config.split`) in a few words, else None.
 
     A part given as a mapping with `n_images` is said as its image count; per-class counts and the
     rule's wording stay in the configuration shown under the Run section.
     """
-    split = mapping(summary.get("config")).get("split")
+    split = record.config.get("split")
     if isinstance(split, Mapping) and split:
         parts = []
         for key, value in split.items():

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..artifacts import paths
 from ..artifacts.atomic import staged_dir
-from ..artifacts.cells import cells_table
+from ..artifacts.cells import write_cells
 from ..artifacts.summary import write_summary
 from ..confusion import SCORE_DESCRIPTION
 from ..core.datasets import load_images
@@ -34,12 +34,56 @@ def _atlas_cells(atlas, result, exemplar_files: dict) -> list[dict]:
     return out
 
 
+def _pair_files(stage: Path, k: int, finding, names) -> dict:
+    """Write the pictures and the suite of the k-th studied pair; return its report data entry."""
+    entry: dict[str, Any] = {"a": finding.a_name, "b": finding.b_name}
+    for side, atlas, label in (("filtered_a", finding.filtered_a, finding.a_name),
+                               ("filtered_b", finding.filtered_b, finding.b_name),
+                               ("comparison", finding.comparison, None)):
+        if atlas is None:
+            continue
+        ttl = (f"Class filter: {label}" if label is not None
+               else f"{finding.b_name}  ←  attribution  →  {finding.a_name}")
+        atlas_figure(stage / paths.view_path(k, side), atlas, names, ttl)
+        entry[side] = paths.view_path(k, side)
+        if side in finding.icon_atlases:
+            save_png(stage / paths.view_path(k, side, icons=True), finding.icon_atlases[side])
+            entry[side] = paths.view_path(k, side, icons=True)
+    cells = []
+    for c in finding.cells:
+        crops = []
+        for n, crop in enumerate(finding.exemplar_crops.get(c.cell, [])[:6]):
+            rel = paths.exemplar_crop_path(k, c.cell, n)
+            save_png(stage / rel, crop, scale=6)
+            crops.append(rel)
+        cells.append({"cell": list(c.cell), "exemplars": crops})
+    entry["cells"] = cells
+    entry["findings"] = []
+    for f in finding.findings:
+        cell = f.cell
+        files = []
+        for n, crop in enumerate(finding.finding_crops.get(cell, [])):
+            rel = paths.finding_crop_path(k, cell, n)
+            save_png(stage / rel, crop, scale=6)
+            files.append(rel)
+        entry["findings"].append({"cell": list(cell), "exemplars": files})
+    entry["misclassified"] = []
+    for ex in finding.examples:
+        img_rel, heat_rel = paths.example_paths(k, ex["id"])
+        save_png(stage / img_rel, ex["image"], scale=4)
+        save_png(stage / heat_rel, heat_overlay(ex["image"], ex["heatmap"]), scale=4)
+        entry["misclassified"].append({"id": ex["id"], "image": img_rel, "heatmap": heat_rel, "p_b": ex["p_b"]})
+    if finding.patches is not None:  # the page reads the pair's `patches` rows from the summary
+        finding.patches.save(stage / paths.suite_dir(k))
+    return entry
+
+
 def _write_files(stage: Path, result, dataset, model, title, data_description) -> dict:
     """Write every file of the run into `stage`; return the report data for index.html."""
     names = result.class_names
     main = result.atlases[result.config.grid_size]
-    write_summary(stage, result.summary)
-    cells_table(result.atlases, result.activations.image_ids, names).to_csv(stage / paths.CELLS_FILE, index=False)
+    write_summary(stage, result.record)
+    write_cells(stage, result.atlases, result.activations.image_ids, names)
     icons_written = set()
     for finding in result.pairs:
         for cell, icon in finding.icons.items():
@@ -67,64 +111,20 @@ def _write_files(stage: Path, result, dataset, model, title, data_description) -
         atlases.append({"grid_size": g, "image": paths.atlas_figure_path(g), "grid_image": paths.atlas_grid_path(g),
                         "icon_image": icon_image,
                         "cells": _atlas_cells(atlas, result, exemplar_files if g == main.grid_size else {})})
-    pairs = []
-    for k, finding in enumerate(result.pairs):
-        entry: dict[str, Any] = {"a": finding.a_name, "b": finding.b_name, "confused": finding.confused,
-                                 "kind": finding.kind, "notes": list(finding.notes)}
-        for side, atlas, label in (("filtered_a", finding.filtered_a, finding.a_name),
-                                   ("filtered_b", finding.filtered_b, finding.b_name),
-                                   ("comparison", finding.comparison, None)):
-            if atlas is None:
-                continue
-            ttl = (f"Class filter: {label}" if label is not None
-                   else f"{finding.b_name}  ←  attribution  →  {finding.a_name}")
-            atlas_figure(stage / paths.view_path(k, side), atlas, names, ttl)
-            entry[side] = paths.view_path(k, side)
-            if side in finding.icon_atlases:
-                save_png(stage / paths.view_path(k, side, icons=True), finding.icon_atlases[side])
-                entry[side] = paths.view_path(k, side, icons=True)
-        cells = []
-        for c in finding.cells:
-            crops = []
-            for n, crop in enumerate(finding.exemplar_crops.get(c.cell, [])[:6]):
-                rel = paths.exemplar_crop_path(k, c.cell, n)
-                save_png(stage / rel, crop, scale=6)
-                crops.append(rel)
-            cells.append({"cell": list(c.cell), "score": c.score, "count": c.count, "count_a": c.count_a,
-                          "attribution_a": c.attribution_a, "attribution_b": c.attribution_b,
-                          "icon": paths.icon_path(c.cell) if c.cell in finding.icons else None, "exemplars": crops})
-        entry["cells"] = cells
-        entry["findings"] = []
-        for f in finding.findings:
-            cell = tuple(f["cell"])
-            files = []
-            for n, crop in enumerate(finding.finding_crops.get(cell, [])):
-                rel = paths.finding_crop_path(k, cell, n)
-                save_png(stage / rel, crop, scale=6)
-                files.append(rel)
-            entry["findings"].append({"cell": list(cell), "exemplars": files, "patch_image": f"{paths.suite_patches_prefix(k)}{f['patch']}.png"})
-        entry["misclassified"] = []
-        for ex in finding.examples:
-            img_rel, heat_rel = paths.example_paths(k, ex["id"])
-            save_png(stage / img_rel, ex["image"], scale=4)
-            save_png(stage / heat_rel, heat_overlay(ex["image"], ex["heatmap"]), scale=4)
-            entry["misclassified"].append({"id": ex["id"], "image": img_rel, "heatmap": heat_rel, "p_b": ex["p_b"]})
-        if finding.patches is not None:  # the page reads the pair's `patches` rows from the summary
-            finding.patches.save(stage / paths.suite_dir(k))
-        pairs.append(entry)
+    pairs = [_pair_files(stage, k, finding, names) for k, finding in enumerate(result.pairs)]
     suite = None
     if any(f.patches is not None for f in result.pairs):
         suite = {"dir": paths.SUITE_ROOT, "check_command": check_command(result)}
 
     return {"title": title or "debugatlas report", "model": type(model).__name__,
-            "data": data_description or type(dataset).__name__, "seed": result.summary["config"]["seed"],
+            "data": data_description or type(dataset).__name__, "seed": result.record.seed,
             "score_description": SCORE_DESCRIPTION, "atlases": atlases, "pairs": pairs, "suite": suite,
             "icon_atlas": paths.ICON_ATLAS if result.icon_atlas is not None else None}
 
 
 def check_command(result) -> str:
     """The `debugatlas check` command line that gates a checkpoint on this run's suite."""
-    config = result.summary["config"]
+    config = result.record.config
     spec = config.get("model_spec") or "pkg.module:factory"
     normalize = config.get("normalize")
     norm = " --normalize " + " ".join(f"{v:g}" for v in [*normalize[0], *normalize[1]]) if normalize else ""
@@ -139,5 +139,5 @@ def write_run(out_dir: Path, result, dataset, model, title: str | None = None,
 
     with staged_dir(out_dir) as stage:
         data = _write_files(stage, result, dataset, model, title, data_description)
-        write_report(stage, result.summary, data)
+        write_report(stage, result.record, data)
     return Path(out_dir)

@@ -4,10 +4,10 @@ Per confused pair it plots, over the analysed epochs, how many images of A the m
 and the flip rate of the best confirmed finding (with the best patch of any verdict, dashed), so a
 reader sees *when* the model picked up a shortcut; a table links each epoch's report.
 
-What it reads from a summary.json is read defensively (`pair_outcomes`): `pairs[].findings[]` and
-`patches[].verdict` may be absent (older runs), and any rate may be `None` (no image of A was
-classified correctly, so nothing could flip). A missing value is a gap in the plot and "—" in the
-table, never a zero. An epoch whose analysis failed inside training (`failed_entry`) is listed as
+It reads each epoch's run record (`artifacts.record`, `pair_outcomes`): its confirmed findings and
+their margins over the controls by the record's own rules. Any rate may be `None` (no image of A
+was classified correctly, so nothing could flip): a missing value is a gap in the plot and "—" in
+the table, never a zero. An epoch whose analysis failed inside training (`failed_entry`) is listed as
 failed, with its one-line cause and hint, and is a gap in every plot.
 
 The page has no script: a Content-Security-Policy meta tag allows inline styles and images of the
@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ..artifacts.record import RunRecord
 
 __all__ = ["PairOutcome", "pair_outcomes", "epoch_entry", "failed_entry", "render_timeline", "write_timeline"]
 
@@ -57,55 +59,32 @@ def _rate(value: Any) -> float | None:
     return float(value)
 
 
-def _confirmed_findings(pair: Mapping) -> list[Mapping]:
-    """Confirmed findings of a pair: its `findings[]` (confirmed by construction, unless one carries
-    another `verdict`), else, in summaries without findings, the patches whose verdict is "confirmed"."""
-    findings = pair.get("findings")
-    if isinstance(findings, list):
-        return [f for f in findings if isinstance(f, Mapping) and (f.get("verdict") or "confirmed") == "confirmed"]
-    return [p for p in pair.get("patches") or [] if isinstance(p, Mapping) and p.get("verdict") == "confirmed"]
-
-
-def _margin(finding: Mapping) -> float | None:
-    rate = _rate(finding.get("flip_rate"))
-    controls = [c for c in (_rate(finding.get("noise_flip_rate")), _rate(finding.get("natural_flip_rate")))
-                if c is not None]
-    return None if rate is None or not controls else rate - max(controls)
-
-
 def _best(values) -> float | None:
     present = [v for v in values if v is not None]
     return max(present) if present else None
 
 
-def pair_outcomes(summary: Mapping) -> list[PairOutcome]:
-    """One `PairOutcome` per entry of a summary's `pairs`, in its order; malformed entries skipped."""
+def pair_outcomes(record: RunRecord) -> list[PairOutcome]:
+    """One `PairOutcome` per studied pair of a run, in its order."""
     out = []
-    for pair in summary.get("pairs") or []:
-        if not isinstance(pair, Mapping) or "a" not in pair or "b" not in pair:
-            continue
-        confirmed = _confirmed_findings(pair)
-        best = max(confirmed, key=lambda f: _rate(f.get("flip_rate")) or -1.0, default=None)
-        confused = pair.get("confused")
+    for pair in record.pairs:
+        best = pair.best_finding()
         out.append(PairOutcome(
-            a=str(pair["a"]), b=str(pair["b"]),
-            confused=int(confused) if _rate(confused) is not None else None,
-            confirmed=len(confirmed),
-            best_flip_rate=_best(_rate(p.get("flip_rate")) for p in pair.get("patches") or []
-                                 if isinstance(p, Mapping)),
-            confirmed_flip_rate=None if best is None else _rate(best.get("flip_rate")),
-            confirmed_margin=None if best is None else _margin(best),
+            a=pair.a, b=pair.b, confused=pair.confused, confirmed=len(pair.confirmed),
+            best_flip_rate=_best(_rate(p.flip_rate) for p in pair.patches),
+            confirmed_flip_rate=None if best is None else _rate(best.flip_rate),
+            confirmed_margin=None if best is None else best.margin,
         ))
     return out
 
 
-def epoch_entry(summary: Mapping, epoch: int, href: str | None) -> dict[str, Any]:
+def epoch_entry(record: RunRecord, epoch: int, href: str | None) -> dict[str, Any]:
     """The timeline's record of one analysed epoch, in plain values (kept in checkpoint state).
 
     href: the epoch's report relative to the timeline (e.g. "epoch_3/index.html"), or None.
     """
-    return {"epoch": int(epoch), "href": href, "accuracy": _rate(summary.get("accuracy")),
-            "pairs": [asdict(o) for o in pair_outcomes(summary)]}
+    return {"epoch": int(epoch), "href": href, "accuracy": _rate(record.accuracy),
+            "pairs": [asdict(o) for o in pair_outcomes(record)]}
 
 
 def failed_entry(epoch: int, cause: str, hint: str | None = None) -> dict[str, Any]:

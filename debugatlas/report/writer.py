@@ -13,34 +13,30 @@ written as `\\u003c`, `\\u003e`, `\\u0026`, so no value can close the element. A
 Content-Security-Policy meta tag allows images from the page's own origin and `file:` only, inline
 styles, and exactly one script (by its SHA-256 hash); everything else, network included, is denied.
 
-`report_data` (every key optional; a missing or empty one is named on the page as absent)::
+`summary` is the run record (`artifacts.record.RunRecord`, or the dict of a summary.json, read
+with its checks); every number on the page comes from it. `report_data` names the pictures
+written beside the page (every key optional; a missing or empty one is named on the page as absent)::
 
     {"title", "model", "data", "seed", "score_description",
      "icon_atlas": path,          # icon atlas of the main grid (summary config["grid_size"])
      "atlases": [{"grid_size", "image": path, "grid_image": path, "icon_image": path,
                   "cells": [{"cell": [i, j], "count", "classes": {name: int},
                              "attribution": {name: float}, "exemplars": [path], "icon": path}]}],
-     "pairs": [{"a", "b", "kind", "confused", "notes": [str], "filtered_a", "filtered_b", "comparison",
+     "pairs": [{"a", "b", "notes": [str], "filtered_a", "filtered_b", "comparison",
                 "findings": [{"cell": [i, j], "exemplars": [path], "patch_image": path}],
-                "cells": [{"cell", "score", "count", "count_a", "attribution_a", "attribution_b",
-                           "icon", "exemplars": [path]}],
+                "cells": [{"cell": [i, j], "exemplars": [path]}],
                 "misclassified": [{"id", "image", "heatmap", "p_b"}]}],
      "suite": {"dir", "check_command"} | None}
 
-Pairs come from report_data in its order, then any pair only the summary names; a pair without
-report_data `cells` shows the summary's `confusing_cells`. Patch rows come from the summary's
-`patches` (with `verdict`, `flip_rate_ci`, `p_value`). Cells with a score <= 0 are not listed.
-
-Findings (the page opens with them) are the summary's `pairs[].findings` (schema 1 extended:
-`cell`, `statement`, `patch` (a patch id), `flip_rate`, `flip_rate_ci`, `noise_flip_rate`,
-`natural_flip_rate`, `exemplar_ids`, `icon`, `suspected_shortcut`, `synthesized_only`,
-`real_crops_tested`); an entry whose `verdict` is
-present and not "confirmed" is skipped. report_data's `pairs[].findings` adds the pictures, matched
-by `cell`: `exemplars` (crops of real images, best first) and `patch_image` (the pasted patch). A
-finding without them takes the exemplar crops of the same cell in the pair's `cells`, and the
-`file` of the summary patch whose `id` is the finding's `patch`. With no `statement`, the sentence
-is written from the numbers. `kind: "near_miss"` (summary or report_data) marks a pair that was
-studied although no image of A was classified as B.
+Pairs are the record's, in its order, matched to report_data's by (a, b). A pair's ranked cells
+are its `confusing_cells` with a score > 0, with the exemplar crops report_data's `cells` give
+by cell (else the record's exemplar image ids). Patch rows are its `patches` (with `verdict`,
+`flip_rate_ci`, `p_value`). Findings (the page opens with them) are its confirmed findings, each
+with its recorded `statement`; report_data's `pairs[].findings` adds the pictures, matched by
+`cell`: `exemplars` (crops of real images, best first) and `patch_image` (the pasted patch). A
+finding without them takes the exemplar crops of the same cell in the pair's `cells`, and its
+`patch_file`. `kind: "near_miss"` marks a pair that was studied although no image of A was
+classified as B.
 
 Atlas images: `icon_image` (or, for the main grid, the top-level `icon_atlas`) must cover exactly
 the G×G grid with cell `[i, j]` at column i (left to right) and row j (row 0 at the top), as
@@ -65,6 +61,8 @@ import jinja2
 from markupsafe import Markup
 
 from ..artifacts.atomic import write_text
+from ..artifacts.record import RunRecord
+from ..artifacts.summary import as_record
 from ..core.errors import DebugAtlasError
 from . import _findings, _view
 
@@ -124,14 +122,19 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_report(summary: Mapping, report_data: Mapping | None = None,
+def render_report(summary: RunRecord | Mapping, report_data: Mapping | None = None,
                   out_dir: str | os.PathLike | None = None) -> str:
-    """The report as an HTML string; image paths are checked against `out_dir` when given."""
-    if not isinstance(summary, Mapping):
+    """The report as an HTML string; image paths are checked against `out_dir` when given.
+
+    `summary`: the run record, or the dict of a summary.json (read with the record's checks: a
+    missing field or another schema version is a `DebugAtlasError`).
+    """
+    if not isinstance(summary, (RunRecord, Mapping)):
         raise DebugAtlasError(
-            f"`write_report(summary={type(summary).__name__})` needs the summary.json dict. "
-            "HINT: pass the dict written to summary.json (a mapping with 'classes', 'pairs', ...)."
+            f"`write_report(summary={type(summary).__name__})` needs the run record. "
+            "HINT: pass `AnalysisResult.record` or the dict written to summary.json."
         )
+    record = as_record(summary)
     if report_data is None:
         report_data = {}
     if not isinstance(report_data, Mapping):
@@ -140,14 +143,10 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
             "HINT: pass {} when there is nothing beyond the summary to show."
         )
     images = _view.Images(Path(out_dir) if out_dir is not None else None)
-    raw_classes = summary.get("classes")
-    classes = [_view.as_text(c) for c in raw_classes] if isinstance(raw_classes, (list, tuple)) else []
-    matrix = _view.confusion(summary, classes)
-    if not classes and matrix is not None:
-        classes = list(matrix["labels"])
-    pairs = _view.pairs(summary, report_data, images, matrix)
-    config = summary.get("config")
-    main_grid = _view.as_int(config.get("grid_size")) if isinstance(config, Mapping) else None
+    classes = list(record.classes)
+    matrix = _view.confusion(record, classes)
+    pairs = _view.pairs(record, report_data, images)
+    main_grid = record.grid_size
     blob = _view.atlas_blob(report_data, classes, images, main_grid, _findings.atlas_marks(pairs))
     suite = _view.suite(report_data)
     headline = _findings.headline(pairs)
@@ -169,12 +168,12 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
     css, script = _static("report.css"), _static("report.js")
     context = {
         "title": _view.as_text(report_data.get("title")) or "debugatlas report",
-        "overview": _view.overview(summary, report_data),
+        "overview": _view.overview(record, report_data),
         "classes": classes,
         "matrix": matrix,
         "pairs": pairs,
         "headline": headline,
-        "held_out": _view.held_out(summary),
+        "held_out": _view.held_out(record),
         "atlas_grids": [g["grid_size"] for g in blob["grids"]],
         "atlas_gallery": _view.atlas_gallery(report_data, images, main_grid),
         "atlas_initial": blob["initial"],
@@ -190,7 +189,7 @@ def render_report(summary: Mapping, report_data: Mapping | None = None,
     return _environment().get_template("index.html").render(**context)
 
 
-def write_report(out_dir: str | os.PathLike, summary: Mapping,
+def write_report(out_dir: str | os.PathLike, summary: RunRecord | Mapping,
                  report_data: Mapping | None = None) -> Path:
     """Render the report and write `out_dir/index.html` atomically; return its path.
 
