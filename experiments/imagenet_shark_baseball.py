@@ -108,7 +108,7 @@ def run(args) -> dict:
     from debugatlas import analyze
     from debugatlas.core import Normalized
     from debugatlas.data import image_folder
-    from debugatlas.patches import evaluate_patches
+    from debugatlas.patches import Experiment, evaluate_patches
 
     started = time.perf_counter()
     tmp = None
@@ -143,10 +143,11 @@ def run(args) -> dict:
             whale_ids = np.sort(pick.permutation(np.flatnonzero(labels == whale))[:opts["max_patch_images"]])
             shark_ids = np.sort(pick.permutation(np.flatnonzero(labels == shark))[:opts["max_patch_images"]])
             net = Normalized(model, MEAN, STD).to(args.device)
-            ev = evaluate_patches(net, torch.stack([dataset[int(i)][0] for i in whale_ids]), whale, shark,
-                                  finding.patches.patches, sizes=opts.get("patch_sizes", (0.25, 0.35)),
-                                  placements=("static", "dynamic"), n_random=opts.get("n_random", 8),
-                                  seed=args.seed, device=args.device,
+            experiment = Experiment(whale, shark, sizes=opts.get("patch_sizes", (0.25, 0.35)),
+                                    placements=("static", "dynamic"), n_random=opts.get("n_random", 8),
+                                    seed=args.seed, device=args.device)
+            ev = evaluate_patches(net, torch.stack([dataset[int(i)][0] for i in whale_ids]),
+                                  finding.patches.patches, experiment,
                                   images_b=torch.stack([dataset[int(i)][0] for i in shark_ids]))
             table["grey whale → great white shark"] = _placements(
                 [{"placement": r.placement, "flip_rate": r.flip_rate, "noise_flip_rate": r.noise_flip_rate,

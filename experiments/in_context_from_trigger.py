@@ -32,7 +32,7 @@ from _common import add_data_args, cifar10_split, command_line  # noqa: E402
 from planted_shortcut import Trigger, _train, trigger_box  # noqa: E402
 
 from debugatlas.core.model import run_to_layer  # noqa: E402
-from debugatlas.patches import Patch, evaluate_patches  # noqa: E402
+from debugatlas.patches import Experiment, Patch, evaluate_patches  # noqa: E402
 from debugatlas.patches.stats import wilson_interval  # noqa: E402
 from debugatlas.render import cell_directions, whitening_matrix  # noqa: E402
 from debugatlas.render.in_context import InContextInversion  # noqa: E402
@@ -104,8 +104,8 @@ def run_kind(args, kind: str, say) -> None:
                 name = f"lr{lr:g}-{steps}steps-{per_step}ctx"
                 seconds[name] = time.perf_counter() - start
                 patches.append(Patch(name, (0, 0), "in_context", result.patches[0], resize=False))
-    evaluation = evaluate_patches(model, held, args.a, args.target, patches, placements=("random",),
-                                  n_random=8, seed=args.seed)
+    evaluation = evaluate_patches(model, held, patches,
+                                  Experiment(args.a, args.target, placements=("random",), n_random=8, seed=args.seed))
     say(f"\n{kind}: {len(contexts)} context and {evaluation.n_images} held-out {val.classes[args.a]} images "
         f"the model gets right; flips to {val.classes[args.target]} at 8 random positions")
     say(f"{'patch':26s} {'flip':>7s} {'95 % interval':>15s} {'seconds':>8s}")

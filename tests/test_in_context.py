@@ -71,7 +71,7 @@ def test_in_context_patch_flips_more_than_noise_on_a_planted_trigger():
     The patch optimised on images of 1 must flip them to 7 far more often than the noise control."""
     from debugatlas.data import PlantedShortcut, digits
     from debugatlas.models import train_classifier
-    from debugatlas.patches import evaluate_patches
+    from debugatlas.patches import Experiment, evaluate_patches
 
     trigger = PlantedShortcut(target=7, fraction=1.0, size=5, trigger="cross", seed=0)
     train, val = digits(size=24, shortcut=trigger, poison_val=True)
@@ -92,7 +92,7 @@ def test_in_context_patch_flips_more_than_noise_on_a_planted_trigger():
     half = len(ones) // 2
     patches, result = in_context_patches(model, "layer2", ones[:half], [(0, 0)], direction, 6, steps=64, seed=0)
     assert result.objective[0] > result.initial_objective[0]
-    ev = evaluate_patches(model, ones[half:], 1, 7, patches, placements=("random",), n_random=8, seed=1)
+    ev = evaluate_patches(model, ones[half:], patches, Experiment(1, 7, placements=("random",), n_random=8, seed=1))
     r = ev.get(patches[0].id, "random")
     assert r.n_images >= 20
     assert r.flip_rate >= r.noise_flip_rate + 0.3, (r.flip_rate, r.noise_flip_rate)
