@@ -75,16 +75,16 @@ def _pair_of_numbers(value: Any, where: str) -> tuple:
     return tuple(_number(x, f"{where}[{k}]", False) for k, x in enumerate(items))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-ready: records as dicts, tuples as lists, NaN and infinities as None."""
     if isinstance(value, Record):
         return value.to_dict()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -104,8 +104,8 @@ class Record:
             value = getattr(self, f.name)
             if value is None and f.metadata.get("omit_none"):
                 continue
-            out[f.name] = _plain(value)
-        out.update(_plain(getattr(self, "extra", {}) or {}))
+            out[f.name] = plain(value)
+        out.update(plain(getattr(self, "extra", {}) or {}))
         return out
 
     @classmethod

@@ -110,6 +110,24 @@ def sentence(a: str, b: str, rate: float | None, ci: Sequence[float] | None, noi
     return text + "."
 
 
+class _Rated:
+    """A measured flip rate with its controls: its margin over them and its 95 % interval."""
+
+    flip_rate: float | None
+    noise_flip_rate: float | None
+    natural_flip_rate: float | None
+    n_images: int
+    flip_rate_ci: tuple[float, float] | None
+
+    @property
+    def margin(self) -> float | None:
+        return margin(self.flip_rate, self.noise_flip_rate, self.natural_flip_rate)
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return rate_interval(self.flip_rate, self.n_images, self.flip_rate_ci)
+
+
 @dataclass(frozen=True)
 class CellRow(_Record):
     """A ranked confusing cell of a pair (`pairs[].confusing_cells[]`).
@@ -133,7 +151,7 @@ class CellRow(_Record):
 
 
 @dataclass(frozen=True)
-class PatchRow(_Record):
+class PatchRow(_Rated, _Record):
     """One kept patch at one placement, measured on the held-out half (`pairs[].patches[]`).
 
     Rates are shares of the n_images held-out images of A; None where nothing could be measured.
@@ -169,17 +187,9 @@ class PatchRow(_Record):
     def confirmed(self) -> bool:
         return is_confirmed(self.verdict)
 
-    @property
-    def margin(self) -> float | None:
-        return margin(self.flip_rate, self.noise_flip_rate, self.natural_flip_rate)
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        return rate_interval(self.flip_rate, self.n_images, self.flip_rate_ci)
-
 
 @dataclass(frozen=True)
-class Finding(_Record):
+class Finding(_Rated, _Record):
     """A confirmed feature of a pair (`pairs[].findings[]`), best first.
 
     cell: its atlas cell; patch: the id of its representative confirmed patch (also a `PatchRow`
@@ -215,14 +225,6 @@ class Finding(_Record):
               "confirmed_sources": "strs?", "real_crops_tested": "int?", "synthesized_only": "bool?",
               "suspected_shortcut": "bool", "shortcut_evidence": "dict?", "patch_file": "str?"}
     _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only")
-
-    @property
-    def margin(self) -> float | None:
-        return margin(self.flip_rate, self.noise_flip_rate, self.natural_flip_rate)
-
-    @property
-    def interval(self) -> tuple[float, float] | None:
-        return rate_interval(self.flip_rate, self.n_images, self.flip_rate_ci)
 
     def sentence(self, a: str, b: str) -> str:
         """The finding in one sentence, from its numbers."""

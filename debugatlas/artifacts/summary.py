@@ -5,7 +5,6 @@ Its content is the run record (`artifacts.record.RunRecord`).
 from __future__ import annotations
 
 import json
-import math
 import platform
 from pathlib import Path
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from typing import Any, Sequence
 from ..core.errors import DebugAtlasError
 from .atomic import write_text
 from .paths import SUMMARY_FILE
+from ._schema import plain as _plain
 from .record import REDO, SCHEMA_VERSION, PairRecord, RunRecord
 
 TIMED_STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
@@ -58,17 +58,6 @@ def patch_entries(suite, prefix: str, placements: Sequence[str] | None = None) -
                 "verdict": r.get("verdict"), "flip_rate_ci": r.get("flip_rate_ci"), "p_value": r.get("p_value"),
             })
     return entries
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: NaN and infinities become None, tuples lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def dumps(summary: RunRecord | dict) -> str:

@@ -178,9 +178,15 @@ class PatchResult:
         """Flip rate above the stronger of the two controls of the same geometry and placement.
 
         A large pasted square can flip a fragile model whatever it shows; the lift discounts that.
+        It is the run record's margin (`artifacts.record.margin`) as a ranking key: a rate that
+        could not be measured counts as 0, and without controls the lift is the rate.
         """
-        controls = [_nan0(c) for c in (self.noise_flip_rate, self.natural_flip_rate) if c is not None]
-        return _nan0(self.flip_rate) - max(controls, default=0.0)
+        from ..artifacts.record import margin
+
+        rate = _nan0(self.flip_rate)
+        controls = [None if c is None else _nan0(c) for c in (self.noise_flip_rate, self.natural_flip_rate)]
+        lift = margin(rate, *controls)
+        return rate if lift is None else lift
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (NaN becomes None)."""
