@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from debugatlas import DebugAtlasError
-from debugatlas.capture import ActivationRecorder, capture
+from debugatlas.capture import ActivationRecorder, CaptureSpec, capture
 from debugatlas.data import TensorImageDataset
 
 
@@ -100,6 +100,17 @@ def test_token_and_pooled_outputs():
     assert len(pooled) == 5 and pooled.spatial_shape is None and (pooled.positions == -1).all()
 
 
+def test_a_spec_and_keywords_say_the_same_and_keywords_replace_its_fields():
+    ds = _dataset()
+    spec = CaptureSpec(samples_per_image=2, cap=30, seed=3)
+    by_keywords = capture(PosNet(), ds, "feat", samples_per_image=2, cap=30, seed=3, batch_size=8)
+    by_spec = capture(PosNet(), ds, "feat", spec, batch_size=8)
+    assert torch.equal(by_spec.positions, by_keywords.positions) and torch.equal(by_spec.image_ids, by_keywords.image_ids)
+    changed = capture(PosNet(), ds, "feat", spec, seed=4, batch_size=8)
+    assert torch.equal(changed.positions, capture(PosNet(), ds, "feat", samples_per_image=2, cap=30, seed=4).positions)
+    assert spec.seed == 3  # frozen: the keywords made a new record
+
+
 def test_hooks_removed_and_mode_kept_even_when_model_raises():
     class Boom(PosNet):
         def forward(self, x):
@@ -118,6 +129,10 @@ def test_bad_inputs_have_clear_errors():
         capture(PosNet(), ds, "fet")
     with pytest.raises(DebugAtlasError, match="sampling"):
         capture(PosNet(), ds, "feat", sampling="corners")
+    with pytest.raises(DebugAtlasError, match=r"unknown capture setting\(s\) \['samples'\].*samples_per_image"):
+        capture(PosNet(), ds, "feat", samples=2)
+    with pytest.raises(DebugAtlasError, match="not a CaptureSpec.*HINT"):
+        capture(PosNet(), ds, "feat", "random")
     with pytest.raises(DebugAtlasError, match="empty"):
         capture(PosNet(), TensorImageDataset(torch.zeros(0, 1, 4, 4), [], ["a"]), "feat")
     with pytest.raises(DebugAtlasError, match=r"\(image, label\)"):
@@ -201,7 +216,8 @@ def test_guided_capture_takes_the_highest_attribution_position_and_records_the_r
     ds, spots = _bright_dataset()
     model = SquareNet().train()
     with torch.inference_mode():  # as inside Lightning validation
-        acts = capture_guided(model, ds, "feat", samples_per_image=3, guided_fraction=1 / 3, seed=2, batch_size=5)
+        acts = capture_guided(model, ds, "feat", CaptureSpec(samples_per_image=3, guided_fraction=1 / 3, seed=2),
+                              batch_size=5)
     assert model.training and model.scale.requires_grad  # left as found
     assert len(acts) == 3 * len(ds) and acts.rule.dtype == torch.int8 and acts.spatial_shape == (8, 8)
     for i, (r, c) in enumerate(spots):
@@ -227,7 +243,7 @@ def test_guided_fraction_zero_is_keyed_random_sampling():
     from debugatlas.capture.guided import capture_guided, guided_positions
 
     ds, _ = _bright_dataset()
-    acts = capture_guided(SquareNet(), ds, "feat", samples_per_image=2, guided_fraction=0.0, seed=5)
+    acts = capture_guided(SquareNet(), ds, "feat", CaptureSpec(samples_per_image=2, guided_fraction=0.0, seed=5))
     assert acts.rule is None and torch.equal(acts.rules(), torch.zeros(len(acts), dtype=torch.int8))
     grid = torch.stack(torch.meshgrid(torch.arange(1, 7), torch.arange(1, 7), indexing="ij"), -1).reshape(-1, 2)
     ids = torch.arange(len(ds))
@@ -254,7 +270,8 @@ def test_guided_picks_are_distinct_and_bad_settings_are_explained():
     with pytest.raises(DebugAtlasError, match="spatial"):
         from debugatlas.capture.guided import capture_guided
 
-        capture_guided(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), _bright_dataset()[0], "1")
+        capture_guided(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), _bright_dataset()[0], "1",
+                       CaptureSpec(samples_per_image=2))
 
 
 def test_record_rejects_unknown_rules():
@@ -268,9 +285,12 @@ def test_capture_with_guided_sampling_dispatches_to_the_gradient_pass():
     from debugatlas.capture.guided import capture_guided
 
     ds, _ = _bright_dataset()
+    spec = CaptureSpec(sampling="guided", samples_per_image=2, guided_fraction=0.5, seed=4, guided_classes=[1])
     via = capture(SquareNet(), ds, "feat", sampling="guided", samples_per_image=2, guided_fraction=0.5, seed=4,
                   guided_classes=[1])
-    direct = capture_guided(SquareNet(), ds, "feat", samples_per_image=2, guided_fraction=0.5, seed=4, classes=[1])
+    direct = capture_guided(SquareNet(), ds, "feat", spec)
     assert torch.equal(via.positions, direct.positions) and torch.equal(via.rule, direct.rule)
+    again = capture(SquareNet(), ds, "feat", spec)
+    assert torch.equal(again.positions, via.positions) and spec.guided_classes == (1,)
     with pytest.raises(DebugAtlasError, match="guided"):
         capture(SquareNet(), ds, "feat", sampling="attribution")

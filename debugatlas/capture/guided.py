@@ -14,7 +14,7 @@ inference mode, calls this after validation instead of sampling in its hook.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,7 +25,8 @@ from ..core.datasets import iterate_dataset
 from ..core.errors import DebugAtlasError
 from ..core.model import layer_name_and_module, model_device
 from .activations import RULE_ATTRIBUTION, RULE_RANDOM, ActivationSet
-from .recorder import DISK_THRESHOLD_BYTES, ActivationRecorder, _interior, image_picks
+from .recorder import GUIDED, _interior, image_picks
+from .spec import CaptureSpec
 
 
 def split_samples(samples_per_image: int, guided_fraction: float) -> tuple[int, int]:
@@ -122,33 +123,26 @@ def capture_guided(
     model: nn.Module,
     dataset,
     layer: str | nn.Module,
+    spec: CaptureSpec,
     *,
-    samples_per_image: int = 2,
-    guided_fraction: float = 0.5,
-    classes: Sequence[int] = (),
-    cap: int = 100_000,
-    seed: int = 0,
     batch_size: int = 128,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float16,
     progress: Callable[[int, int], None] | None = None,
-    store_dir: str | Path | None = None,
-    disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES,
 ) -> ActivationSet:
-    """`capture` with attribution-guided sampling: an `ActivationSet` whose `rule` says which rule
-    chose each vector. Predictions are the argmax of the logits of the same pass. The model is
-    left as found (mode, requires_grad, hooks, grad mode). Same reservoir, cap and on-disk store
-    as `capture`.
+    """`capture` with attribution-guided sampling, whatever `spec.sampling` says: an `ActivationSet`
+    whose `rule` says which rule chose each vector. Predictions are the argmax of the logits of the
+    same pass. The model is left as found (mode, requires_grad, hooks, grad mode). Same reservoir,
+    cap and on-disk store as `capture`.
     """
     name, _ = layer_name_and_module(model, layer)
-    k_random, k_guided = split_samples(samples_per_image, guided_fraction)
-    recorder = ActivationRecorder(name, "random", samples_per_image, cap, seed, dtype, store_dir=store_dir,
-                                  disk_threshold_bytes=disk_threshold_bytes)
+    k_random, k_guided = split_samples(spec.samples_per_image, spec.guided_fraction)
+    recorder = replace(spec, sampling=GUIDED).recorder(name)
     device = torch.device(device) if device is not None else model_device(model)
     n = len(dataset)
     for ids, images, labels in iterate_dataset(dataset, batch_size):
         ids = torch.as_tensor(ids, dtype=torch.long)
-        pos, rule, vectors, logits, shape = _batch(model, name, images, ids, k_random, k_guided, classes, seed, device)
+        pos, rule, vectors, logits, shape = _batch(model, name, images, ids, k_random, k_guided, spec.guided_classes,
+                                                   spec.seed, device)
         if not torch.isfinite(vectors).all():
             raise DebugAtlasError(
                 f"Layer {name!r} produced NaN or Inf for images {ids[:5].tolist()}. "

@@ -5,23 +5,13 @@ import dataclasses
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..capture import ActivationSet, capture
+from ..capture import ActivationSet, CaptureSpec, capture
 from ..confusion import confusion_matrix, pick_pairs, softmax_probs
-from ..core.datasets import load_images
 from ..core.errors import DebugAtlasError
 from ..core.model import as_logits, preserved_model_state
 from .context import RunContext
 from .records import PairPlan
-
-
-def count_outputs(model: nn.Module, dataset, device: torch.device) -> int:
-    """Number of model outputs, from one forward pass on the first image."""
-    with preserved_model_state(model), torch.no_grad():
-        model.eval()
-        out = model(load_images(dataset, [0]).to(device))
-    return int(as_logits(out).shape[1])
 
 
 def activations(ctx: RunContext, *, given: ActivationSet | None = None,
@@ -32,9 +22,10 @@ def activations(ctx: RunContext, *, given: ActivationSet | None = None,
     cfg = ctx.config
     if given is None:
         classes = sorted({c for pair in wanted or () for c in pair})
-        acts = capture(ctx.model, ctx.dataset, ctx.layer, cfg.sampling, cfg.samples_per_image, cfg.cap,
-                       ctx.seed, cfg.batch_size, ctx.device, progress=ctx.bar("capture"),
-                       guided_fraction=cfg.guided_fraction, guided_classes=classes)
+        spec = CaptureSpec(sampling=cfg.sampling, samples_per_image=cfg.samples_per_image, cap=cfg.cap,
+                           seed=ctx.seed, guided_fraction=cfg.guided_fraction, guided_classes=tuple(classes))
+        acts = capture(ctx.model, ctx.dataset, ctx.layer, spec, batch_size=cfg.batch_size, device=ctx.device,
+                       progress=ctx.bar())
     else:
         acts = given
     return dataclasses.replace(acts, layer=ctx.layer, preds=_predictions(ctx, acts))
