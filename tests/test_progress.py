@@ -60,3 +60,27 @@ def test_bad_stages_are_refused_with_a_hint():
     zero = RunProgress([("a", 0), ("b", 0)], enabled=False)  # no weights: equal shares
     with zero.stage("b"):
         assert zero.fraction == 0.5
+
+
+def test_a_stage_shows_what_it_works_on_beside_its_name():
+    from dataclasses import replace
+
+    import torch
+    from torch import nn
+
+    from debugatlas.pipeline.config import AnalysisConfig
+    from debugatlas.pipeline.context import RunContext
+
+    out = Tty()
+    run = RunProgress([("capture", 1), ("patches", 1)], file=out)
+    ctx = RunContext(nn.Identity(), "x", nn.Identity(), None, torch.device("cpu"), 0, AnalysisConfig(), progress=run)
+    with run.stage("capture"):
+        ctx.bar()(1, 2)
+    with run.stage("patches"):
+        ctx.bar("cat->dog")(1, 2)
+        assert run.detail == "cat->dog" and run.fraction == pytest.approx(0.75)
+    assert run.detail is None
+    text = out.getvalue()
+    assert "debugatlas (capture)" in text and "debugatlas (patches: cat->dog)" in text
+    assert "capture:" not in text
+    assert replace(ctx, progress=None).bar("cat->dog") is None  # progress off: no callback

@@ -41,8 +41,9 @@ class RunProgress:
     the bar, False never, None only when `file` (default stderr) is a terminal, so batch jobs and
     CI logs stay silent unless asked. Entering a stage counts every earlier stage as done (skipped
     stages need no call); `update(done, total)` moves the bar within the running stage and is the
-    `progress` callback the stages take (`callback()` gives it, or None when disabled). The time
-    left is tqdm's: the rate so far, in weight units per second, applied to the weight left.
+    `progress` callback the stages take (`callback()` gives it, or None when disabled;
+    `callback(detail)` also shows what the stage works on beside its name). The time left is
+    tqdm's: the rate so far, in weight units per second, applied to the weight left.
 
         with RunProgress([("capture", 1), ("layout", 3), ("patches", 2)]) as run:
             with run.stage("capture"):
@@ -70,6 +71,7 @@ class RunProgress:
             self._start[name] = acc
             acc += self._weights[name]
         self.current: str | None = None
+        self.detail: str | None = None  # what the running stage works on, shown beside its name
         self.fraction = 0.0  # share of the run done, in [0, 1]
         self._bar = None
         self._desc = desc
@@ -83,11 +85,11 @@ class RunProgress:
                 f"`RunProgress.stage({name!r})`: not one of the stages {[n for n, _ in self.stages]}. "
                 "HINT: name every stage when creating the RunProgress."
             )
-        self.current = name
+        self.current, self.detail = name, None
         self._move(self._start[name])
         yield self
         self._move(self._start[name] + self._weights[name])
-        self.current = None
+        self.current, self.detail = None, None
 
     def update(self, done: int, total: int) -> None:
         """`done` of `total` steps of the running stage are finished (a `progress` callback)."""
@@ -96,9 +98,19 @@ class RunProgress:
         share = min(1.0, max(0.0, done / total))
         self._move(self._start[self.current] + share * self._weights[self.current])
 
-    def callback(self) -> Callback | None:
-        """`update` when the bar is shown, else None (stages then skip their progress calls)."""
-        return self.update if self.enabled else None
+    def callback(self, detail: str | None = None) -> Callback | None:
+        """`update` when the bar is shown, else None (stages then skip their progress calls); with
+        `detail`, each call also shows it beside the running stage's name."""
+        if not self.enabled:
+            return None
+        if detail is None:
+            return self.update
+
+        def update(done: int, total: int) -> None:
+            self.detail = detail
+            self.update(done, total)
+
+        return update
 
     def close(self) -> None:
         """Fill the bar (the run is over, skipped stages included) and release it."""
@@ -127,7 +139,9 @@ class RunProgress:
 
             self._bar = tqdm(total=1000, desc=self._desc, file=self.file, leave=False,
                              bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-        label = f"{self._desc} ({self.current})" if self.current else self._desc
+        label = self._desc
+        if self.current:
+            label += f" ({self.current}: {self.detail})" if self.detail else f" ({self.current})"
         self._bar.set_description_str(label, refresh=False)
         self._bar.n = round(1000 * self.fraction)
         self._bar.refresh()

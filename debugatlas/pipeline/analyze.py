@@ -28,10 +28,10 @@ from .records import AnalysisResult, PairFinding, PairTest, Rendered
 
 _CHECKED_IMAGES = 4
 AUTO_PER_CELL = 5  # samples_per_image="auto" aims at this many vectors per cell of the main grid
-SPARSE_PER_CELL = 2
-# expected shares of a run's time per stage (the progress bar's time left), from the digits demo
+SPARSE_PER_CELL = 2  # below this average of vectors per cell the grid shrinks, and the summary says so
+# expected shares of a run's time per progress-bar stage, from the digits demo: the bar's time left
 STAGE_WEIGHTS = (("capture", 2), ("attribution", 3), ("layout", 10), ("render", 30), ("patches", 50),
-                 ("examples", 5))  # below this average the grid shrinks, and the summary says so
+                 ("examples", 5))
 
 
 def analyze(

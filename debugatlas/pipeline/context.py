@@ -87,9 +87,10 @@ class RunContext:
         """The dataset images with these ids, [N, C, H, W] float32 on the CPU."""
         return load_images(self.dataset, ids)
 
-    def bar(self, desc: str):
-        """The `progress(done, total)` callback of the running stage, or None when progress is off."""
-        return self.progress.callback() if self.progress is not None else None
+    def bar(self, detail: str | None = None):
+        """The `progress(done, total)` callback of the running stage, or None when progress is off;
+        `detail` (what the stage works on, e.g. a pair) is shown beside the stage's name."""
+        return self.progress.callback(detail) if self.progress is not None else None
 
     @contextlib.contextmanager
     def stage(self, name: str, shown_as: str | None = None) -> Iterator[None]:

@@ -37,7 +37,7 @@ def attributions(ctx: RunContext, *, acts: ActivationSet, plans: tuple[PairPlan,
                 f"The model has {ctx.num_classes} classes and no pair to study. HINT: pass `pairs=[(A, B)]`."
             )
     out = attribute(ctx.model, ctx.module, ctx.dataset, acts, classes=classes, batch_size=ctx.config.batch_size,
-                    relaxed_maxpool=ctx.config.relaxed_maxpool, device=ctx.device, progress=ctx.bar("attribution"),
+                    relaxed_maxpool=ctx.config.relaxed_maxpool, device=ctx.device, progress=ctx.bar(),
                     return_probs=return_probs)
     attr, probs = out if return_probs else (out, None)
     if classes is not None:
