@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..artifacts.record import PairRecord
-from ._values import as_float as _num, mapping as _mapping, sequence as _sequence
+from ._values import as_float as _num, mapping as _mapping
 
 VERDICTS = {
     "confirmed": ("confirmed", "beats both controls on held-out images, corrected for the patches tested there"),
@@ -32,23 +32,21 @@ def verdict(value: Any) -> dict | None:
 def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Mapping) -> list[dict]:
     """The confirmed findings of one pair, best first, with the images the page shows.
 
-    `pictures` maps a cell to report_data's entry for that finding (`exemplars`: crops of real
-    images, best first; `patch_image`: the pasted patch); `cell_exemplars` maps a cell to the
-    exemplar crops of the ranked-cells table, used when report_data has none for the finding.
+    `pictures` maps a cell to the exemplar crops written for that finding (crops of real images,
+    best first); `cell_exemplars` maps a cell to the exemplar crops of the ranked-cells table,
+    used when none were written for the finding. The patch image is the finding's `patch_file`.
     """
     out = []
     for f in pair.confirmed:
-        more = _mapping(pictures.get(f.cell))
         row = pair.patch_row(f)
-        crops = [images(p) for p in _sequence(more.get("exemplars"))[:MAX_FINDING_EXEMPLARS]]
+        crops = [images(p) for p in pictures.get(f.cell, ())[:MAX_FINDING_EXEMPLARS]]
         crops = [c for c in crops if c] or list(cell_exemplars.get(f.cell, []))[:MAX_FINDING_EXEMPLARS]
         flip, noise, natural = _num(f.flip_rate), _num(f.noise_flip_rate), _num(f.natural_flip_rate)
         out.append({
             "cell": f"({f.cell[0]}, {f.cell[1]})", "key": f.cell, "statement": f.statement,
             "flip_rate": flip, "ci": f.flip_rate_ci, "noise": noise, "natural": natural,
             "patch_id": f.patch,
-            "patch_image": images(more.get("patch_image")) or images(f.patch_file)
-            or (images(row.file) if row is not None else None),
+            "patch_image": images(f.patch_file) or (images(row.file) if row is not None else None),
             "icon": images(f.icon),
             "exemplars": crops,
             "exemplar_ids": list(f.exemplar_ids[:MAX_FINDING_EXEMPLARS]),

@@ -1,9 +1,10 @@
-"""Turn the run record and `report_data` into the plain values the template shows.
+"""Turn the run record and the manifest into the plain values the template shows.
 
 The numbers come from the run record (`artifacts.record.RunRecord`), checked when it was read;
-`report_data` names the pictures written beside the page (per pair: views, exemplar crops by
-cell, misclassified examples; the atlases' cells). A picture that is absent or malformed becomes
-`None` (or an empty list), and the page names the gap in its header and in the section concerned.
+the manifest (`artifacts.manifest.Manifest`) names the pictures written beside the page (per
+pair: views, exemplar crops by cell, misclassified examples; the atlases' cells). A picture that
+is absent or outside the folder becomes `None` (or an empty list), and the page names the gap in
+its header and in the section concerned.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..artifacts.manifest import AtlasPictures, Manifest, PairPictures
 from ..artifacts.record import CellRow, PairRecord, PatchRow, RunRecord
 from . import _findings
 from ._values import as_float, as_int, as_text, mapping, sequence
@@ -166,83 +168,57 @@ def _listed_cells(cells: list[dict]) -> tuple[list[dict], int]:
     return listed, len(cells) - len(listed)
 
 
-def _crops_by_cell(raw: Any) -> dict:
-    """report_data's `cells` or `findings` of a pair: cell -> the exemplar crop paths written."""
-    out: dict = {}
-    for entry in sequence(raw):
-        entry = mapping(entry)
-        key = as_cell(entry.get("cell"))
-        if key is not None:
-            out.setdefault(key, entry)
-    return out
-
-
-def pair_view(index: int, pair: PairRecord, rd: Mapping, images: Images) -> dict:
-    """Everything the page shows about one studied pair: numbers from its record, pictures from `rd`."""
-    saved = _crops_by_cell(rd.get("cells"))
-    crops = {key: mapping(entry).get("exemplars") for key, entry in saved.items()}
-    cells = _ranked_cells(pair.confusing_cells, crops, images)
+def pair_view(index: int, pair: PairRecord, pics: PairPictures, images: Images) -> dict:
+    """Everything the page shows about one studied pair: numbers from its record, pictures from `pics`."""
+    cells = _ranked_cells(pair.confusing_cells, pics.cell_crops, images)
     crops_by_cell = {c["key"]: c["exemplars"] for c in cells}
     cells, dropped = _listed_cells(cells)
     entries = [_patch_entry(p, images) for p in pair.patches]
     shown, folded = _patch_rows(entries)
-    notes = [as_text(n) for n in [*sequence(rd.get("notes")), *pair.notes] if n]
-    misclassified = []
-    all_mis = sequence(rd.get("misclassified"))
-    for raw in all_mis[:MAX_MISCLASSIFIED]:
-        raw = mapping(raw)
-        misclassified.append({"id": as_int(raw.get("id")), "p_b": as_float(raw.get("p_b")),
-                              "image": images(raw.get("image")), "heatmap": images(raw.get("heatmap"))})
-    found = _findings.findings(pair, _crops_by_cell(rd.get("findings")), images, cell_exemplars=crops_by_cell)
+    notes = [n for n in [*pics.notes, *pair.notes] if n]
+    misclassified = [{"id": m.id, "p_b": as_float(m.p_b), "image": images(m.image), "heatmap": images(m.heatmap)}
+                     for m in pics.misclassified[:MAX_MISCLASSIFIED]]
+    found = _findings.findings(pair, pics.finding_crops, images, cell_exemplars=crops_by_cell)
     return {
         "anchor": f"pair-{index}", "a": pair.a, "b": pair.b, "confused": pair.confused,
         "kind": pair.kind, "near_miss": pair.kind == "near_miss",
         "notes": list(dict.fromkeys(notes)),
         "findings": found, "finding_cells": [f["cell"] for f in found],
         "verdict_counts": _findings.verdict_counts(entries),
-        "filtered_a": images(rd.get("filtered_a")), "filtered_b": images(rd.get("filtered_b")),
-        "comparison": images(rd.get("comparison")),
-        "cells": cells, "cells_dropped": dropped, "cells_from_summary": not saved and bool(cells),
-        "misclassified": misclassified, "misclassified_total": len(all_mis),
+        "filtered_a": images(pics.filtered_a), "filtered_b": images(pics.filtered_b),
+        "comparison": images(pics.comparison),
+        "cells": cells, "cells_dropped": dropped, "cells_from_summary": not pics.cell_crops and bool(cells),
+        "misclassified": misclassified, "misclassified_total": len(pics.misclassified),
         "patch_rows": shown, "patch_rows_folded": folded, "patch_entries": entries,
     }
 
 
-def pairs(record: RunRecord, report_data: Mapping, images: Images) -> list[dict]:
-    """The run's pairs in its order, each with the pictures report_data gives for it."""
-    by_names = {}
-    for raw in sequence(report_data.get("pairs")):
-        raw = mapping(raw)
-        by_names.setdefault((as_text(raw.get("a")), as_text(raw.get("b"))), raw)
-    return [pair_view(k, pair, by_names.get((pair.a, pair.b), {}), images)
-            for k, pair in enumerate(record.pairs, start=1)]
+def pairs(record: RunRecord, manifest: Manifest, images: Images) -> list[dict]:
+    """The run's pairs in its order, each with the pictures the manifest gives for it."""
+    return [pair_view(k, pair, manifest.pair(pair.a, pair.b), images) for k, pair in enumerate(record.pairs, start=1)]
 
 
 def _round(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def _atlas_entries(report_data: Mapping, main_grid: int | None) -> list[tuple[int, Mapping, Any]]:
-    """(grid size, entry, icon image path) per usable atlas entry, smallest grid first.
+def _atlas_entries(manifest: Manifest, main_grid: int | None) -> list[tuple[AtlasPictures, str | None]]:
+    """(grid, icon image path) per grid, smallest first.
 
-    The icon image is the entry's `icon_image`, else the top-level `icon_atlas` for the entry whose
-    size is `main_grid` (the grid the icons were rendered for). An entry's `grid_image` is never
-    taken for icons: it may be a picture of class colours, which the interactive atlas draws itself.
+    The icon image is the grid's `icon_image`, else the manifest's `icon_atlas` for the grid whose
+    size is `main_grid` (the grid the icons were rendered for). A grid's `grid_image` is never
+    taken for icons: it is a picture of class colours, which the interactive atlas draws itself.
     """
     entries = []
-    for raw in sequence(report_data.get("atlases")):
-        raw = mapping(raw)
-        size = as_int(raw.get("grid_size"))
-        if size is None or size <= 0:
-            continue
-        icon_image = raw.get("icon_image")
-        if not icon_image and size == main_grid:
-            icon_image = report_data.get("icon_atlas")
-        entries.append((size, raw, icon_image))
-    return sorted(entries, key=lambda e: e[0])
+    for grid in manifest.atlases:
+        icon_image = grid.icon_image
+        if not icon_image and grid.grid_size == main_grid:
+            icon_image = manifest.icon_atlas
+        entries.append((grid, icon_image))
+    return sorted(entries, key=lambda e: e[0].grid_size)
 
 
-def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_grid: int | None,
+def atlas_blob(manifest: Manifest, classes: list[str], images: Images, main_grid: int | None,
                marks: Sequence[tuple[tuple[int, int], str]] = ()) -> dict:
     """The compact JSON the interactive atlas reads.
 
@@ -264,24 +240,19 @@ def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_gr
         return index[name]
 
     grids = []
-    for size, raw, icon_image in _atlas_entries(report_data, main_grid):
+    for grid, icon_image in _atlas_entries(manifest, main_grid):
+        size = grid.grid_size
         cells = []
-        for cell in sequence(raw.get("cells")):
-            cell = mapping(cell)
-            ij = as_cell(cell.get("cell"))
-            if ij is None or not (0 <= ij[0] < size and 0 <= ij[1] < size):
-                continue
-            mix = sorted(((class_index(k), as_int(v) or 0) for k, v in mapping(cell.get("classes")).items()),
-                         key=lambda kv: -kv[1])
+        for cell in grid.cells:
+            mix = sorted(((class_index(k), v) for k, v in cell.classes.items()), key=lambda kv: -kv[1])
             mix = [list(kv) for kv in mix if kv[1] > 0]
             if len(mix) > _CELL_TOP_CLASSES:
                 mix = mix[:_CELL_TOP_CLASSES] + [[-1, sum(n for _, n in mix[_CELL_TOP_CLASSES:])]]
-            attr = [(class_index(k), as_float(v)) for k, v in mapping(cell.get("attribution")).items()]
-            attr = sorted((kv for kv in attr if kv[1] is not None), key=lambda kv: -abs(kv[1]))
+            attr = sorted(((class_index(k), v) for k, v in cell.attribution.items()), key=lambda kv: -abs(kv[1]))
             attr = sorted(([k, _round(v)] for k, v in attr[:_CELL_TOP_CLASSES]), key=lambda kv: -kv[1])
-            exemplars = [images.src(p) for p in sequence(cell.get("exemplars"))[:MAX_EXEMPLARS]]
-            cells.append([ij[0], ij[1], as_int(cell.get("count")) or 0, mix, attr,
-                          [e for e in exemplars if e], images.src(cell.get("icon"))])
+            exemplars = [images.src(p) for p in cell.exemplars[:MAX_EXEMPLARS]]
+            cells.append([cell.cell[0], cell.cell[1], cell.count, mix, attr,
+                          [e for e in exemplars if e], images.src(cell.icon)])
         image = images(icon_image)
         if image:
             problem = image["reason"]
@@ -299,24 +270,24 @@ def atlas_blob(report_data: Mapping, classes: list[str], images: Images, main_gr
     return {"classes": names, "grids": grids, "initial": initial}
 
 
-def atlas_gallery(report_data: Mapping, images: Images, main_grid: int | None) -> list[dict]:
-    """One picture per grid size for the static gallery: the entry's `image`, `grid_image` or icons."""
+def atlas_gallery(manifest: Manifest, images: Images, main_grid: int | None) -> list[dict]:
+    """One picture per grid size for the static gallery: the grid's `image`, `grid_image` or icons."""
     gallery = []
-    for size, raw, icon_image in _atlas_entries(report_data, main_grid):
-        picture = images(raw.get("image")) or images(raw.get("grid_image")) or images(icon_image)
-        gallery.append({"size": size, "image": picture, "cells": len(sequence(raw.get("cells")))})
+    for grid, icon_image in _atlas_entries(manifest, main_grid):
+        picture = images(grid.image) or images(grid.grid_image) or images(icon_image)
+        gallery.append({"size": grid.grid_size, "image": picture, "cells": len(grid.cells)})
     return gallery
 
 
-def overview(record: RunRecord, report_data: Mapping) -> dict:
+def overview(record: RunRecord, manifest: Manifest) -> dict:
     """Header rows (versions included), timings with bar widths and the config as pretty JSON."""
     accuracy = as_float(record.accuracy)
     samples = record.num_samples
     seed = record.seed
     rows = [
-        ("Model", as_text(report_data.get("model")) or None),
+        ("Model", manifest.model),
         ("Layer", record.layer or None),
-        ("Data", as_text(report_data.get("data")) or None),
+        ("Data", manifest.data),
         ("Samples", f"{samples:,}" if samples is not None else None),
         ("Accuracy", f"{100 * accuracy:.2f} %" if accuracy is not None else None),
         ("Seed", str(seed) if seed is not None else None),
@@ -355,12 +326,11 @@ def overview(record: RunRecord, report_data: Mapping) -> dict:
     }
 
 
-def suite(report_data: Mapping) -> dict | None:
+def suite(manifest: Manifest) -> dict | None:
     """{"dir", "check_command"} when a suite was saved, else None."""
-    raw = report_data.get("suite")
-    if not isinstance(raw, Mapping) or not (raw.get("dir") or raw.get("check_command")):
+    if not (manifest.suite_dir or manifest.check_command):
         return None
-    return {"dir": as_text(raw.get("dir")), "check_command": as_text(raw.get("check_command"))}
+    return {"dir": manifest.suite_dir or "", "check_command": manifest.check_command or ""}
 
 
 def held_out(record: RunRecord) -> str | None:

@@ -14,8 +14,10 @@ Content-Security-Policy meta tag allows images from the page's own origin and `f
 styles, and exactly one script (by its SHA-256 hash); everything else, network included, is denied.
 
 `summary` is the run record (`artifacts.record.RunRecord`, or the dict of a summary.json, read
-with its checks); every number on the page comes from it. `report_data` names the pictures
-written beside the page (every key optional; a missing or empty one is named on the page as absent)::
+with its checks); every number on the page comes from it. `report_data` is the manifest of the
+pictures written beside the page (`artifacts.manifest.Manifest`, as a run directory writes it), or
+a dict of the same content (every key optional; a missing or empty one is named on the page as
+absent, a malformed one is a labelled gap)::
 
     {"title", "model", "data", "seed", "score_description",
      "icon_atlas": path,          # icon atlas of the main grid (summary config["grid_size"])
@@ -23,7 +25,7 @@ written beside the page (every key optional; a missing or empty one is named on 
                   "cells": [{"cell": [i, j], "count", "classes": {name: int},
                              "attribution": {name: float}, "exemplars": [path], "icon": path}]}],
      "pairs": [{"a", "b", "notes": [str], "filtered_a", "filtered_b", "comparison",
-                "findings": [{"cell": [i, j], "exemplars": [path], "patch_image": path}],
+                "findings": [{"cell": [i, j], "exemplars": [path]}],
                 "cells": [{"cell": [i, j], "exemplars": [path]}],
                 "misclassified": [{"id", "image", "heatmap", "p_b"}]}],
      "suite": {"dir", "check_command"} | None}
@@ -32,10 +34,9 @@ Pairs are the record's, in its order, matched to report_data's by (a, b). A pair
 are its `confusing_cells` with a score > 0, with the exemplar crops report_data's `cells` give
 by cell (else the record's exemplar image ids). Patch rows are its `patches` (with `verdict`,
 `flip_rate_ci`, `p_value`). Findings (the page opens with them) are its confirmed findings, each
-with its recorded `statement`; report_data's `pairs[].findings` adds the pictures, matched by
-`cell`: `exemplars` (crops of real images, best first) and `patch_image` (the pasted patch). A
-finding without them takes the exemplar crops of the same cell in the pair's `cells`, and its
-`patch_file`. `kind: "near_miss"` marks a pair that was studied although no image of A was
+with its recorded `statement` and its `patch_file`; report_data's `pairs[].findings` adds the
+exemplar crops (of real images, best first), matched by `cell`; a finding without them takes
+the exemplar crops of the same cell in the pair's `cells`. `kind: "near_miss"` marks a pair that was studied although no image of A was
 classified as B.
 
 Atlas images: `icon_image` (or, for the main grid, the top-level `icon_atlas`) must cover exactly
@@ -61,10 +62,11 @@ import jinja2
 from markupsafe import Markup
 
 from ..artifacts.atomic import write_text
+from ..artifacts.manifest import Manifest
 from ..artifacts.record import RunRecord
 from ..artifacts.summary import as_record
 from ..core.errors import DebugAtlasError
-from . import _findings, _view
+from . import _findings, _manifest, _view
 
 __all__ = ["render_report", "write_report", "script_json"]
 
@@ -122,7 +124,7 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_report(summary: RunRecord | Mapping, report_data: Mapping | None = None,
+def render_report(summary: RunRecord | Mapping, report_data: Manifest | Mapping | None = None,
                   out_dir: str | os.PathLike | None = None) -> str:
     """The report as an HTML string; image paths are checked against `out_dir` when given.
 
@@ -135,20 +137,19 @@ def render_report(summary: RunRecord | Mapping, report_data: Mapping | None = No
             "HINT: pass `AnalysisResult.record` or the dict written to summary.json."
         )
     record = as_record(summary)
-    if report_data is None:
-        report_data = {}
-    if not isinstance(report_data, Mapping):
+    if report_data is not None and not isinstance(report_data, (Manifest, Mapping)):
         raise DebugAtlasError(
-            f"`write_report(report_data={type(report_data).__name__})` needs a dict. "
+            f"`write_report(report_data={type(report_data).__name__})` needs a Manifest or a dict. "
             "HINT: pass {} when there is nothing beyond the summary to show."
         )
+    shown = _manifest.manifest(report_data)
     images = _view.Images(Path(out_dir) if out_dir is not None else None)
     classes = list(record.classes)
     matrix = _view.confusion(record, classes)
-    pairs = _view.pairs(record, report_data, images)
+    pairs = _view.pairs(record, shown, images)
     main_grid = record.grid_size
-    blob = _view.atlas_blob(report_data, classes, images, main_grid, _findings.atlas_marks(pairs))
-    suite = _view.suite(report_data)
+    blob = _view.atlas_blob(shown, classes, images, main_grid, _findings.atlas_marks(pairs))
+    suite = _view.suite(shown)
     headline = _findings.headline(pairs)
     anchors = {(p["a"], p["b"]): p["anchor"] for p in pairs}
     if matrix is not None:
@@ -167,19 +168,19 @@ def render_report(summary: RunRecord | Mapping, report_data: Mapping | None = No
 
     css, script = _static("report.css"), _static("report.js")
     context = {
-        "title": _view.as_text(report_data.get("title")) or "debugatlas report",
-        "overview": _view.overview(record, report_data),
+        "title": shown.title,
+        "overview": _view.overview(record, shown),
         "classes": classes,
         "matrix": matrix,
         "pairs": pairs,
         "headline": headline,
         "held_out": _view.held_out(record),
         "atlas_grids": [g["grid_size"] for g in blob["grids"]],
-        "atlas_gallery": _view.atlas_gallery(report_data, images, main_grid),
+        "atlas_gallery": _view.atlas_gallery(shown, images, main_grid),
         "atlas_initial": blob["initial"],
         "atlas_json": script_json(blob),
         "atlas_marked": any(g["marks"] for g in blob["grids"]),
-        "score_description": _view.as_text(report_data.get("score_description")),
+        "score_description": shown.score_description or "",
         "suite": suite,
         "absent_parts": absent,
         "css": Markup(css),
@@ -190,7 +191,7 @@ def render_report(summary: RunRecord | Mapping, report_data: Mapping | None = No
 
 
 def write_report(out_dir: str | os.PathLike, summary: RunRecord | Mapping,
-                 report_data: Mapping | None = None) -> Path:
+                 report_data: Manifest | Mapping | None = None) -> Path:
     """Render the report and write `out_dir/index.html` atomically; return its path.
 
     The page is rendered in full before anything is written, then written to a temporary file in
