@@ -1,4 +1,4 @@
-"""Findings: confirmed patches grouped by cell, the best-supported cell first."""
+"""Findings: confirmed patches grouped by cell, the best-supported cell first, and cells grouped into features."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -18,6 +18,17 @@ def _result(pid, source, cell, rate, verdict):
     return r
 
 
+def _atlas(exemplars: dict, counts: np.ndarray, directions: dict | None = None, mixes: dict | None = None):
+    """An atlas stand-in: each cell its own direction and class mix unless given."""
+    g = counts.shape[0]
+    means = np.zeros((g, g, 16), dtype=np.float32)
+    hist = np.zeros((g, g, 10), dtype=np.int64)
+    for k, cell in enumerate(exemplars):
+        means[cell] = (directions or {}).get(cell, np.eye(16, dtype=np.float32)[k % 16])
+        hist[cell] = (mixes or {}).get(cell, np.eye(10, dtype=np.int64)[k % 10] * 5)
+    return SimpleNamespace(exemplars=exemplars, counts=counts, mean_activation=means, class_histogram=hist)
+
+
 def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ranked(monkeypatch):
     """An optimised patch from a cell next to a feature can flip as well as the feature's own; the
     feature's cell is the one whose real exemplars and icon crops the selection half kept too."""
@@ -34,7 +45,7 @@ def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ra
     monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
     counts = np.zeros((20, 20), dtype=np.int64)
     counts[feature], counts[neighbour] = 9, 5
-    atlas = SimpleNamespace(exemplars={feature: [0, 1], neighbour: [2]}, counts=counts)
+    atlas = _atlas({feature: [0, 1], neighbour: [2]}, counts)
     acts = SimpleNamespace(labels=torch.tensor([7, 7, 7]), image_ids=torch.tensor([10, 11, 12]))
     plan = PairPlan(1, 7, "1", "7", 3)
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
@@ -66,7 +77,7 @@ def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
     evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
     monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
     counts = np.zeros((8, 8), dtype=np.int64)
-    atlas = SimpleNamespace(exemplars={real: [0], synthetic: [1]}, counts=counts)
+    atlas = _atlas({real: [0], synthetic: [1]}, counts)
     acts = SimpleNamespace(labels=torch.tensor([7, 7]), image_ids=torch.tensor([10, 11]))
     out = findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas,
                                  acts=acts, field_fraction=0.1)
@@ -77,3 +88,66 @@ def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
     assert by_cell[synthetic].synthesized_only is True
     # the held-out half measured one real crop of each cell; only the first cell's beat the controls
     assert by_cell[real].real_crops_tested == 1 and by_cell[synthetic].real_crops_tested == 1
+
+
+def _grouped(cells_and_rates, exemplars, directions, mixes=None, monkeypatch=None):
+    kept = [(f"c{c[0]}-{c[1]}-icon", "icon", c) for c, _ in cells_and_rates]
+    results = [_result(pid, source, cell, rate, "confirmed") for (pid, source, cell), (_, rate) in zip(kept, cells_and_rates)]
+    suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
+                                     for pid, source, cell in kept], baseline=SimpleNamespace(results=results))
+    counts = np.zeros((10, 10), dtype=np.int64)
+    for k, (c, _) in enumerate(cells_and_rates):
+        counts[c] = 20 - k  # the listed order is the ranked order
+    atlas = _atlas(exemplars, counts, directions, mixes)
+    acts = SimpleNamespace(labels=torch.full((20,), 7), image_ids=torch.arange(100, 120))
+    return findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas,
+                                  acts=acts, field_fraction=0.1)
+
+
+def _direction(*weights):
+    out = np.zeros(16, dtype=np.float32)
+    out[:len(weights)] = weights
+    return out
+
+
+def test_one_feature_over_several_cells_is_one_finding(monkeypatch):
+    evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
+    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    a, b, c, other = (2, 2), (2, 3), (7, 7), (5, 0)
+    out = _grouped([(a, 0.8), (b, 0.7), (other, 0.6), (c, 0.5)],
+                   {a: [0, 1], b: [2, 3], c: [4], other: [5, 6]},
+                   {a: _direction(1, 0.1), b: _direction(1, 0.2), c: _direction(0.9, 0.1), other: _direction(0, 0, 1)})
+    # a, b and c point the same way (two adjacent, one apart): one feature led by a; `other` stays apart
+    assert [f.cell for f in out] == [a, other]
+    assert [m.cell for m in out[0].cells] == [a, b, c] and [m.flip_rate for m in out[0].cells] == [0.8, 0.7, 0.5]
+    assert out[0].flip_rate == 0.8 and out[0].patch == "c2-2-icon"  # the leader's patch and held-out rate
+    assert out[0].exemplar_ids == (100, 101, 102, 103, 104) and out[1].exemplar_ids == (105, 106)
+
+
+def test_shared_images_or_a_neighbour_with_the_same_mix_join_a_feature_and_distinct_ones_stay_apart(monkeypatch):
+    from debugatlas.pipeline import features
+
+    evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
+    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    mix = np.array([0, 3, 0, 0, 0, 0, 0, 9, 0, 0])
+    a, b, far, near = (1, 1), (8, 8), (4, 4), (4, 5)
+    out = _grouped([(a, 0.9), (b, 0.8), (far, 0.7), (near, 0.6)],
+                   {a: [0, 1, 2], b: [1, 2, 9], far: [10], near: [11]},
+                   {a: _direction(1), b: _direction(0, 1), far: _direction(0, 0, 1, 0.9), near: _direction(0, 0, 1.0)},
+                   {far: mix, near: mix})
+    # a and b share two of three exemplar images; far and near touch with the same class mix and agree
+    assert [[m.cell for m in f.cells] for f in out] == [[a, b], [far, near]]
+    # the same neighbours pointing apart (cosine below NEIGHBOUR_DIRECTION) are two features
+    out = _grouped([(far, 0.7), (near, 0.6)], {far: [10], near: [11]},
+                   {far: _direction(1, 0.2), near: _direction(-0.2, 1)}, {far: mix, near: mix})
+    assert [f.cell for f in out] == [far, near] and features.NEIGHBOUR_DIRECTION > 0.19
+
+
+def test_a_feature_is_flagged_when_one_of_its_cells_is(monkeypatch):
+    flags = {(2, 2): False, (2, 3): True}
+    monkeypatch.setattr(findings, "shortcut_evidence", lambda atlas, labels, cell, *a, **k: SimpleNamespace(
+        suspected=flags[cell], to_dict=lambda cell=cell: {"cell": list(cell)}))
+    out = _grouped([((2, 2), 0.8), ((2, 3), 0.7)], {(2, 2): [0], (2, 3): [1]},
+                   {(2, 2): _direction(1, 0.1), (2, 3): _direction(1, 0.2)})
+    assert len(out) == 1 and out[0].suspected_shortcut and out[0].shortcut_evidence == {"cell": [2, 3]}
+    assert [m.suspected_shortcut for m in out[0].cells] == [False, True]

@@ -189,10 +189,31 @@ class PatchRow(_Rated, _Record):
 
 
 @dataclass(frozen=True)
+class FeatureCell(_Rated, _Record):
+    """One confirmed cell of a feature (`pairs[].findings[].cells[]`): its representative
+    confirmed patch at its placement, with the rates measured on the held-out half."""
+
+    cell: tuple[int, int]
+    patch: str
+    placement: str
+    n_images: int
+    flip_rate: float | None
+    flip_rate_ci: tuple[float, float] | None
+    noise_flip_rate: float | None
+    natural_flip_rate: float | None
+    exemplar_ids: tuple[int, ...]
+    suspected_shortcut: bool
+    _KINDS = {"cell": "cell", "patch": "str", "placement": "str", "n_images": "int", "flip_rate": "num?",
+              "flip_rate_ci": "ci?", "noise_flip_rate": "num?", "natural_flip_rate": "num?",
+              "exemplar_ids": "ints", "suspected_shortcut": "bool"}
+
+
+@dataclass(frozen=True)
 class Finding(_Rated, _Record):
     """A confirmed feature of a pair (`pairs[].findings[]`), best first.
 
-    cell: its atlas cell; patch: the id of its representative confirmed patch (also a `PatchRow`
+    cells: the confirmed cells that show this one feature (`pipeline.features.FEATURE_RULE`),
+    its leading cell first; cell: that leading cell; patch: the id of its representative confirmed patch (also a `PatchRow`
     of the pair at `placement`), `patch_file` its PNG; statement: the sentence the run wrote
     (`sentence`); rates as in `PatchRow`; exemplar_ids: the cell's exemplar images;
     confirmed_sources: sources of all its confirmed patches; real_crops_tested: crops of real
@@ -219,12 +240,14 @@ class Finding(_Rated, _Record):
     suspected_shortcut: bool = False
     shortcut_evidence: dict | None = None
     patch_file: str | None = None
+    cells: tuple[FeatureCell, ...] = ()
     _KINDS = {"cell": "cell", "statement": "str", "patch": "str", "source": "str", "placement": "str",
               "n_images": "int", "flip_rate": "num?", "flip_rate_ci": "ci?", "p_value": "num?",
               "noise_flip_rate": "num?", "natural_flip_rate": "num?", "exemplar_ids": "ints", "icon": "str?",
               "confirmed_sources": "strs?", "real_crops_tested": "int?", "synthesized_only": "bool?",
-              "suspected_shortcut": "bool", "shortcut_evidence": "dict?", "patch_file": "str?"}
-    _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only")
+              "suspected_shortcut": "bool", "shortcut_evidence": "dict?", "patch_file": "str?",
+              "cells": [FeatureCell]}
+    _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only", "cells")
 
     def sentence(self, a: str, b: str) -> str:
         """The finding in one sentence, from its numbers."""

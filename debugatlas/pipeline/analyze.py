@@ -147,8 +147,8 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
                 tested.append(patch_stage.run_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered,
                                                    split=split))
         field = _field_fraction(ctx, tested)
-        found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, field_fraction=field)
-                 for p, t in zip(plans, tested)]
+        found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, field_fraction=field,
+                                        whitening=rendered.whitening) for p, t in zip(plans, tested)]
     with ctx.stage("attribution", shown_as="examples"):
         shown = [examples.misclassified(ctx, acts=acts, plan=p) for p in plans]
         crops = [_finding_crops(ctx, acts, atlas, f) for f in found]

@@ -1,38 +1,46 @@
-"""Findings: the confirmed features of a pair, one per atlas cell, each said in one plain sentence
-(`artifacts.record.sentence`)."""
+"""Findings: the confirmed features of a pair, each over the atlas cells that show it
+(`features`), each said in one plain sentence (`artifacts.record.sentence`)."""
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+import torch
+
 from ..artifacts.paths import icon_path
-from ..artifacts.record import Finding, sentence
+from ..artifacts.record import FeatureCell, Finding, sentence
 from ..atlas import Atlas
 from ..capture import ActivationSet
 from ..patches import REAL_SOURCES
 from ..shortcut import shortcut_evidence
+from . import features
 from .records import PairPlan, PairTest
 
 _PLACEMENT_ORDER = ("random", "static", "dynamic")
 
 
 def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet, field_fraction: float,
-                  limit: int = 5) -> tuple[Finding, ...]:
-    """Confirmed patches grouped by cell: first the cells that hold most of the kept patches, then
-    the cells with more samples, then in the order the selection half ranked them.
+                  whitening: torch.Tensor | None = None, limit: int = 5) -> tuple[Finding, ...]:
+    """Confirmed patches grouped by cell, the cells grouped into features (`features.FEATURE_RULE`).
 
-    A feature that flips in several forms (crops of its real exemplars, its icon, a patch
-    optimised from its direction) is better established than one that flips only as an
-    optimised patch: a patch optimised in context from a cell next to a strong feature can
-    flip as well as the feature's own, while the cell's few exemplars show something else. How
-    many of a cell's patches the selection half kept measures that support without using the
-    held-out half; among equally supported cells, the one the model's activations fall in more
-    often speaks for more images. Per cell the representative result is the confirmed one under
-    the first placement of random, static, dynamic. Each finding carries the suspected-shortcut
-    evidence of its cell, the sources of all its confirmed patches, how many crops of real images
-    from the cell the held-out half measured, and whether the confirmed patches are all
-    synthesized (no crop of a real image from the cell confirmed, or none measured): then the
-    finding says the model can be pushed toward B along the cell's direction, not yet that real
-    images carry it.
+    Cells are ranked first by how many of the kept patches they hold, then by their samples, then
+    in the order the selection half ranked them. A feature that flips in several forms (crops of
+    its real exemplars, its icon, a patch optimised from its direction) is better established
+    than one that flips only as an optimised patch: a patch optimised in context from a cell next
+    to a strong feature can flip as well as the feature's own, while the cell's few exemplars show
+    something else. How many of a cell's patches the selection half kept measures that support
+    without using the held-out half; among equally supported cells, the one the model's
+    activations fall in more often speaks for more images. Per cell the representative result is
+    the confirmed one under the first placement of random, static, dynamic.
+
+    A feature is led by its best-ranked cell, whose patch and held-out rate it reports (chosen
+    without looking at the held-out rates, so the rate stays unbiased); it lists every cell with
+    its own rate, the exemplars of all of them, the sources of all their confirmed patches, how
+    many crops of real images from its cells the held-out half measured, and whether its confirmed
+    patches are all synthesized (then the finding says the model can be pushed toward B along
+    this direction, not yet that real images carry it). It is flagged as a suspected shortcut
+    when one of its cells is, with that cell's evidence. `whitening`: the run's whitening of cell
+    directions (`icons.run_whitening`; None compares plain mean activations).
     """
     if test.suite is None:
         return ()
@@ -41,27 +49,51 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     best: dict = {}
     for r in sorted(confirmed, key=lambda r: (_PLACEMENT_ORDER.index(r.placement), -r.lift)):
         best.setdefault(r.cell, r)
-    labels = acts.labels.numpy()
     rank = {p.id: k for k, p in enumerate(test.suite.patches)}  # the selection half's order, not the held-out one
     support = Counter(p.cell for p in test.suite.patches)
-    out = []
     order = sorted(best.items(),
                    key=lambda kv: (-support[kv[0]], -int(atlas.counts[kv[0]]), rank[kv[1].patch_id]))
-    for cell, r in order[:limit]:
-        samples = atlas.exemplars.get(cell, [])
-        evidence = shortcut_evidence(atlas, labels, cell, plan.b, field_fraction, confirmed=True)
-        patch = next(p for p in test.suite.patches if p.id == r.patch_id)
-        sources = sorted({c.source for c in confirmed if c.cell == cell})
-        real_tested = sum(1 for p in test.suite.patches if p.cell == cell and p.source in REAL_SOURCES)
-        out.append(Finding(
-            cell=tuple(cell), statement=sentence(plan.a_name, plan.b_name, r.flip_rate, r.flip_rate_ci,
-                                                 r.noise_flip_rate, r.natural_flip_rate, r.n_images, r.placement),
-            patch=r.patch_id, source=patch.source, placement=r.placement, n_images=int(r.n_images),
-            flip_rate=r.flip_rate, flip_rate_ci=tuple(r.flip_rate_ci) if r.flip_rate_ci else None,
-            p_value=r.p_value, noise_flip_rate=r.noise_flip_rate, natural_flip_rate=r.natural_flip_rate,
-            exemplar_ids=tuple(int(i) for i in acts.image_ids[samples].tolist()) if samples else (),
-            icon=icon_path(cell), confirmed_sources=tuple(sources), real_crops_tested=real_tested,
-            synthesized_only=not any(source in REAL_SOURCES for source in sources),
-            suspected_shortcut=bool(evidence.suspected), shortcut_evidence=evidence.to_dict(),
-        ))
+    if not order:
+        return ()
+    labels = acts.labels.numpy()
+    cells = [tuple(cell) for cell, _ in order]
+    ids = [tuple(int(i) for i in acts.image_ids[atlas.exemplars.get(c, [])].tolist()) if atlas.exemplars.get(c)
+           else () for c in cells]
+    links = features.linked(cells, means=np.stack([np.asarray(atlas.mean_activation[c]) for c in cells]),
+                            whitening=whitening, mixes=np.stack([atlas.class_histogram[c] for c in cells]),
+                            exemplars=[set(i) for i in ids])
+    evidence = [shortcut_evidence(atlas, labels, c, plan.b, field_fraction, confirmed=True) for c in cells]
+    out = []
+    for group in features.groups(links)[:limit]:
+        members = [(cells[k], order[k][1], ids[k], evidence[k]) for k in group]
+        out.append(_feature(plan, test, confirmed, members))
     return tuple(out)
+
+
+def _feature(plan: PairPlan, test: PairTest, confirmed, members) -> Finding:
+    """One finding from its cells (cell, representative result, exemplar ids, evidence), leader first."""
+    cell, r, _, _ = members[0]
+    own = {m[0] for m in members}
+    patch = next(p for p in test.suite.patches if p.id == r.patch_id)
+    sources = sorted({c.source for c in confirmed if c.cell in own})
+    real_tested = sum(1 for p in test.suite.patches if p.cell in own and p.source in REAL_SOURCES)
+    flagged = next((m[3] for m in members if m[3].suspected), members[0][3])
+    exemplars = tuple(dict.fromkeys(i for m in members for i in m[2]))
+    return Finding(
+        cell=cell, statement=sentence(plan.a_name, plan.b_name, r.flip_rate, r.flip_rate_ci,
+                                      r.noise_flip_rate, r.natural_flip_rate, r.n_images, r.placement),
+        patch=r.patch_id, source=patch.source, placement=r.placement, n_images=int(r.n_images),
+        flip_rate=r.flip_rate, flip_rate_ci=_ci(r), p_value=r.p_value, noise_flip_rate=r.noise_flip_rate,
+        natural_flip_rate=r.natural_flip_rate, exemplar_ids=exemplars, icon=icon_path(cell),
+        confirmed_sources=tuple(sources), real_crops_tested=real_tested,
+        synthesized_only=not any(source in REAL_SOURCES for source in sources),
+        suspected_shortcut=bool(flagged.suspected), shortcut_evidence=flagged.to_dict(),
+        cells=tuple(FeatureCell(cell=c, patch=m.patch_id, placement=m.placement, n_images=int(m.n_images),
+                                flip_rate=m.flip_rate, flip_rate_ci=_ci(m), noise_flip_rate=m.noise_flip_rate,
+                                natural_flip_rate=m.natural_flip_rate, exemplar_ids=i,
+                                suspected_shortcut=bool(e.suspected)) for c, m, i, e in members),
+    )
+
+
+def _ci(r) -> tuple[float, float] | None:
+    return tuple(r.flip_rate_ci) if r.flip_rate_ci else None

@@ -44,6 +44,8 @@ def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Map
         flip, noise, natural = _num(f.flip_rate), _num(f.noise_flip_rate), _num(f.natural_flip_rate)
         out.append({
             "cell": f"({f.cell[0]}, {f.cell[1]})", "key": f.cell, "statement": f.statement,
+            "keys": [m.cell for m in f.cells] or [f.cell],
+            "feature_cells": [f"({m.cell[0]}, {m.cell[1]})" for m in f.cells] if len(f.cells) > 1 else [],
             "flip_rate": flip, "ci": f.flip_rate_ci, "noise": noise, "natural": natural,
             "patch_id": f.patch,
             "patch_image": images(f.patch_file) or (images(row.file) if row is not None else None),
@@ -91,7 +93,7 @@ def verdict_counts(rows: Sequence[Mapping]) -> list[tuple[str, int]]:
 
 def atlas_marks(pairs: Sequence[Mapping]) -> list[tuple[tuple[int, int], str]]:
     """(cell, "A → B") for every confirmed finding, to outline on the interactive atlas."""
-    return [(f["key"], f"{p['a']} → {p['b']}") for p in pairs for f in p["findings"] if f["key"]]
+    return [(key, f"{p['a']} → {p['b']}") for p in pairs for f in p["findings"] for key in f["keys"]]
 
 
 def headline(pairs: Sequence[Mapping]) -> dict:
