@@ -37,7 +37,7 @@ def _module():
 
 @pytest.mark.slow
 def test_fit_writes_a_report_per_due_epoch_and_leaves_no_hooks(digits_data, tmp_path):
-    callback = AtlasCallback("model.layer3", every_n_epochs=2, samples_per_image=2, strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", every_n_epochs=2, strict=True, options={**FAST, "samples_per_image": 2})
     module = _module()
     _trainer(tmp_path, callback, epochs=4).fit(module, *_loaders(digits_data))
     assert sorted(p.name for p in (tmp_path / "atlas").iterdir()) == ["epoch_1", "epoch_3", "index.html"]
@@ -53,7 +53,7 @@ def test_fit_writes_a_report_per_due_epoch_and_leaves_no_hooks(digits_data, tmp_
 
 
 def test_validate_runs_inside_inference_mode(digits_data, tmp_path):
-    callback = AtlasCallback("model.layer3", strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", strict=True, options=FAST)
     module = _module()
     _trainer(tmp_path, callback).validate(module, _loaders(digits_data)[1])
     summary = json.loads((tmp_path / "atlas" / "epoch_0" / "summary.json").read_text())
@@ -62,19 +62,19 @@ def test_validate_runs_inside_inference_mode(digits_data, tmp_path):
 
 @pytest.mark.slow
 def test_resume_restores_callback_state(digits_data, tmp_path):
-    callback = AtlasCallback("model.layer3", strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", strict=True, options=FAST)
     trainer = _trainer(tmp_path, callback, epochs=1)
     trainer.fit(_module(), *_loaders(digits_data))
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
-    resumed = AtlasCallback("model.layer3", strict=True, **FAST)
+    resumed = AtlasCallback("model.layer3", strict=True, options=FAST)
     _trainer(tmp_path, resumed, epochs=2).fit(_module(), *_loaders(digits_data), ckpt_path=ckpt)
     assert [r["epoch"] for r in resumed.runs] == [0, 1]
     assert resumed.last_epoch_analyzed == 1
 
 
 def test_unknown_layer_fails_in_setup_with_closest_names(digits_data, tmp_path):
-    callback = AtlasCallback("model.layer4", strict=True, **FAST)
+    callback = AtlasCallback("model.layer4", strict=True, options=FAST)
     with pytest.raises(DebugAtlasError, match=r"AtlasCallback\(layer='model.layer4'\).*model.layer3"):
         _trainer(tmp_path, callback).fit(_module(), *_loaders(digits_data))
 
@@ -82,12 +82,16 @@ def test_unknown_layer_fails_in_setup_with_closest_names(digits_data, tmp_path):
 def test_bad_arguments_fail_in_init():
     with pytest.raises(DebugAtlasError, match="every_n_epochs"):
         AtlasCallback("x", every_n_epochs=0)
-    with pytest.raises(DebugAtlasError, match="Unknown analysis option"):
+    with pytest.raises(DebugAtlasError, match=r"Unknown analysis option\(s\) \['grid'\].*HINT: .*grid_size"):
+        AtlasCallback("x", options={"grid": 3})
+    with pytest.raises(DebugAtlasError, match=r"no keyword or analysis option \['grid'\]\. HINT: .*grid_size"):
         AtlasCallback("x", grid=3)
+    with pytest.raises(DebugAtlasError, match=r"no keyword .*'dirpth': \['dirpath'\].*the keywords are \['layer'"):
+        AtlasCallback("x", dirpth="out")
 
 
 def test_shuffled_validation_loader_is_refused(digits_data, tmp_path):
-    callback = AtlasCallback("model.layer3", strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", strict=True, options=FAST)
     val = DataLoader(digits_data[1], batch_size=64, shuffle=True)
     with pytest.raises(DebugAtlasError, match="shuffle=False"):
         _trainer(tmp_path, callback, epochs=1).fit(_module(), _loaders(digits_data)[0], val)
@@ -97,7 +101,7 @@ def test_images_and_metrics_reach_tensorboard(digits_data, tmp_path):
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    callback = AtlasCallback("model.layer3", strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", strict=True, options=FAST)
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=logger, enable_progress_bar=False,
                          enable_model_summary=False, limit_train_batches=5, enable_checkpointing=False,
@@ -117,8 +121,8 @@ def test_images_and_metrics_reach_tensorboard(digits_data, tmp_path):
 
 @pytest.mark.slow
 def test_two_callbacks_on_different_layers_keep_their_own_state(digits_data, tmp_path):
-    first = AtlasCallback("model.layer3", subdir="l3_{epoch}", strict=True, **FAST)
-    second = AtlasCallback("model.layer2", every_n_epochs=2, subdir="l2_{epoch}", strict=True, **FAST)
+    first = AtlasCallback("model.layer3", subdir="l3_{epoch}", strict=True, options=FAST)
+    second = AtlasCallback("model.layer2", every_n_epochs=2, subdir="l2_{epoch}", strict=True, options=FAST)
     assert first.state_key != second.state_key
     # the same settings give the same key whether pairs came from Python or from YAML
     assert AtlasCallback("x", pairs=[("1", "7")]).state_key == AtlasCallback("x", pairs=[["1", "7"]]).state_key
@@ -132,8 +136,8 @@ def test_two_callbacks_on_different_layers_keep_their_own_state(digits_data, tmp
     assert saved[first.state_key]["runs"][0]["dir"].endswith("l3_0")
     assert [r["epoch"] for r in saved[second.state_key]["runs"]] == [1]
     # restored in the other order: each callback gets its own state back
-    again = [AtlasCallback("model.layer2", every_n_epochs=2, subdir="l2_{epoch}", strict=True, **FAST),
-             AtlasCallback("model.layer3", subdir="l3_{epoch}", strict=True, **FAST)]
+    again = [AtlasCallback("model.layer2", every_n_epochs=2, subdir="l2_{epoch}", strict=True, options=FAST),
+             AtlasCallback("model.layer3", subdir="l3_{epoch}", strict=True, options=FAST)]
     _trainer(tmp_path, again, epochs=2, limit_val_batches=2).fit(_module(), *_loaders(digits_data), ckpt_path=ckpt)
     assert [r["epoch"] for r in again[0].runs] == [1] and [r["epoch"] for r in again[1].runs] == [0, 1]
 
@@ -156,7 +160,7 @@ def test_a_failed_epoch_is_logged_counted_and_shown_and_training_goes_on(digits_
     # runs; any other error it catches fails here
     from pytorch_lightning.loggers import CSVLogger
 
-    callback = _FailsAtFirst("model.layer3", **FAST)
+    callback = _FailsAtFirst("model.layer3", options=FAST)
     logger = CSVLogger(tmp_path, name="csv")
     trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=logger, enable_progress_bar=False,
                          enable_model_summary=False, limit_train_batches=2, limit_val_batches=2,
@@ -183,7 +187,7 @@ def test_a_failed_epoch_is_logged_counted_and_shown_and_training_goes_on(digits_
 
 def test_strict_raises_a_failed_analysis_where_it_happens(digits_data, tmp_path, caplog):
     # a real mistake that only the analysis can see: a pair naming a class the data lacks
-    callback = AtlasCallback("model.layer3", pairs=[("1", "nine")], strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", pairs=[("1", "nine")], strict=True, options=FAST)
     module = _module()
     with caplog.at_level(logging.WARNING, logger="debugatlas"), \
             pytest.raises(DebugAtlasError, match="unknown class 'nine'.*HINT: classes are"):
@@ -212,7 +216,7 @@ def test_a_fresh_model_that_predicts_one_class_trains_through(digits_data, tmp_p
         module.model.fc.bias.copy_(torch.tensor([60.0] + [0.0] * 9))
     options = dict(FAST, render=True, patches=True, render_steps=4, render_cells=2, patch_cells=2, n_random=1,
                    max_patch_images=16, top_cells=4)
-    callback = AtlasCallback("model.layer3", strict=True, **options)
+    callback = AtlasCallback("model.layer3", strict=True, options=options)
     trainer = _trainer(tmp_path, callback, epochs=2, limit_val_batches=2)
     with caplog.at_level(logging.INFO, logger="debugatlas"):
         trainer.fit(module, *_loaders(digits_data))
@@ -232,7 +236,7 @@ def test_reports_go_under_the_loggers_version_folder(digits_data, tmp_path):
     from pytorch_lightning.loggers import CSVLogger
 
     for _ in range(2):
-        callback = AtlasCallback("model.layer3", strict=True, **FAST)
+        callback = AtlasCallback("model.layer3", strict=True, options=FAST)
         trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=CSVLogger(tmp_path, name="runs"),
                              enable_progress_bar=False, enable_model_summary=False, limit_train_batches=2,
                              enable_checkpointing=False, default_root_dir=tmp_path)
@@ -252,8 +256,26 @@ def test_capture_options_through_options_reach_the_capture(digits_data, tmp_path
     assert (config["sampling"], config["cap"], config["samples_per_image"]) == ("guided", 300, 2)
 
 
-def test_capture_options_are_given_once(digits_data):
-    with pytest.raises(DebugAtlasError, match=r"\['cap'\] both in `options=` and as keywords"):
-        AtlasCallback("x", cap=10, options={"cap": 20})
-    with pytest.raises(DebugAtlasError, match="samples_per_image='auto'.*HINT"):
+def test_options_have_one_route_and_a_keyword_option_is_sent_there():
+    for keywords in ({"cap": 10}, {"render": False, "store_dir": "vectors"}, {"normalize": ((0.5,), (0.25,))}):
+        with pytest.raises(DebugAtlasError, match=r"go in `options=`.*HINT: `AtlasCallback\(\.\.\., options=") as info:
+            AtlasCallback("x", **keywords)
+        assert f"options={keywords!r}" in str(info.value)
+    with pytest.raises(DebugAtlasError, match=r"options=\{'samples_per_image': 'auto'\}.*HINT"):
         AtlasCallback("x", options={"samples_per_image": "auto"})
+    with pytest.raises(DebugAtlasError, match="must be a mapping.*HINT"):
+        AtlasCallback("x", options=[("cap", 10)])
+
+
+def test_every_option_reaches_its_place(tmp_path):
+    callback = AtlasCallback("x", seed=3, options={
+        "sampling": "guided", "cap": 300, "samples_per_image": 2, "store_dir": tmp_path, "disk_threshold_bytes": 0,
+        "normalize": ((0.5,), (0.25,)), "class_names": ["a", "b"], "model_spec": "pkg.mod:make", "render": False})
+    recorder = callback.recorder
+    assert (recorder.sampling, recorder.cap, recorder.samples_per_image, recorder.seed) == ("random", 300, 2, 3)
+    assert (recorder.store_dir, recorder.disk_threshold_bytes) == (tmp_path, 0)
+    assert callback.guided and callback.cap == 300
+    assert callback.capture_options == {"sampling": "guided", "samples_per_image": 2, "cap": 300}
+    assert (callback.normalize, callback.class_names, callback.model_spec) == (
+        ((0.5,), (0.25,)), ["a", "b"], "pkg.mod:make")
+    assert callback.analysis_options == {"render": False}

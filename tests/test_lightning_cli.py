@@ -29,8 +29,7 @@ trainer:
         layer: model.layer3
         pairs: [["3", "8"], ["8", "<b>"]]
         strict: true
-        samples_per_image: 2
-        options: {{layout: pca, render: false, patches: false, grid_size: 8, grid_sizes: [8]}}
+        options: {{layout: pca, render: false, patches: false, grid_size: 8, grid_sizes: [8], samples_per_image: 2}}
 model:
   width: 4
 data:

@@ -104,8 +104,8 @@ def test_callback_with_disk_store_writes_the_same_atlas(tmp_path, digits_data):
     module = ClassifierModule(SmallCNN(1, 10, width=8))
     summaries = []
     for name, store in (("memory", {}), ("disk", {"disk_threshold_bytes": 0, "store_dir": tmp_path / "store"})):
-        callback = AtlasCallback("model.layer3", dirpath=tmp_path / name, subdir="", samples_per_image=2, cap=500,
-                                 **store, **fast)
+        callback = AtlasCallback("model.layer3", dirpath=tmp_path / name, subdir="",
+                                 options={"samples_per_image": 2, "cap": 500, **store, **fast})
         pl.Trainer(accelerator="cpu", callbacks=[callback], logger=False, enable_progress_bar=False,
                    enable_model_summary=False).validate(module, DataLoader(digits_data[1], batch_size=64), verbose=False)
         summary = json.loads((tmp_path / name / "summary.json").read_text())

@@ -24,20 +24,21 @@ unified `lightning` package is installed, from `lightning.pytorch.Callback` too,
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import SequentialSampler
 
-from ..capture import DISK_THRESHOLD_BYTES, ActivationRecorder, ActivationSet, merge_shards
+from ..capture import ActivationSet, merge_shards
 from ..capture.recorder import GUIDED
 from ..core.errors import DebugAtlasError
 from ..core.model import resolve_layer
-from .options import capture_settings
+from .options import refuse_keywords, split_options
 
 log = logging.getLogger("debugatlas.lightning")
 
@@ -78,40 +79,37 @@ class AtlasCallback(*_callback_bases()):
         dirpath: where `epoch_<n>/` folders and the run's timeline `index.html` go; by default
             `<save_dir>/<name>/<version>/atlas` of the trainer's first logger (as `ModelCheckpoint`
             places checkpoints), or `<default_root_dir>/atlas` without a logger.
-        sampling, samples_per_image, cap: capture settings (see `capture.ActivationRecorder`), here
-            or in `options=` (None: `CAPTURE_DEFAULTS`, one uniformly random position per image, at
-            most 100,000 vectors); `sampling="guided"` (attribution-guided positions) captures the
-            validation set again at analysis time, since a validation hook cannot take gradients.
+        options: every option of the analysis, as one mapping (what a LightningCLI YAML config
+            writes as `options: {...}`): any `AnalysisConfig` option (render, patches, grid_size, ...);
+            the capture settings `sampling`, `samples_per_image`, `cap` (see
+            `lightning.options.CAPTURE_DEFAULTS`: one uniformly random position per image, at most
+            100,000 vectors; `sampling="guided"` captures the validation set again at analysis
+            time, since a validation hook cannot take gradients); the on-disk vector store
+            `store_dir`, `disk_threshold_bytes` (used when the reservoir would exceed 256 MiB by
+            default; None keeps it in memory); and `analyze()`'s `normalize` ((mean, std) when the
+            module expects normalised input; images stay in [0, 1]), `class_names` (when the
+            validation dataset has no `.classes`) and `model_spec` ("pkg.module:factory" of the
+            wrapped classifier, for the report's check command).
         seed: of the sampled positions and of every stage.
-        store_dir, disk_threshold_bytes: the on-disk vector store for large captures (used when the
-            reservoir would exceed 256 MiB by default; None keeps it in memory).
-        normalize: (mean, std) when the module expects normalised input; images stay in [0, 1].
-        class_names: names of the classes when the validation dataset has no `.classes`.
         subdir: folder under `dirpath` per analysis, formatted with `epoch` ("" writes into dirpath).
+        timeline: keep `<dirpath>/index.html`, the run's epochs on one page (needs `{epoch}` in subdir).
         run_analysis: False only captures; the ActivationSet is kept in `last_activations`.
-        model_spec: "pkg.module:factory" of the wrapped classifier, for the report's check command.
         strict: re-raise a failed analysis (on every rank) instead of logging, counting and showing it
             and training on.
-        timeline: keep `<dirpath>/index.html`, the run's epochs on one page (needs `{epoch}` in subdir).
-        options: `AnalysisConfig` options as one mapping (what a LightningCLI YAML config can pass),
-            capture settings included.
-        analysis_options: any `AnalysisConfig` option (render, patches, grid_size, ...).
+
+    Any other keyword is refused with a hint: an analysis option names the `options=` it belongs in.
     """
 
     def __init__(self, layer: str, pairs: Any = "auto", every_n_epochs: int = 1, dirpath: str | Path | None = None,
-                 sampling: str | None = None, samples_per_image: int | None = None, cap: int | None = None,
-                 seed: int = 0,
-                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-                 class_names: Sequence[str] | None = None, subdir: str = "epoch_{epoch}",
-                 run_analysis: bool = True, model_spec: str | None = None, store_dir: str | Path | None = None,
-                 disk_threshold_bytes: int | None = DISK_THRESHOLD_BYTES, strict: bool = False,
-                 timeline: bool = True, options: Mapping[str, Any] | None = None, **analysis_options: Any) -> None:
+                 *, options: Mapping[str, Any] | None = None, seed: int = 0, subdir: str = "epoch_{epoch}",
+                 timeline: bool = True, run_analysis: bool = True, strict: bool = False, **unknown: Any) -> None:
+        refuse_keywords(unknown, [name for name in inspect.signature(AtlasCallback.__init__).parameters
+                                  if name not in ("self", "unknown")])
         if not isinstance(layer, str) or not layer:
             raise DebugAtlasError(f"`AtlasCallback(layer={layer!r})` must be a module name from `named_modules()`.")
         if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
             raise DebugAtlasError(f"`AtlasCallback(every_n_epochs={every_n_epochs!r})` must be an integer >= 1.")
-        capture, analysis_options = capture_settings(
-            {"sampling": sampling, "samples_per_image": samples_per_image, "cap": cap}, options, analysis_options)
+        given = split_options(options, seed)
         self.layer, self.every_n_epochs = layer, every_n_epochs
         # YAML gives [[a, b]]: pairs are kept as tuples so the state key does not depend on it
         if not (pairs is None or isinstance(pairs, (str, list, tuple))):
@@ -121,20 +119,20 @@ class AtlasCallback(*_callback_bases()):
         self.strict, self.timeline = bool(strict), bool(timeline)
         self._dirpath_given = Path(dirpath) if dirpath is not None else None
         self.dirpath = self._dirpath_given  # resolved in `setup` when None
-        self.normalize, self.class_names, self.seed = normalize, class_names, int(seed)
+        self.normalize = given.run.get("normalize")
+        self.class_names = given.run.get("class_names")
+        self.model_spec = given.run.get("model_spec")
+        self.seed = int(seed)
         self.subdir, self.run_analysis = subdir, bool(run_analysis)
         self.last_activations = None
-        self.model_spec = model_spec
-        self.analysis_options = analysis_options  # every AnalysisConfig option but the capture settings
+        self.analysis_options = given.analysis  # every AnalysisConfig option but the capture settings
         # guided sampling needs a gradient pass, which a validation hook cannot take: the hook then
         # records uniformly, and the analysis captures the validation set again with guided positions
-        self.guided = capture["sampling"] == GUIDED
-        self.recorder = ActivationRecorder(layer, "random" if self.guided else capture["sampling"],
-                                           capture["samples_per_image"], capture["cap"], seed,
-                                           store_dir=store_dir, disk_threshold_bytes=disk_threshold_bytes)
-        self.cap = int(capture["cap"])
+        self.guided = given.capture.sampling == GUIDED
+        self.recorder = given.capture.recorder(layer)
+        self.cap = int(given.capture.cap)
         # given to analyze(): recorded in summary.json's config, and the capture of guided sampling
-        self.capture_options = capture
+        self.capture_options = given.capture_options
         self.last_epoch_analyzed = -1
         self.failed_epochs = 0
         self.runs: list[dict] = []
