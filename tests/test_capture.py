@@ -129,7 +129,7 @@ def test_bad_inputs_have_clear_errors():
         capture(PosNet(), ds, "fet")
     with pytest.raises(DebugAtlasError, match="sampling"):
         capture(PosNet(), ds, "feat", sampling="corners")
-    with pytest.raises(DebugAtlasError, match=r"unknown capture setting\(s\) \['samples'\].*samples_per_image"):
+    with pytest.raises(DebugAtlasError, match=r"Unknown capture setting\(s\) \['samples'\] in `capture\(\.\.\.\)`.*samples_per_image"):
         capture(PosNet(), ds, "feat", samples=2)
     with pytest.raises(DebugAtlasError, match="not a CaptureSpec.*HINT"):
         capture(PosNet(), ds, "feat", "random")

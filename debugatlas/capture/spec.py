@@ -1,14 +1,13 @@
 """`CaptureSpec`: what a capture records, one frozen record that `capture` and the guided capture read."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from ..core.errors import DebugAtlasError
+from ..core.errors import DebugAtlasError, refuse_unknown
 from .recorder import DISK_THRESHOLD_BYTES, GUIDED, ActivationRecorder
 
 
@@ -49,14 +48,7 @@ class CaptureSpec:
     def given(cls, spec: "CaptureSpec | None", settings: Mapping[str, Any], caller: str) -> "CaptureSpec":
         """`spec` (default: `CaptureSpec()`) with the fields named in `settings` replaced; an
         unknown name is an error listing the valid ones."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(settings) - set(names))
-        if unknown:
-            close = {u: difflib.get_close_matches(u, names, n=2) for u in unknown}
-            raise DebugAtlasError(
-                f"`{caller}` got unknown capture setting(s) {unknown}. HINT: closest valid names {close}; "
-                f"all settings: {names}."
-            )
+        refuse_unknown(settings, [f.name for f in fields(cls)], what="capture setting", where=f"`{caller}`")
         base = spec if spec is not None else cls()
         if not isinstance(base, cls):
             raise DebugAtlasError(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from ..capture import DISK_THRESHOLD_BYTES, CaptureSpec
-from ..core.errors import DebugAtlasError
+from ..core.errors import DebugAtlasError, refuse_unknown
 from ..pipeline.config import AnalysisConfig
 
 __all__ = ["CAPTURE_DEFAULTS", "RUN_ARGUMENTS", "STORE_DEFAULTS", "CallbackOptions", "refuse_keywords",
@@ -55,14 +55,7 @@ def split_options(options: Mapping[str, Any] | None, seed: int) -> CallbackOptio
         raise DebugAtlasError(f"`AtlasCallback(options={options!r})` must be a mapping of option names to "
                               "values. HINT: e.g. `options={'render_steps': 64, 'cap': 5000}`.")
     given = dict(options or {})
-    names = _names()
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        close = {u: difflib.get_close_matches(u, names, n=2) for u in unknown}
-        raise DebugAtlasError(
-            f"Unknown analysis option(s) {unknown} in `AtlasCallback(options=...)`. HINT: closest valid names "
-            f"{close}; all options: {names}."
-        )
+    refuse_unknown(given, _names(), what="analysis option", where="`AtlasCallback(options=...)`")
     store = {k: given.pop(k, default) for k, default in STORE_DEFAULTS.items()}
     run = {k: given.pop(k) for k in RUN_ARGUMENTS if k in given}
     AnalysisConfig.from_options(dict(given))
