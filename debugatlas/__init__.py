@@ -8,7 +8,7 @@ from typing import Any
 
 from .atlas import Atlas, build_atlas, class_filtered_atlas, comparison_atlas
 from .attribution import attribute, pixel_attribution
-from .capture import ActivationRecorder, ActivationSet, capture, merge_shards
+from .capture import ActivationRecorder, ActivationSet, CaptureSpec, capture, merge_shards
 from .check import CheckReport, assert_suite_holds, check_suite
 from .confusion import ConfusingCell, confusion_matrix, most_confused_pairs, rank_confusing_cells
 from .core import DebugAtlasError, Normalized
@@ -20,7 +20,7 @@ from .patches import (
 from .pipeline import AnalysisConfig, AnalysisResult, PairFinding, analyze
 
 __all__ = [
-    "ActivationRecorder", "ActivationSet", "AnalysisConfig", "AnalysisResult", "Atlas", "AtlasCallback",
+    "ActivationRecorder", "ActivationSet", "CaptureSpec", "AnalysisConfig", "AnalysisResult", "Atlas", "AtlasCallback",
     "CheckReport", "ConfusingCell", "DebugAtlasError", "Experiment", "KeepRule", "Layout", "Normalized",
     "PairFinding", "Patch", "PatchSuite", "PlantedShortcut", "analyze", "assert_suite_holds", "attribute", "build_atlas",
     "build_suite", "candidate_patches", "capture", "check_suite", "class_filtered_atlas", "comparison_atlas",

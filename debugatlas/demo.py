@@ -71,8 +71,8 @@ def run_demo(out: Path, scenario: str = "natural", device: str = "cpu", epochs: 
     options = demo_options()
     if shortcut is not None:  # a 5 px trigger covers few positions: half of them where attribution is highest
         options.update(sampling="guided", samples_per_image=4)
-    callback = AtlasCallback(layer, pairs=pairs, every_n_epochs=epochs, dirpath=out, subdir="",
-                             seed=seed, model_spec="debugatlas.demo:digits_cnn", **options)
+    callback = AtlasCallback(layer, pairs=pairs, every_n_epochs=epochs, dirpath=out, subdir="", seed=seed,
+                             options={**options, "model_spec": "debugatlas.demo:digits_cnn"})
     weights = demo_weights(scenario)
     shipped = not train and weights.is_file()
     if shipped:

@@ -34,7 +34,7 @@ def measure(name: str, module, loader, layer: str, repeats: int, device: str) ->
     _validate_seconds(module, loader, None, device)  # warm-up
     for _ in range(repeats):
         plain.append(_validate_seconds(module, loader, None, device))
-        callback = AtlasCallback(layer, run_analysis=False, samples_per_image=1)
+        callback = AtlasCallback(layer, run_analysis=False, options={"samples_per_image": 1})
         hooked.append(_validate_seconds(module, loader, callback, device))
     base, with_cb = statistics.median(plain), statistics.median(hooked)
     n = len(callback.last_activations)

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     module = ClassifierModule(model, lr=args.lr)
     options = analysis_options(cpu)
     callback = AtlasCallback(args.layer, pairs="auto", every_n_epochs=args.epochs, dirpath=out, subdir="",
-                             seed=args.seed, **options)
+                             seed=args.seed, options=options)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as logs:
         trainer = pl.Trainer(max_epochs=args.epochs, accelerator="gpu" if args.device == "cuda" else "cpu",

@@ -33,7 +33,8 @@ def run(out_dir: str, devices: int = 1, fail: bool = False, cap: int = 100_000, 
     torch.manual_seed(0)
     module = ClassifierModule(SmallCNN(1, 10, width=8))
     cls = _Failing if fail else AtlasCallback
-    callback = cls("model.layer3", dirpath=out_dir, subdir="", samples_per_image=3, seed=7, cap=cap, strict=strict, **FAST)
+    callback = cls("model.layer3", dirpath=out_dir, subdir="", seed=7, strict=strict,
+                   options={**FAST, "samples_per_image": 3, "cap": cap})
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                          callbacks=[callback], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=out_dir)

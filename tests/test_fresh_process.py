@@ -29,9 +29,9 @@ SCRIPT = textwrap.dedent("""\
     train, val = digits(size=16)
     torch.manual_seed(0)
     module = ClassifierModule(SmallCNN(1, 10, width=4))
-    callback = AtlasCallback("model.layer3", strict=True, layout="pca", grid_size=8, grid_sizes=(8,), n_pairs=1,
-                             render=True, render_steps=8, render_cells=4, top_cells=4, patches=True, patch_cells=2,
-                             n_random=1, max_patch_images=24)
+    callback = AtlasCallback("model.layer3", strict=True, options=dict(
+        layout="pca", grid_size=8, grid_sizes=(8,), n_pairs=1, render=True, render_steps=8, render_cells=4,
+        top_cells=4, patches=True, patch_cells=2, n_random=1, max_patch_images=24))
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, limit_train_batches=4,
                          limit_val_batches=2, num_sanity_val_steps=0, default_root_dir=out)

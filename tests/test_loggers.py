@@ -71,7 +71,7 @@ def logged_run(digits_data, tmp_path_factory):
                MLFlowLogger(experiment_name="atlas", tracking_uri=f"file:{tmp / 'mlruns'}"),
                CSVLogger(tmp, name="csv"), _MetricsOnly()]
     torch.manual_seed(0)
-    callback = AtlasCallback("model.layer3", strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", strict=True, options=FAST)
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
@@ -250,7 +250,7 @@ def test_csv_logger_at_the_default_dirpath_logs_the_report_in_place(digits_data,
     from debugatlas.lightning.loggers import report_images
 
     train, val = digits_data
-    callback = AtlasCallback("model.layer3", strict=True, **FAST)
+    callback = AtlasCallback("model.layer3", strict=True, options=FAST)
     logger = CSVLogger(tmp_path, name="csv")
     trainer = pl.Trainer(max_epochs=1, callbacks=[callback], logger=logger, enable_progress_bar=False,
                          enable_model_summary=False, limit_train_batches=2, limit_val_batches=2,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Sequence
 
 from ..core.errors import DebugAtlasError
+from ..core.versions import package_versions
 from .atomic import write_text
 from .paths import SUMMARY_FILE
 from ._schema import plain as _plain
@@ -24,15 +25,7 @@ _PACKAGES = ("debugatlas", "torch", "torchvision", "captum", "umap-learn", "nump
 
 def versions() -> dict[str, str]:
     """Python and the installed versions of the packages a run depends on."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in _PACKAGES:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return {"python": platform.python_version(), **package_versions(_PACKAGES)}
 
 
 def patch_entries(suite, prefix: str, placements: Sequence[str] | None = None) -> list[dict]:

@@ -47,13 +47,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..core.errors import DebugAtlasError
+from ..core.versions import package_versions
 from . import _pca, _torch, _torchdr, _tsne, _umap_learn
 from ._settings import Settings, check_samples, check_settings, pick_backend
 from .normalize import as_float32, normalize_layout
@@ -162,7 +162,8 @@ class Layout:
         else:
             raw, info = self._run(backend, x, xt, s)
             params.update(info)
-        params["versions"] = _versions(("torchdr",) if backend == "torchdr" else ())
+        params["versions"] = package_versions(("umap-learn", "scikit-learn", "numpy", "torch",
+                                               *(("torchdr",) if backend == "torchdr" else ())), missing="not installed")
         self.raw_embedding_ = np.ascontiguousarray(raw, dtype=np.float32)
         self.embedding_ = normalize_layout(self.raw_embedding_)
         self.params_ = params
@@ -232,11 +233,3 @@ def _degenerate(x: torch.Tensor, metric: str) -> str | None:
     return None
 
 
-def _versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    out = {}
-    for package in ("umap-learn", "scikit-learn", "numpy", "torch", *extra):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = "not installed"
-    return out

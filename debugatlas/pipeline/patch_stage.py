@@ -269,7 +269,7 @@ def _select(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images_sel
     shape = tuple(int(v) for v in images_sel.shape[1:])
     controls = [p.quantized() for p in control_patches(candidates, images_b, shape, cfg.patch_sizes, ctx.seed)]
     chooser = TrialLog(ctx.model, _experiment(ctx, plan, placements=(RACE_PLACEMENT,)), shape,
-                       progress=ctx.bar(f"patches {plan.a_name}->{plan.b_name}"))
+                       progress=ctx.bar(f"{plan.a_name}->{plan.b_name}"))
     synthesized = {p.id for p in candidates if p.source not in REAL_SOURCES}
     rule = DESIGN.keep_rule
     ranked = race(chooser, candidates, controls, images_sel, keep=rule.keep, first=DESIGN.selection_race_images,
