@@ -64,3 +64,18 @@ def test_demo_shows_what_the_readme_says(scenario, demo_run):
     top_flags = [bool(p["findings"]) and bool(p["findings"][0]["suspected_shortcut"]) for p in summary["pairs"]]
     assert top_flags == claims["shortcut"]
     assert (out / "index.html").is_file()
+
+
+def test_the_planted_cross_is_one_flagged_finding_in_each_pair_whatever_cells_it_spans(demo_run):
+    """The cross falls in several atlas cells; each pair reports it once, as a suspected shortcut."""
+    from debugatlas.data import digits
+    from debugatlas.demo import IMAGE_SIZE, SHORTCUT
+
+    _, val = digits(size=IMAGE_SIZE, seed=0, shortcut=SHORTCUT, poison_val=True)
+    _, result = demo_run("shortcut")
+    for pair in result.record.pairs:
+        carry = [f for f in pair.findings
+                 if sum(bool(val.poisoned[i]) for i in f.exemplar_ids) >= 0.5 * len(f.exemplar_ids) > 0]
+        assert len(carry) == 1 and pair.findings[0] is carry[0], pair.name
+        assert carry[0].suspected_shortcut, pair.name
+        assert len(carry[0].cells) >= 1 and all(c.flip_rate is not None for c in carry[0].cells)
