@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import _records as records
 import pytest
 
+from debugatlas.artifacts.record import RunRecord
 from debugatlas.report.timeline import epoch_entry, write_timeline
 
 pytestmark = pytest.mark.browser
@@ -17,14 +19,14 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing; pip install playwright")
 
 
-def _summary(epoch: int) -> dict:
+def _summary(epoch: int) -> RunRecord:
     confirmed = epoch >= 2
-    patch = {"id": "p", "flip_rate": 0.3 * epoch if epoch else None, "noise_flip_rate": 0.05,
-             "natural_flip_rate": 0.1, "verdict": "confirmed" if confirmed else "not_confirmed"}
-    pair = {"a": "4", "b": '7<img src=x onerror="alert(1)">', "confused": 10 - 3 * epoch, "patches": [patch]}
-    if confirmed:
-        pair["findings"] = [dict(patch)]
-    return {"accuracy": 0.5 + 0.1 * epoch, "pairs": [pair]}
+    rate = 0.3 * epoch if epoch else None
+    rates = {"noise_flip_rate": 0.05, "natural_flip_rate": 0.1}
+    patch = records.patch_row("p", rate, verdict="confirmed" if confirmed else "not_confirmed", **rates)
+    b = '7<img src=x onerror="alert(1)">'
+    pair = records.pair("4", b, 10 - 3 * epoch, [patch], [records.finding("p", rate, None, **rates)] if confirmed else [])
+    return RunRecord.from_dict(records.run([pair], classes=("4", b), accuracy=0.5 + 0.1 * epoch))
 
 
 def test_timeline_draws_links_and_stays_inert(tmp_path):
