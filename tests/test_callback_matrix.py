@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -212,7 +213,13 @@ def _check_wandb(logger, callback) -> None:
 
     logger.experiment.finish()
     (run_dir,) = (Path(logger.save_dir) / "wandb").glob("offline-run-*")
-    history = _wandb_history(next(run_dir.glob("run-*.wandb")))
+    # W&B's service process may still be writing the run's transaction log when finish() returns
+    deadline = time.monotonic() + 30
+    while True:
+        history = _wandb_history(next(run_dir.glob("run-*.wandb")))
+        if len(history.get("atlas/accuracy", [])) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(history["atlas/accuracy"]) == 2 and history["atlas/failed_epochs"] == [0, 0]
     for key in (f"atlas/atlas_{GRID}", "atlas/icon_atlas"):
         files = history[f"{key}/filenames"]
