@@ -19,7 +19,7 @@ The rules that give the numbers their meaning live here and nowhere else:
 - `margin`: a rate above the stronger of its two controls (noise patch, crop of a real B);
 - `rate_interval` and `gate`: the 95 % interval of a rate (the recorded one, else Wilson from the
   rate and its image count) and the interval gate that `diff` and `check` apply to two of them;
-- `Finding.sentence`: the one-sentence statement of a finding.
+- `sentence`: the one-sentence statement of a finding (its recorded `statement`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from ._schema import REDO, Record as _Record
 
 SCHEMA_VERSION = 1
 CONFIRMED = "confirmed"
-VERDICTS = ("confirmed", "natural", "not_confirmed")
 GATE_EPS = 1e-9  # two interval bounds closer than this count as touching
 
 
@@ -42,7 +41,8 @@ def is_confirmed(verdict: str | None) -> bool:
     return verdict == CONFIRMED
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """`value` as a float when it is a finite number (not a bool), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
@@ -50,8 +50,8 @@ def _finite(value: Any) -> float | None:
 
 def margin(rate: float | None, noise: float | None, natural: float | None) -> float | None:
     """`rate` minus the stronger of the controls that were measured; None without a rate or a control."""
-    rate = _finite(rate)
-    controls = [c for c in (_finite(noise), _finite(natural)) if c is not None]
+    rate = finite(rate)
+    controls = [c for c in (finite(noise), finite(natural)) if c is not None]
     return None if rate is None or not controls else rate - max(controls)
 
 
@@ -59,10 +59,10 @@ def rate_interval(rate: float | None, n_images: int | None,
                   ci: Sequence[float] | None = None) -> tuple[float, float] | None:
     """The 95 % interval of a flip rate: `ci` when recorded, else Wilson's from `rate` and
     `n_images`, else the bare rate; None without a rate."""
-    rate = _finite(rate)
+    rate = finite(rate)
     if rate is None:
         return None
-    if ci is not None and len(ci) == 2 and all(_finite(c) is not None for c in ci):
+    if ci is not None and len(ci) == 2 and all(finite(c) is not None for c in ci):
         return float(ci[0]), float(ci[1])
     if n_images:
         from ..patches.stats import wilson_interval
@@ -84,7 +84,7 @@ def gate(new: tuple[float, float], reference: tuple[float, float], tolerance: fl
 
 def percent(rate: float | None) -> str:
     """A rate as whole percent ("41 %"), "—" when absent."""
-    rate = _finite(rate)
+    rate = finite(rate)
     return "—" if rate is None else f"{100 * rate:.0f} %"
 
 
@@ -92,16 +92,15 @@ def sentence(a: str, b: str, rate: float | None, ci: Sequence[float] | None, noi
              natural: float | None, n_images: int | None = None, placement: str | None = None) -> str:
     """E.g. "Pasting this feature on images of 2 makes the model say 3 in 41 % of them [33–49 %],
     against 2 % for noise and 9 % for a crop of a real 3 (60 held-out images, random placement).\""""
-    if _finite(rate) is None:
+    if finite(rate) is None:
         return f"Pasting this feature on images of {a} makes the model say {b} (rate not recorded)."
     text = f"Pasting this feature on images of {a} makes the model say {b} in {percent(rate)} of them"
-    interval = rate_interval(rate, None, ci) if ci is not None else None
-    if interval is not None:
-        text += f" [{percent(interval[0])[:-2]}–{percent(interval[1])}]"
+    if ci is not None and len(ci) == 2 and None not in (finite(ci[0]), finite(ci[1])):
+        text += f" [{percent(ci[0])[:-2]}–{percent(ci[1])}]"
     controls = []
-    if _finite(noise) is not None:
+    if finite(noise) is not None:
         controls.append(f"{percent(noise)} for noise")
-    if _finite(natural) is not None:
+    if finite(natural) is not None:
         controls.append(f"{percent(natural)} for a crop of a real {b}")
     if controls:
         text += ", against " + " and ".join(controls)
@@ -215,7 +214,8 @@ class Finding(_Rated, _Record):
     cells: the confirmed cells that show this one feature (`pipeline.features.FEATURE_RULE`),
     its leading cell first; cell: that leading cell; patch: the id of its representative confirmed patch (also a `PatchRow`
     of the pair at `placement`), `patch_file` its PNG; statement: the sentence the run wrote
-    (`sentence`); rates as in `PatchRow`; exemplar_ids: the cell's exemplar images;
+    (`sentence`); rates as in `PatchRow`; exemplar_ids: the exemplar images of all its cells, the
+    leading cell's first;
     confirmed_sources: sources of all its confirmed patches; real_crops_tested: crops of real
     images from the cell measured on the held-out half; synthesized_only: no crop of a real image
     confirmed; suspected_shortcut with its `shortcut_evidence` (see `shortcut.CRITERIA`).
@@ -248,11 +248,6 @@ class Finding(_Rated, _Record):
               "suspected_shortcut": "bool", "shortcut_evidence": "dict?", "patch_file": "str?",
               "cells": [FeatureCell]}
     _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only", "cells")
-
-    def sentence(self, a: str, b: str) -> str:
-        """The finding in one sentence, from its numbers."""
-        return sentence(a, b, self.flip_rate, self.flip_rate_ci, self.noise_flip_rate, self.natural_flip_rate,
-                        self.n_images, self.placement)
 
 
 @dataclass(frozen=True)
@@ -295,7 +290,7 @@ class PairRecord(_Record):
 
     def best_finding(self) -> Finding | None:
         """The confirmed finding with the highest flip rate."""
-        rated = [f for f in self.findings if _finite(f.flip_rate) is not None]
+        rated = [f for f in self.findings if finite(f.flip_rate) is not None]
         return max(rated, key=lambda f: f.flip_rate, default=None)
 
     def patch_row(self, finding: Finding) -> PatchRow | None:

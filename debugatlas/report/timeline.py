@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts.record import RunRecord
+from ..artifacts.record import RunRecord, finite
 
 __all__ = ["PairOutcome", "pair_outcomes", "epoch_entry", "failed_entry", "render_timeline", "write_timeline"]
 
@@ -53,10 +53,6 @@ class PairOutcome:
         return f"{self.a}→{self.b}"
 
 
-def _rate(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _best(values) -> float | None:
@@ -71,8 +67,8 @@ def pair_outcomes(record: RunRecord) -> list[PairOutcome]:
         best = pair.best_finding()
         out.append(PairOutcome(
             a=pair.a, b=pair.b, confused=pair.confused, confirmed=len(pair.confirmed),
-            best_flip_rate=_best(_rate(p.flip_rate) for p in pair.patches),
-            confirmed_flip_rate=None if best is None else _rate(best.flip_rate),
+            best_flip_rate=_best(finite(p.flip_rate) for p in pair.patches),
+            confirmed_flip_rate=None if best is None else finite(best.flip_rate),
             confirmed_margin=None if best is None else best.margin,
         ))
     return out
@@ -83,7 +79,7 @@ def epoch_entry(record: RunRecord, epoch: int, href: str | None) -> dict[str, An
 
     href: the epoch's report relative to the timeline (e.g. "epoch_3/index.html"), or None.
     """
-    return {"epoch": int(epoch), "href": href, "accuracy": _rate(record.accuracy),
+    return {"epoch": int(epoch), "href": href, "accuracy": finite(record.accuracy),
             "pairs": [asdict(o) for o in pair_outcomes(record)]}
 
 
