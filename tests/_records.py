@@ -5,7 +5,7 @@ test is about.
 """
 from __future__ import annotations
 
-from debugatlas.artifacts.summary import patch_entries
+from debugatlas.artifacts.summary import patch_rows
 
 
 def patch_row(pid: str, rate, n: int = 40, placement: str = "static", verdict=None, ci=None, **more) -> dict:
@@ -51,7 +51,7 @@ def run(pairs, *, classes=("a", "b", "c"), accuracy: float = 0.9, num_images: in
 
 def suite_baseline(suite, classes, **top) -> dict:
     """A run record whose one pair holds the patch rows of `suite` (as `analyze()` writes them)."""
-    return run([pair(suite.a, suite.b, patches=patch_entries(suite, "patches/"))], classes=classes, **top)
+    return run([pair(suite.a, suite.b, patches=[r.to_dict() for r in patch_rows(suite, "patches/")])], classes=classes, **top)
 
 
 def complete(summary: dict) -> dict:

@@ -14,7 +14,7 @@ from debugatlas.core import DebugAtlasError
 from debugatlas.core import load_images
 from debugatlas.data import PlantedShortcut, TensorImageDataset, digits
 from debugatlas.models import SmallCNN, train_classifier
-from debugatlas.artifacts.summary import patch_entries
+from debugatlas.artifacts.summary import patch_rows
 from debugatlas.patches import (
     Experiment, KeepRule, Patch, candidate_patches, control_patches, evaluate_patches, placement_positions,
     refine_patch,
@@ -325,7 +325,7 @@ def test_build_suite_keeps_best_by_measured_flip_rate_above_controls(planted_sui
     for p in suite.patches + suite.controls:  # 8-bit exact pixels
         assert torch.equal(p.image, torch.round(p.image * 255) / 255)
     assert {c.source for c in suite.controls} == {"noise", "natural"}
-    entries = patch_entries(suite, "suites/4-1/patches/")
+    entries = [r.to_dict() for r in patch_rows(suite, "suites/4-1/patches/")]
     assert len(entries) == 4 * 3
     first = entries[0]
     assert set(first) >= {"id", "cell", "file", "target", "size_frac", "placement", "n_images", "flip_rate",

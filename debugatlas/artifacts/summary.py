@@ -15,7 +15,7 @@ from ..core.versions import package_versions
 from .atomic import write_text
 from .paths import SUMMARY_FILE
 from ._schema import plain as _plain
-from .record import REDO, SCHEMA_VERSION, PairRecord, RunRecord
+from .record import REDO, SCHEMA_VERSION, PairRecord, PatchRow, RunRecord
 
 TIMED_STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
 # the patch stage's parts, timed and costed apart in `cost_w` and `forwards`
@@ -28,29 +28,27 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **package_versions(_PACKAGES)}
 
 
-def patch_entries(suite, prefix: str, placements: Sequence[str] | None = None) -> list[dict]:
-    """The `patches` list of a pair: one row per kept patch x placement, best first.
+def patch_rows(suite, prefix: str, placements: Sequence[str] | None = None) -> tuple[PatchRow, ...]:
+    """The `patches` rows of a pair: one per kept patch x placement, best first.
 
     `prefix`: the folder of the suite's patch PNGs relative to the run directory, ending in "/"
-    (`paths.suite_dir(k) + "/patches/"` for the k-th pair of a run).
-    Keys: id, cell, file, target, size_frac, placement, n_images, flip_rate, noise_flip_rate,
-    natural_flip_rate, plus source, resize, best_flip_rate, p_b_before, p_b_after, verdict,
-    flip_rate_ci, p_value (None where the rows were not judged).
+    (`paths.suite_patches_prefix(k)` for the k-th pair of a run). verdict, flip_rate_ci and
+    p_value are None where the rows were not judged; NaN rates are None, as the file holds them.
     """
-    entries = []
+    rows = []
     for patch in suite.patches:
         for placement in placements or suite.placements:
             r = suite.baseline.get(patch.id, placement).to_dict()
-            entries.append({
-                "id": patch.id, "cell": None if patch.cell is None else list(patch.cell),
-                "file": f"{prefix}{patch.id}.png", "target": suite.b, "size_frac": r["size_frac"],
-                "placement": placement, "n_images": r["n_images"], "flip_rate": r["flip_rate"],
-                "noise_flip_rate": r["noise_flip_rate"], "natural_flip_rate": r["natural_flip_rate"],
-                "source": patch.source, "resize": patch.resize, "best_flip_rate": r["best_flip_rate"],
-                "p_b_before": r["p_b_before"], "p_b_after": r["p_b_after"],
-                "verdict": r.get("verdict"), "flip_rate_ci": r.get("flip_rate_ci"), "p_value": r.get("p_value"),
-            })
-    return entries
+            ci = r.get("flip_rate_ci")
+            rows.append(PatchRow(
+                id=patch.id, cell=None if patch.cell is None else tuple(patch.cell), file=f"{prefix}{patch.id}.png",
+                target=suite.b, size_frac=r["size_frac"], placement=placement, n_images=r["n_images"],
+                flip_rate=r["flip_rate"], noise_flip_rate=r["noise_flip_rate"],
+                natural_flip_rate=r["natural_flip_rate"], source=patch.source, resize=patch.resize,
+                best_flip_rate=r["best_flip_rate"], p_b_before=r["p_b_before"], p_b_after=r["p_b_after"],
+                verdict=r.get("verdict"), flip_rate_ci=None if ci is None else tuple(ci), p_value=r.get("p_value"),
+            ))
+    return tuple(rows)
 
 
 def dumps(summary: RunRecord | dict) -> str:

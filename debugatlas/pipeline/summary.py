@@ -9,8 +9,8 @@ import json
 import numpy as np
 
 from ..artifacts.paths import icon_path, suite_patches_prefix
-from ..artifacts.record import CellRow, PairRecord, PatchRow, RunRecord, Screening
-from ..artifacts.summary import PATCH_SUBSTAGES, SCHEMA_VERSION, TIMED_STAGES, dumps, patch_entries, versions
+from ..artifacts.record import CellRow, PairRecord, RunRecord, Screening
+from ..artifacts.summary import PATCH_SUBSTAGES, SCHEMA_VERSION, TIMED_STAGES, dumps, patch_rows, versions
 from ..capture import ActivationSet
 from ..confusion import SCORE_DESCRIPTION
 from ..patches.stats import DECISION_RULE
@@ -53,13 +53,12 @@ def _cells(finding: PairFinding, acts: ActivationSet) -> tuple[CellRow, ...]:
 
 def _pair(index: int, finding: PairFinding, acts: ActivationSet) -> PairRecord:
     prefix = suite_patches_prefix(index)
-    rows = patch_entries(finding.patches, prefix) if finding.patches is not None else []
     screening = finding.screening
     return PairRecord(
         a=finding.a_name, b=finding.b_name, kind=finding.kind, confused=int(finding.confused),
         confusing_cells=_cells(finding, acts),
         findings=tuple(replace(f, patch_file=f"{prefix}{f.patch}.png") for f in finding.findings),
-        patches=tuple(PatchRow.from_dict(r, "patches") for r in rows),
+        patches=patch_rows(finding.patches, prefix) if finding.patches is not None else (),
         screening=Screening.from_dict(screening, "screening") if screening else None,
         notes=tuple(finding.notes),
     )
