@@ -73,14 +73,15 @@ def test_the_patch_stage_chooses_on_a_capped_selection_half_and_reports_on_the_o
 
 
 def _record_trials(monkeypatch):
-    """Every `TrialLog.measure` call of a run: (log id, precision, chunk images, patch ids)."""
+    """Every `TrialLog.measure` call of a run: (log, precision, chunk images, patch ids). The log
+    itself is kept, not its id: a freed log's id may be reused by the next one."""
     from debugatlas.patches.trials import TrialLog
 
     calls = []
     real = TrialLog.measure
 
     def measure(self, patches, chunk):
-        calls.append((id(self), self.experiment.precision, int(self.chunks[chunk].n_offered), [p.id for p in patches]))
+        calls.append((self, self.experiment.precision, int(self.chunks[chunk].n_offered), [p.id for p in patches]))
         return real(self, patches, chunk)
 
     monkeypatch.setattr(TrialLog, "measure", measure)
@@ -88,8 +89,8 @@ def _record_trials(monkeypatch):
 
 
 def _by_log(calls):
-    logs = list(dict.fromkeys(c[0] for c in calls))
-    return [[c[1:] for c in calls if c[0] == log] for log in logs]
+    logs = list({id(c[0]): c[0] for c in calls}.values())
+    return [[c[1:] for c in calls if c[0] is log] for log in logs]
 
 
 def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(monkeypatch, tmp_path, trained_cnn,
