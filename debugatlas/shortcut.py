@@ -1,33 +1,41 @@
-"""Name the suspect: flag a confirmed finding as a *suspected shortcut*.
+"""Name the suspect: flag a confirmed feature as a *suspected shortcut*, whatever its shape.
 
-A planted trigger (or a watermark, a scanner tag, a border the data collector left) has a tell-tale
-shape in an atlas: the samples near its cell come from images of the class B it pushes toward
-(the trigger lives in B's training images), the feature is small (a layer position whose effective
-receptive field covers a small part of the image), and its cell is far purer in B than the atlas
-around it (a natural B feature blends into a wide region of B features; a trigger is a small island
-of a few cells, so the cell and its immediate neighbours are B while the ring beyond is not).
+A planted trigger, a watermark, a scanner tag or a border the data collector left can have any
+shape, size, opacity or place; it may span several atlas cells or sit at one fixed spot. What any
+of them leaves, whatever its shape, is this: it lives in the images of the class B it pushes
+toward (the model learned it there), so the feature's exemplars are images of B; real pixels carry
+it, so a crop of a real image from its cells, pasted on held-out images of A, flips them to B; and
+it is rare everywhere else, in A and in every other class. A natural feature of B that moves the
+model (a 7's bar, an airplane's wing) is shared with the classes that look like B: some class
+other than B shows it too.
 
-A confirmed finding is flagged when all three hold (numbers chosen on the planted-shortcut runs, see
-`experiments/planted_shortcut.py`; each is recorded with the finding so a reader can judge):
+A confirmed feature (one finding, over all its cells) is flagged when all three hold (`CRITERIA`;
+every number is recorded with the finding as its `shortcut_evidence`):
 
-- exemplar_b_share >= MIN_B_SHARE (0.6): share of the cell's exemplars taken from images of B;
-- field_fraction <= MAX_FIELD_FRACTION (0.25): the layer's *effective* receptive field, the
-  smallest set of pixels holding `FIELD_MASS` (90 %) of the input-gradient mass of the centre
-  position (mean over random inputs), as a share of the image's pixels (`effective_field_fraction`);
-  the theoretical field of a deep layer covers the whole image and says little;
-- min(purity, island_purity) - neighbour_purity >= MIN_PURITY_GAP (0.5): purity = share of the
-  cell's samples from images of B; island purity = the same over the cell and its valid neighbours
-  within Chebyshev distance `radius` (1); neighbour purity = the same over the valid cells of the
-  ring beyond, at distance radius + 1 .. radius + 2, widened outward (up to radius + 5) while it
-  holds fewer than MIN_NEIGHBOUR_SAMPLES, and the atlas-wide share of B when even that is empty.
-  On the planted digits run (cross trigger in every 7, layer2, guided sampling) the three cells of
-  the trigger's island scored 1.0, 1.0 and 0.76, every other cell at most 0.10.
+- exemplar_b_share >= MIN_B_SHARE (0.6): share of the feature's exemplars (all its cells) taken
+  from images of B;
+- real_beats_noise >= 1: a crop of a real image from its cells (source "exemplar"), pasted on the
+  held-out images of A, flips more of them than the noise patch, corrected like every verdict
+  (verdict "confirmed" or "natural"). Beating the crop of a real image of B as well is not asked:
+  when the shortcut is in most images of B, that control carries it too;
+- enrichment >= MIN_ENRICHMENT (10): the share of B's analysed images with a sample in the
+  feature's cells, over the largest such share of any other class (each share smoothed as
+  (k + 0.5) / (n + 1), so a class with none still counts half an image).
 
-`shortcut_candidates` ranks every valid cell by that gap: a nominator for the patch tests that
-does not depend on attribution or on a rendered icon.
+On the digits (`make shortcut`, a cross in every 7, 51 analysed 7s) the planted feature, over its
+three cells, scores 1.0, 3 of 3 and 101 (all 51 images of 7 show it, no image of another class);
+the strongest natural feature of the natural run toward 7 whose real crop flips 4s scores 1.0,
+1 of 1 and 5.4: 5 of 51 images of 1 show it too.
 
-`shortcut_evidence` and `is_suspected_shortcut` are pure (numbers in, numbers out);
-`effective_field_fraction` runs the model once per layer.
+Beside the flag the evidence says where in the image the feature sits (`positions`: how many of
+its samples fall at each position of the layer's output, and `spot`, the share within the densest
+window of side 2 * (side // 12) + 1 positions: one position on a 6 x 6 output, 3 x 3 on 16 x 16,
+5 x 5 on 32 x 32, about a sixth of the side or less): a tag at a fixed place is one spot, a
+trigger pasted anywhere is spread out.
+
+`shortcut_candidates` ranks every valid cell by how much purer in B it and its immediate neighbours
+are than the ring of cells beyond: a nominator for the patch tests that needs no model,
+attribution or icon (a trigger is often a small island of B in the atlas).
 """
 from __future__ import annotations
 
@@ -36,107 +44,191 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from .atlas import Atlas
 from .core.errors import DebugAtlasError
-from .core.gradients import position_input_gradients
 
 MIN_B_SHARE = 0.6
-MAX_FIELD_FRACTION = 0.25
+MIN_ENRICHMENT = 10.0
+MIN_REAL_BEATS_NOISE = 1
+BEATS_NOISE = ("confirmed", "natural")
 MIN_PURITY_GAP = 0.5
 MIN_NEIGHBOUR_SAMPLES = 5
-FIELD_MASS = 0.9
-CRITERIA = (f"suspected shortcut: a confirmed finding whose cell's exemplars come from images of B "
-            f"(share >= {MIN_B_SHARE}), whose layer sees a small part of the image (effective receptive "
-            f"field <= {MAX_FIELD_FRACTION:.0%} of the pixels, {FIELD_MASS:.0%} of the gradient mass) and "
-            f"whose cell and its immediate neighbours are much purer in B than the cells around them "
-            f"(gap >= {MIN_PURITY_GAP})")
+CRITERIA = (f"suspected shortcut: a confirmed feature whose exemplars come from images of B (share >= "
+            f"{MIN_B_SHARE}), whose real pixels flip A to B (a crop of a real image from its cells beats the noise "
+            f"patch on held-out images) and that is rare outside B (B's images show it at least {MIN_ENRICHMENT:g} "
+            f"times as often as those of any other class)")
+
+
+@dataclass(frozen=True)
+class RealCrop:
+    """The crop of a real image that speaks for a feature: of its cells' real crops measured on the
+    held-out half, the one the selection half ranked first, with its held-out numbers."""
+
+    patch: str
+    cell: tuple[int, int]
+    placement: str
+    n_images: int
+    flip_rate: float
+    flip_rate_ci: tuple[float, float] | None
+    noise_flip_rate: float | None
+    natural_flip_rate: float | None
+    verdict: str | None
 
 
 @dataclass(frozen=True)
 class ShortcutEvidence:
-    """The numbers behind the suspected-shortcut flag of one finding (cell of an atlas, class B).
+    """The numbers behind the suspected-shortcut flag of one feature (its cells of an atlas, class B).
 
-    exemplar_b_share: share of the cell's exemplars whose image is of class B (nan without exemplars).
-    field_fraction: effective receptive field of the layer as a share of the image's pixels.
-    purity / island_purity / neighbour_purity: share of samples from images of B in the cell / in the
-        cell and its immediate neighbours / in the ring of cells around those.
-    neighbour_samples: samples the neighbour purity was computed from (0: atlas-wide share used).
-    confirmed: the finding's patch test verdict was "confirmed".
-    suspected: all criteria hold (see the module docstring).
+    exemplar_b_share: share of its exemplars whose image is of B (nan without exemplars).
+    real_beats_noise / real_confirmed / real_tested: crops of real images from its cells that beat
+        the noise control / beat both controls / were measured, on the held-out half; real_crop:
+        the one that speaks for it (`RealCrop`), None when none was measured.
+    images_b / n_images_b: analysed images of B with a sample in its cells / analysed images of B;
+    other_class / other_images / n_images_other: the other class that shows it most, likewise;
+    enrichment: B's smoothed share over that class's (see the module docstring).
+    purity: share of its samples taken from images of B.
+    positions: [H][W] samples of it at each position of the layer's output (None for pooled
+        layers); spot: share of them in the densest window (see the module docstring).
+    suspected: every criterion holds.
     """
 
-    cell: tuple[int, int]
+    cells: tuple[tuple[int, int], ...]
     b: int
     exemplar_b_share: float
-    field_fraction: float
+    real_beats_noise: int
+    real_confirmed: int
+    real_tested: int
+    images_b: int
+    n_images_b: int
+    other_class: int | None
+    other_images: int
+    n_images_other: int
+    enrichment: float
     purity: float
-    neighbour_purity: float
-    neighbour_samples: int
-    confirmed: bool
     suspected: bool
-    island_purity: float = float("nan")
-
-    @property
-    def purity_gap(self) -> float:
-        return _gap(self.purity, self.island_purity, self.neighbour_purity)
+    real_crop: RealCrop | None = None
+    positions: tuple[tuple[int, ...], ...] | None = None
+    spot: float | None = None
 
     def to_dict(self) -> dict:
         """Plain values for summary.json (NaN becomes None)."""
         out = asdict(self)
-        out["cell"] = list(self.cell)
-        out["purity_gap"] = self.purity_gap
-        return {k: (None if isinstance(v, float) and v != v else v) for k, v in out.items()}
+        out["cells"] = [list(c) for c in self.cells]
+        out["positions"] = None if self.positions is None else [list(r) for r in self.positions]
+        if self.real_crop is not None:
+            out["real_crop"]["cell"] = list(self.real_crop.cell)
+            ci = self.real_crop.flip_rate_ci
+            out["real_crop"]["flip_rate_ci"] = None if ci is None else list(ci)
+        return _plain(out)
 
 
-def _gap(purity: float, island_purity: float, neighbour_purity: float) -> float:
-    inner = purity if island_purity != island_purity else min(purity, island_purity)
-    return inner - neighbour_purity
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
-def is_suspected_shortcut(exemplar_b_share: float, field_fraction: float, purity: float,
-                          neighbour_purity: float, confirmed: bool = True,
-                          island_purity: float = float("nan")) -> bool:
+def is_suspected_shortcut(exemplar_b_share: float, real_beats_noise: int, enrichment: float) -> bool:
     """The flag from its numbers (thresholds in the module docstring)."""
-    if not confirmed or exemplar_b_share != exemplar_b_share or purity != purity:
+    if exemplar_b_share != exemplar_b_share or enrichment != enrichment:
         return False
-    return (exemplar_b_share >= MIN_B_SHARE and field_fraction <= MAX_FIELD_FRACTION
-            and _gap(purity, island_purity, neighbour_purity) >= MIN_PURITY_GAP)
+    return (exemplar_b_share >= MIN_B_SHARE and int(real_beats_noise) >= MIN_REAL_BEATS_NOISE
+            and enrichment >= MIN_ENRICHMENT)
 
 
-def shortcut_evidence(atlas: Atlas, labels: np.ndarray | torch.Tensor, cell: Sequence[int], b: int,
-                      field_fraction: float, *, confirmed: bool = True, radius: int = 1) -> ShortcutEvidence:
-    """Evidence that `cell` of `atlas` is a shortcut toward class `b`.
+def _rate(k: int, n: int) -> float:
+    return (k + 0.5) / (n + 1)
 
-    labels: [N_parent] true labels of the parent sample set the atlas indexes (`acts.labels`).
-    field_fraction: from `effective_field_fraction` for the atlas's layer.
+
+def feature_evidence(atlas: Atlas, *, labels: np.ndarray | torch.Tensor, image_ids: np.ndarray | torch.Tensor,
+                     cells: Sequence[Sequence[int]], b: int, exemplar_labels: Sequence[int],
+                     real: Sequence = (), positions: np.ndarray | torch.Tensor | None = None,
+                     spatial_shape: tuple[int, int] | None = None) -> ShortcutEvidence:
+    """Evidence that the feature over `cells` of `atlas` is a shortcut toward class `b`.
+
+    labels / image_ids: [N_parent] of the parent sample set the atlas indexes (`acts.labels`,
+    `acts.image_ids`); exemplar_labels: the true class of each of the feature's exemplar images;
+    real: the held-out results (`PatchResult`, source "exemplar") of crops of real images from its
+    cells, in the selection half's order; positions [N_parent, 2] and spatial_shape: where each
+    sample sits in the layer's output (`acts.positions`, `acts.spatial_shape`), for the position map.
     """
-    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    g = atlas.grid_size
-    i, j = (int(v) for v in cell)
-    if not (0 <= i < g and 0 <= j < g):
-        raise DebugAtlasError(f"`cell={tuple(cell)!r}` is outside the {g}x{g} atlas. HINT: pass (i, j) of a cell.")
-    if not 0.0 <= float(field_fraction) <= 1.0:
-        raise DebugAtlasError(f"`field_fraction={field_fraction!r}` must be a share in [0, 1].")
-    if int(radius) < 1:
-        raise DebugAtlasError(f"`radius={radius!r}` must be >= 1.")
+    if int(b) < 0:
+        raise DebugAtlasError(f"`b={b!r}` must be a class index >= 0.")
+    labels = _numpy(labels)
+    ids = _numpy(image_ids)
+    if labels.shape != ids.shape:
+        raise DebugAtlasError(f"`labels` has {labels.size} entries but `image_ids` {ids.size}. "
+                              "HINT: pass both from the ActivationSet the atlas was built from.")
     if labels.size and atlas.sample_index.size and int(atlas.sample_index.max()) >= labels.size:
         raise DebugAtlasError(
             f"The atlas points at sample {int(atlas.sample_index.max())} but `labels` has {labels.size} entries. "
-            "HINT: pass the labels of the ActivationSet the atlas was built from."
-        )
-    count, b_count, b_share = _b_counts(atlas, labels, b)
-    purity = float(b_count[i, j] / count[i, j]) if count[i, j] else float("nan")
-    island, _ = _share(atlas, count, b_count, (i, j), 0, int(radius))
-    neighbour_purity, neighbour_samples = _ring(atlas, count, b_count, (i, j), int(radius))
-    if neighbour_samples == 0:
-        neighbour_purity = b_share
-    exemplars = atlas.exemplars.get((i, j), [])
-    share = float((labels[np.asarray(exemplars, dtype=np.int64)] == b).mean()) if exemplars else float("nan")
-    suspected = is_suspected_shortcut(share, float(field_fraction), purity, neighbour_purity, bool(confirmed), island)
-    return ShortcutEvidence((i, j), int(b), share, float(field_fraction), purity, neighbour_purity,
-                            neighbour_samples, bool(confirmed), bool(suspected), island)
+            "HINT: pass the labels of the ActivationSet the atlas was built from.")
+    g = atlas.grid_size
+    own = [tuple(int(v) for v in c) for c in cells]
+    for c in own:
+        if not (0 <= c[0] < g and 0 <= c[1] < g):
+            raise DebugAtlasError(f"`cell={c!r}` is outside the {g}x{g} atlas. HINT: pass (i, j) of a cell.")
+    members = np.unique(np.concatenate([atlas.members(c) for c in own] or [np.zeros(0, np.int64)]))
+    n_classes = max(int(labels.max()) + 1 if labels.size else 0, int(b) + 1)
+    all_images = _images_per_class(labels, ids, n_classes)
+    hit_images = _images_per_class(labels[members], ids[members], n_classes)
+    rates = [_rate(int(hit_images[c]), int(all_images[c])) for c in range(n_classes)]
+    others = [c for c in range(n_classes) if c != b and all_images[c] > 0]
+    other = max(others, key=lambda c: (rates[c], -c)) if others else None
+    enrichment = rates[b] / rates[other] if other is not None else float("inf")
+    share = float(np.mean([int(v) == b for v in exemplar_labels])) if len(exemplar_labels) else float("nan")
+    purity = float((labels[members] == b).mean()) if members.size else float("nan")
+    confirmed = sum(1 for r in real if r.verdict == "confirmed")
+    beats_noise = sum(1 for r in real if r.verdict in BEATS_NOISE)
+    grid, spot = _position_map(positions, spatial_shape, members)
+    return ShortcutEvidence(
+        cells=tuple(own), b=int(b), exemplar_b_share=share, real_beats_noise=beats_noise,
+        real_confirmed=confirmed, real_tested=len(real),
+        images_b=int(hit_images[b]), n_images_b=int(all_images[b]), other_class=other,
+        other_images=int(hit_images[other]) if other is not None else 0,
+        n_images_other=int(all_images[other]) if other is not None else 0,
+        enrichment=float(enrichment), purity=purity,
+        suspected=is_suspected_shortcut(share, beats_noise, float(enrichment)),
+        real_crop=_real_crop(real[0]) if real else None, positions=grid, spot=spot)
+
+
+def _numpy(values) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
+def _images_per_class(labels: np.ndarray, ids: np.ndarray, n_classes: int) -> np.ndarray:
+    """Distinct image ids per true class."""
+    out = np.zeros(n_classes, dtype=np.int64)
+    if labels.size:
+        pairs = np.unique(np.stack([labels.astype(np.int64), ids.astype(np.int64)], 1), axis=0)
+        out += np.bincount(pairs[:, 0], minlength=n_classes)[:n_classes]
+    return out
+
+
+def _position_map(positions, spatial_shape, members: np.ndarray):
+    """([H][W] sample counts, share in the densest window of side 2 * (min(H, W) // 12) + 1), or (None, None)."""
+    if positions is None or not spatial_shape or members.size == 0:
+        return None, None
+    h, w = (int(v) for v in spatial_shape)
+    pos = _numpy(positions)[members].astype(np.int64)
+    pos = pos[(pos[:, 0] >= 0) & (pos[:, 0] < h) & (pos[:, 1] >= 0) & (pos[:, 1] < w)]
+    if pos.size == 0:
+        return None, None
+    grid = np.bincount(pos[:, 0] * w + pos[:, 1], minlength=h * w).reshape(h, w)
+    r = min(h, w) // 12
+    padded = np.pad(grid, r)
+    windows = sum(padded[di:di + h, dj:dj + w] for di in range(2 * r + 1) for dj in range(2 * r + 1))
+    return tuple(tuple(int(v) for v in row) for row in grid), float(windows.max() / grid.sum())
+
+
+def _real_crop(r) -> RealCrop:
+    ci = tuple(float(v) for v in r.flip_rate_ci) if r.flip_rate_ci else None
+    return RealCrop(patch=r.patch_id, cell=tuple(int(v) for v in r.cell), placement=r.placement,
+                    n_images=int(r.n_images), flip_rate=float(r.flip_rate), flip_rate_ci=ci,
+                    noise_flip_rate=r.noise_flip_rate, natural_flip_rate=r.natural_flip_rate, verdict=r.verdict)
 
 
 def shortcut_candidates(atlas: Atlas, labels: np.ndarray | torch.Tensor, b: int, *, radius: int = 1,
@@ -154,6 +246,11 @@ def shortcut_candidates(atlas: Atlas, labels: np.ndarray | torch.Tensor, b: int,
         if gap >= min_gap:
             out.append((cell, gap))
     return sorted(out, key=lambda cg: (-cg[1], cg[0]))
+
+
+def _gap(purity: float, island_purity: float, neighbour_purity: float) -> float:
+    inner = purity if island_purity != island_purity else min(purity, island_purity)
+    return inner - neighbour_purity
 
 
 def _b_counts(atlas: Atlas, labels: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -190,27 +287,3 @@ def _ring(atlas: Atlas, count: np.ndarray, b_count: np.ndarray, cell: tuple[int,
         if total >= MIN_NEIGHBOUR_SAMPLES:
             break
     return share, total
-
-
-def effective_field_fraction(model: nn.Module, layer: str | nn.Module, input_shape: Sequence[int],
-                             mass: float = FIELD_MASS, trials: int = 8, seed: int = 0) -> float:
-    """Share of the image's pixels in the effective receptive field of the layer's centre position.
-
-    Mean |∂(random channel mix at the centre)/∂pixel| over `trials` random inputs, summed over
-    colour channels; the field is the smallest set of pixels holding `mass` of that total. A pooled
-    layer ([B, C]) sees the whole image (1.0). The model is left as found.
-    """
-    if not 0.0 < float(mass) <= 1.0:
-        raise DebugAtlasError(f"`mass={mass!r}` must be in (0, 1]. HINT: 0.9 keeps 90 % of the gradient.")
-    weights = position_input_gradients(model, layer, input_shape, None,
-                                       lambda grad: grad.abs().sum(1).mean(0).flatten().double().cpu(),
-                                       trials=trials, seed=seed)
-    if weights is None:
-        return 1.0
-    (weight,) = weights
-    total = float(weight.sum())
-    if total <= 0:
-        return 1.0
-    ordered = torch.sort(weight, descending=True).values.cumsum(0)
-    needed = int(torch.searchsorted(ordered, torch.tensor(float(mass) * total, dtype=torch.float64))) + 1
-    return min(needed, weight.numel()) / weight.numel()

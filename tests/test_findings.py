@@ -42,21 +42,22 @@ def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ra
                                           _result("c7-17-ex3", "exemplar", feature, 1.0, "natural"),
                                           _result("c7-17-crop6r", "icon_crop", feature, 0.48, "not_confirmed")]))
     evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
-    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    monkeypatch.setattr(findings, "feature_evidence", lambda *args, **kwargs: evidence)
     counts = np.zeros((20, 20), dtype=np.int64)
     counts[feature], counts[neighbour] = 9, 5
     atlas = _atlas({feature: [0, 1], neighbour: [2]}, counts)
-    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7]), image_ids=torch.tensor([10, 11, 12]))
+    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7]), image_ids=torch.tensor([10, 11, 12]), positions=None,
+                           spatial_shape=None)
     plan = PairPlan(1, 7, "1", "7", 3)
-    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
+    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts)
     assert [f.cell for f in out] == [feature, neighbour]
     assert out[0].patch == "c7-17-ctx5" and out[0].exemplar_ids == (10, 11)
     # equal support: more samples first; equal counts too: the selection half's order
     suite.patches = suite.patches[:2]
-    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
+    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts)
     assert [f.cell for f in out] == [feature, neighbour]
     counts[feature] = 5
-    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts, field_fraction=0.1)
+    out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts)
     assert [f.cell for f in out] == [neighbour, feature]
     assert np.isclose(out[0].flip_rate, 0.91)
 
@@ -75,12 +76,12 @@ def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
                                      for pid, source, cell in kept],
                             baseline=SimpleNamespace(results=results))
     evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
-    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    monkeypatch.setattr(findings, "feature_evidence", lambda *args, **kwargs: evidence)
     counts = np.zeros((8, 8), dtype=np.int64)
     atlas = _atlas({real: [0], synthetic: [1]}, counts)
-    acts = SimpleNamespace(labels=torch.tensor([7, 7]), image_ids=torch.tensor([10, 11]))
+    acts = SimpleNamespace(labels=torch.tensor([7, 7]), image_ids=torch.tensor([10, 11]), positions=None, spatial_shape=None)
     out = findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas,
-                                 acts=acts, field_fraction=0.1)
+                                 acts=acts)
     by_cell = {f.cell: f for f in out}
     assert by_cell[real].confirmed_sources == ("exemplar", "in_context")
     assert by_cell[real].synthesized_only is False
@@ -99,9 +100,10 @@ def _grouped(cells_and_rates, exemplars, directions, mixes=None, monkeypatch=Non
     for k, (c, _) in enumerate(cells_and_rates):
         counts[c] = 20 - k  # the listed order is the ranked order
     atlas = _atlas(exemplars, counts, directions, mixes)
-    acts = SimpleNamespace(labels=torch.full((20,), 7), image_ids=torch.arange(100, 120))
+    acts = SimpleNamespace(labels=torch.full((20,), 7), image_ids=torch.arange(100, 120), positions=None,
+                           spatial_shape=None)
     return findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas,
-                                  acts=acts, field_fraction=0.1)
+                                  acts=acts)
 
 
 def _direction(*weights):
@@ -112,7 +114,7 @@ def _direction(*weights):
 
 def test_one_feature_over_several_cells_is_one_finding(monkeypatch):
     evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
-    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    monkeypatch.setattr(findings, "feature_evidence", lambda *args, **kwargs: evidence)
     a, b, c, other = (2, 2), (2, 3), (7, 7), (5, 0)
     out = _grouped([(a, 0.8), (b, 0.7), (other, 0.6), (c, 0.5)],
                    {a: [0, 1], b: [2, 3], c: [4], other: [5, 6]},
@@ -128,7 +130,7 @@ def test_shared_images_or_a_neighbour_with_the_same_mix_join_a_feature_and_disti
     from debugatlas.pipeline import features
 
     evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
-    monkeypatch.setattr(findings, "shortcut_evidence", lambda *args, **kwargs: evidence)
+    monkeypatch.setattr(findings, "feature_evidence", lambda *args, **kwargs: evidence)
     mix = np.array([0, 3, 0, 0, 0, 0, 0, 9, 0, 0])
     a, b, far, near = (1, 1), (8, 8), (4, 4), (4, 5)
     out = _grouped([(a, 0.9), (b, 0.8), (far, 0.7), (near, 0.6)],
@@ -143,11 +145,32 @@ def test_shared_images_or_a_neighbour_with_the_same_mix_join_a_feature_and_disti
     assert [f.cell for f in out] == [far, near] and features.NEIGHBOUR_DIRECTION > 0.19
 
 
-def test_a_feature_is_flagged_when_one_of_its_cells_is(monkeypatch):
-    flags = {(2, 2): False, (2, 3): True}
-    monkeypatch.setattr(findings, "shortcut_evidence", lambda atlas, labels, cell, *a, **k: SimpleNamespace(
-        suspected=flags[cell], to_dict=lambda cell=cell: {"cell": list(cell)}))
-    out = _grouped([((2, 2), 0.8), ((2, 3), 0.7)], {(2, 2): [0], (2, 3): [1]},
-                   {(2, 2): _direction(1, 0.1), (2, 3): _direction(1, 0.2)})
-    assert len(out) == 1 and out[0].suspected_shortcut and out[0].shortcut_evidence == {"cell": [2, 3]}
-    assert [m.suspected_shortcut for m in out[0].cells] == [False, True]
+def test_a_feature_is_judged_over_all_its_cells_with_the_real_crops_of_every_one(monkeypatch):
+    calls = []
+
+    def judge(atlas, **kwargs):
+        calls.append(kwargs)
+        together = len(kwargs["cells"]) > 1
+        return SimpleNamespace(suspected=together, to_dict=lambda: {"cells": [list(c) for c in kwargs["cells"]]})
+
+    monkeypatch.setattr(findings, "feature_evidence", judge)
+    a, b = (2, 2), (2, 3)
+    kept = [("c2-2-icon", "icon", a), ("c2-3-icon", "icon", b), ("c2-3-ex0", "exemplar", b), ("c2-2-ex1", "exemplar", a)]
+    results = [_result("c2-2-icon", "icon", a, 0.8, "confirmed"), _result("c2-3-icon", "icon", b, 0.7, "confirmed"),
+               _result("c2-2-ex1", "exemplar", a, 0.6, "confirmed"),
+               _result("c2-3-ex0", "exemplar", b, 0.5, "not_confirmed")]
+    suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
+                                     for pid, source, cell in kept], baseline=SimpleNamespace(results=results))
+    counts = np.zeros((10, 10), dtype=np.int64)
+    counts[a], counts[b] = 20, 19
+    atlas = _atlas({a: [0, 1], b: [2, 3]}, counts, {a: _direction(1, 0.1), b: _direction(1, 0.2)})
+    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7, 1]), image_ids=torch.tensor([10, 11, 12, 13]),
+                           positions=None, spatial_shape=None)
+    out = findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas, acts=acts)
+    # one feature, flagged on the evidence of both cells together; each cell judged alone is not
+    assert len(out) == 1 and out[0].suspected_shortcut and out[0].shortcut_evidence == {"cells": [[2, 2], [2, 3]]}
+    assert [m.suspected_shortcut for m in out[0].cells] == [False, False]
+    together = next(c for c in calls if len(c["cells"]) == 2)
+    # every real crop of its cells, in the selection half's order; the exemplar images' classes, one per image
+    assert [r.patch_id for r in together["real"]] == ["c2-3-ex0", "c2-2-ex1"]
+    assert sorted(together["exemplar_labels"]) == [1, 7, 7, 7] and together["b"] == 7

@@ -252,7 +252,6 @@ def test_receptive_fields_of_many_positions_match_one_at_a_time():
 
 def test_receptive_and_effective_fields_are_read_off_the_same_input_gradients():
     from debugatlas.core.gradients import position_input_gradients
-    from debugatlas.shortcut import effective_field_fraction
 
     conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
     nn.init.ones_(conv.weight)
@@ -264,9 +263,8 @@ def test_receptive_and_effective_fields_are_read_off_the_same_input_gradients():
     assert torch.equal(support[0], box) and int(support[1].sum()) == 4  # (0, 0): clipped to 2x2
     (centre,) = position_input_gradients(model, "0", (1, 8, 8), None, lambda g: g.abs().sum((0, 1)), trials=2, seed=0)
     assert torch.equal(centre != 0, box)  # None: the centre position (4, 4)
-    # the two readings of them: the non-zero box, and the pixels holding the gradient's mass
+    # read as the non-zero box of the crop
     assert receptive_field(model, "0", (1, 8, 8), (4, 4)) == (3, 6, 3, 6)
-    assert effective_field_fraction(model, "0", (1, 8, 8), mass=1.0) == 9 / 64
     assert model.training and conv.weight.requires_grad and _hooks(model) == 0
     flat = nn.Sequential(nn.Flatten())
     assert position_input_gradients(flat, "0", (1, 4, 4), None, lambda g: g, trials=1, seed=0) is None

@@ -146,8 +146,14 @@ def make_report_inputs(out_dir: Path | None = None, grid_sizes=(10, 20, 80), see
                  "synthesized_only": None, "real_crops_tested": None,
                  "flip_rate_ci": [0.21, 0.41], "noise_flip_rate": 0.02, "natural_flip_rate": 0.04,
                  "exemplar_ids": [21, 22, 23], "icon": icons[1], "suspected_shortcut": True,
-                 "shortcut_evidence": {"exemplar_b_share": 0.8, "field_fraction": 0.05, "purity": 0.9,
-                                       "neighbour_purity": 0.25, "suspected": True}},
+                 "shortcut_evidence": {
+                     "cells": [[1, 3]], "b": CLASSES.index(b), "exemplar_b_share": 0.8, "real_beats_noise": 3, "real_confirmed": 2,
+                     "real_tested": 3, "images_b": 40, "n_images_b": 50, "other_class": CLASSES.index(a),
+                     "other_images": 1, "n_images_other": 52, "enrichment": 26.4, "purity": 0.9, "suspected": True,
+                     "real_crop": {"patch": f"{stem}-1-ex0", "cell": [1, 3], "placement": "random", "n_images": 30,
+                                   "flip_rate": 0.5, "flip_rate_ci": [0.33, 0.67], "noise_flip_rate": 0.02,
+                                   "natural_flip_rate": 0.04, "verdict": "confirmed"},
+                     "positions": [[0, 0, 0], [0, 5, 1], [0, 0, 0]], "spot": 0.83}},
             ]
             rd_findings = [{"cell": [0, 3], "exemplars": crops, "patch_image": f"patches/{stem}_cell0.png"}]
         rd = {"a": a, "b": b, "confused": int(cm[CLASSES.index(a), CLASSES.index(b)]),
@@ -369,9 +375,18 @@ def test_findings_lead_the_page_with_statement_pictures_and_suspects(full):
     assert 'src="exemplars/pair1_finding_0.png"' in findings
     assert 'src="patches/pair1_cell0.png"' in findings and 'src="patches/pair1_cell1.png"' in findings
     assert "held-out images" in findings and "seed 0 · selection 0.5 · confirmation 0.5" in findings
-    assert ("80 % of its exemplars are images of 8; the layer sees 5 % of the image at a time; "
-            "90 % of the cell's samples come from 8, against 25 % in the cells around it."
-            ) in " ".join(findings.split())
+    # why it is suspected, in its own numbers: exemplars, its real crop held out, how rare it is elsewhere
+    said = " ".join(findings.split())
+    assert ("80 % of its exemplars are images of 8. 3 of the 3 crops of real images from it measured on held-out "
+            "images of 3 beat the noise patch (2 beat both controls);") in said
+    assert "(pair1-1-ex0)</span> sends 50 % [33–67 %] of 30 images to 8 (noise patch 2 %, crop of a real 8 4 %)." in said
+    assert ("40 of 50 analysed images of 8 show it, against 1 of 52 of 3, the other class that shows it most "
+            "(26× as often in 8).") in said
+    assert "It sits at one place: 83 % of its samples fall in one spot of the image" in said
+    # its real crops lead its card, then the map of where it sits (two positions, the busier one darkest)
+    card = findings[findings.index(written):]
+    assert card.index('alt="exemplar"') < card.index('class="position-map"') < card.index('alt="feature icon"')
+    assert card.count('fill="#b4461f" fill-opacity="1.00"') == 1 and 'fill-opacity="0.32"' in card
 
 
 def test_near_miss_and_nothing_confirmed_are_said_plainly(full):

@@ -146,9 +146,8 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
             else:
                 tested.append(patch_stage.run_pair(ctx, acts=acts, atlas=atlas, plan=p, views=v, rendered=rendered,
                                                    split=split))
-        field = _field_fraction(ctx, tested)
-        found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, field_fraction=field,
-                                        whitening=rendered.whitening) for p, t in zip(plans, tested)]
+        found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, whitening=rendered.whitening)
+                 for p, t in zip(plans, tested)]
     with ctx.stage("attribution", shown_as="examples"):
         shown = [examples.misclassified(ctx, acts=acts, plan=p) for p in plans]
         crops = [_finding_crops(ctx, acts, atlas, f) for f in found]
@@ -163,16 +162,6 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
         pairs=pair_results, confusion=confusion, class_names=list(ctx.class_names), config=cfg,
         icon_atlas=rendered.icon_atlas, suites=[f.patches for f in pair_results if f.patches is not None],
     )
-
-
-def _field_fraction(ctx: RunContext, tested: list[PairTest]) -> float:
-    """The layer's effective receptive field as a share of the image (only when a finding needs it)."""
-    if not any(t.suite is not None and any(r.verdict == "confirmed" for r in t.suite.baseline.results)
-               for t in tested):
-        return float("nan")
-    from ..shortcut import effective_field_fraction
-
-    return effective_field_fraction(ctx.model, ctx.module, tuple(ctx.images([0]).shape[1:]), seed=ctx.seed)
 
 
 def _finding_crops(ctx: RunContext, acts: ActivationSet, atlas, found) -> dict:

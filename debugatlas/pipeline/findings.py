@@ -12,14 +12,14 @@ from ..artifacts.record import FeatureCell, Finding, sentence
 from ..atlas import Atlas
 from ..capture import ActivationSet
 from ..patches import REAL_SOURCES
-from ..shortcut import shortcut_evidence
+from ..shortcut import feature_evidence
 from . import features
 from .records import PairPlan, PairTest
 
 _PLACEMENT_ORDER = ("random", "static", "dynamic")
 
 
-def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet, field_fraction: float,
+def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet,
                   whitening: torch.Tensor | None = None, limit: int = 5) -> tuple[Finding, ...]:
     """Confirmed patches grouped by cell, the cells grouped into features (`features.FEATURE_RULE`).
 
@@ -38,8 +38,9 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     its own rate, the exemplars of all of them, the sources of all their confirmed patches, how
     many crops of real images from its cells the held-out half measured, and whether its confirmed
     patches are all synthesized (then the finding says the model can be pushed toward B along
-    this direction, not yet that real images carry it). It is flagged as a suspected shortcut
-    when one of its cells is, with that cell's evidence. `whitening`: the run's whitening of cell
+    this direction, not yet that real images carry it). Whether it is a suspected shortcut is
+    judged on the feature as a whole, all its cells together (`shortcut.feature_evidence`); each
+    cell carries the same judgement of itself alone. `whitening`: the run's whitening of cell
     directions (`icons.run_whitening`; None compares plain mean activations).
     """
     if test.suite is None:
@@ -62,22 +63,47 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     links = features.linked(cells, means=np.stack([np.asarray(atlas.mean_activation[c]) for c in cells]),
                             whitening=whitening, mixes=np.stack([atlas.class_histogram[c] for c in cells]),
                             exemplars=[set(i) for i in ids])
-    evidence = [shortcut_evidence(atlas, labels, c, plan.b, field_fraction, confirmed=True) for c in cells]
+    judge = _Judge(plan, test, atlas, acts, rank)
+    evidence = [judge([c]) for c in cells]
     out = []
     for group in features.groups(links)[:limit]:
         members = [(cells[k], order[k][1], ids[k], evidence[k]) for k in group]
-        out.append(_feature(plan, test, confirmed, members))
+        out.append(_feature(plan, test, confirmed, members, judge([cells[k] for k in group])))
     return tuple(out)
 
 
-def _feature(plan: PairPlan, test: PairTest, confirmed, members) -> Finding:
-    """One finding from its cells (cell, representative result, exemplar ids, evidence), leader first."""
+class _Judge:
+    """The shortcut evidence of a set of cells of one pair (`shortcut.feature_evidence`)."""
+
+    def __init__(self, plan: PairPlan, test: PairTest, atlas: Atlas, acts: ActivationSet, rank: dict) -> None:
+        self.plan, self.atlas, self.acts = plan, atlas, acts
+        self.labels, self.ids = acts.labels.numpy(), acts.image_ids.numpy()
+        results: dict = {}
+        for r in test.suite.baseline.results:
+            if not r.is_control and r.source in REAL_SOURCES and r.cell is not None:
+                results.setdefault(r.patch_id, []).append(r)
+        # one result per real crop, under the first placement of random, static, dynamic; in the selection order
+        self.real = sorted(((min(rs, key=lambda r: _PLACEMENT_ORDER.index(r.placement)), rank.get(pid, len(rank)))
+                            for pid, rs in results.items()), key=lambda rr: rr[1])
+
+    def __call__(self, cells):
+        own = {tuple(c) for c in cells}
+        samples = list(dict.fromkeys(s for c in cells for s in self.atlas.exemplars.get(tuple(c), [])))
+        by_image = {int(self.ids[s]): int(self.labels[s]) for s in samples}
+        return feature_evidence(self.atlas, labels=self.labels, image_ids=self.ids, cells=cells, b=self.plan.b,
+                                exemplar_labels=list(by_image.values()),
+                                real=[r for r, _ in self.real if tuple(r.cell) in own],
+                                positions=self.acts.positions, spatial_shape=self.acts.spatial_shape)
+
+
+def _feature(plan: PairPlan, test: PairTest, confirmed, members, evidence) -> Finding:
+    """One finding from its cells (cell, representative result, exemplar ids, evidence of the cell
+    alone), leader first, and the evidence of all of them together."""
     cell, r, _, _ = members[0]
     own = {m[0] for m in members}
     patch = next(p for p in test.suite.patches if p.id == r.patch_id)
     sources = sorted({c.source for c in confirmed if c.cell in own})
     real_tested = sum(1 for p in test.suite.patches if p.cell in own and p.source in REAL_SOURCES)
-    flagged = next((m[3] for m in members if m[3].suspected), members[0][3])
     exemplars = tuple(dict.fromkeys(i for m in members for i in m[2]))
     return Finding(
         cell=cell, statement=sentence(plan.a_name, plan.b_name, r.flip_rate, r.flip_rate_ci,
@@ -87,7 +113,7 @@ def _feature(plan: PairPlan, test: PairTest, confirmed, members) -> Finding:
         natural_flip_rate=r.natural_flip_rate, exemplar_ids=exemplars, icon=icon_path(cell),
         confirmed_sources=tuple(sources), real_crops_tested=real_tested,
         synthesized_only=not any(source in REAL_SOURCES for source in sources),
-        suspected_shortcut=bool(flagged.suspected), shortcut_evidence=flagged.to_dict(),
+        suspected_shortcut=bool(evidence.suspected), shortcut_evidence=evidence.to_dict(),
         cells=tuple(FeatureCell(cell=c, patch=m.patch_id, placement=m.placement, n_images=int(m.n_images),
                                 flip_rate=m.flip_rate, flip_rate_ci=_ci(m), noise_flip_rate=m.noise_flip_rate,
                                 natural_flip_rate=m.natural_flip_rate, exemplar_ids=i,

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..artifacts.record import PairRecord
-from ._values import as_float as _num, mapping as _mapping
+from ._values import as_float as _num, as_int as _int, mapping as _mapping, sequence as _sequence
 
 VERDICTS = {
     "confirmed": ("confirmed", "beats both controls on held-out images, corrected for the patches tested there"),
@@ -29,12 +29,14 @@ def verdict(value: Any) -> dict | None:
     return {"key": key if key in VERDICTS else "other", "label": label, "meaning": meaning}
 
 
-def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Mapping) -> list[dict]:
+def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Mapping,
+             classes: Sequence[str] = ()) -> list[dict]:
     """The confirmed findings of one pair, best first, with the images the page shows.
 
     `pictures` maps a cell to the exemplar crops written for that finding (crops of real images,
     best first); `cell_exemplars` maps a cell to the exemplar crops of the ranked-cells table,
     used when none were written for the finding. The patch image is the finding's `patch_file`.
+    `classes`: the run's class names, to name the other class in a shortcut's evidence.
     """
     out = []
     for f in pair.confirmed:
@@ -55,18 +57,48 @@ def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Map
             "suspected_shortcut": f.suspected_shortcut,
             "synthesized_only": f.synthesized_only is True,
             "real_crops_tested": f.real_crops_tested,
-            "evidence": _evidence(f.shortcut_evidence),
+            "evidence": _evidence(f.shortcut_evidence, classes),
             "gauge": gauge(flip, f.flip_rate_ci, noise, natural),
         })
     return out
 
 
-def _evidence(raw: Any) -> dict | None:
-    """The numbers behind a suspected-shortcut flag (`shortcut_evidence`), None when none is usable."""
+def _evidence(raw: Any, classes: Sequence[str] = ()) -> dict | None:
+    """The numbers behind a suspected-shortcut flag (`shortcut.ShortcutEvidence.to_dict`) as the page
+    says them, with the map of where the feature sits; None when none is usable."""
     raw = _mapping(raw)
-    keys = ("exemplar_b_share", "field_fraction", "purity", "neighbour_purity")
-    values = {k: _num(raw.get(k)) for k in keys}
-    return values if any(v is not None for v in values.values()) else None
+    if not raw:
+        return None
+    other = _int(raw.get("other_class"))
+    real = _mapping(raw.get("real_crop"))
+    ci = _sequence(real.get("flip_rate_ci"))
+    return {
+        "b_share": _num(raw.get("exemplar_b_share")),
+        "real_beats_noise": _int(raw.get("real_beats_noise")), "real_confirmed": _int(raw.get("real_confirmed")),
+        "real_tested": _int(raw.get("real_tested")),
+        "real": {"patch": real.get("patch"), "flip": _num(real.get("flip_rate")), "n": _int(real.get("n_images")),
+                 "ci": (_num(ci[0]), _num(ci[1])) if len(ci) == 2 and None not in (_num(ci[0]), _num(ci[1])) else None,
+                 "noise": _num(real.get("noise_flip_rate")), "natural": _num(real.get("natural_flip_rate")),
+                 "confirmed": real.get("verdict") == "confirmed"} if real else None,
+        "images_b": _int(raw.get("images_b")), "n_images_b": _int(raw.get("n_images_b")),
+        "other": None if other is None else (classes[other] if 0 <= other < len(classes) else str(other)),
+        "other_images": _int(raw.get("other_images")), "n_images_other": _int(raw.get("n_images_other")),
+        "enrichment": _num(raw.get("enrichment")), "spot": _num(raw.get("spot")),
+        "map": position_map(raw.get("positions")),
+    }
+
+
+def position_map(raw: Any) -> dict | None:
+    """[H][W] sample counts as the squares of a small heat map: {"h", "w", "squares": [(x, y, shade)]},
+    shade in (0, 1] relative to the busiest position; None when there is nothing to draw."""
+    rows = [[_int(v) or 0 for v in _sequence(r)] for r in _sequence(raw)]
+    if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
+        return None
+    top = max(max(r) for r in rows)
+    if top <= 0:
+        return None
+    squares = [(x, y, round(v / top, 3)) for y, r in enumerate(rows) for x, v in enumerate(r) if v > 0]
+    return {"h": len(rows), "w": len(rows[0]), "squares": squares}
 
 
 def gauge(flip: float | None, ci: tuple[float, float] | None, noise: float | None,

@@ -168,7 +168,7 @@ def _listed_cells(cells: list[dict]) -> tuple[list[dict], int]:
     return listed, len(cells) - len(listed)
 
 
-def pair_view(index: int, pair: PairRecord, pics: PairPictures, images: Images) -> dict:
+def pair_view(index: int, pair: PairRecord, pics: PairPictures, images: Images, classes: Sequence[str] = ()) -> dict:
     """Everything the page shows about one studied pair: numbers from its record, pictures from `pics`."""
     cells = _ranked_cells(pair.confusing_cells, pics.cell_crops, images)
     crops_by_cell = {c["key"]: c["exemplars"] for c in cells}
@@ -178,7 +178,7 @@ def pair_view(index: int, pair: PairRecord, pics: PairPictures, images: Images) 
     notes = [n for n in [*pics.notes, *pair.notes] if n]
     misclassified = [{"id": m.id, "p_b": as_float(m.p_b), "image": images(m.image), "heatmap": images(m.heatmap)}
                      for m in pics.misclassified[:MAX_MISCLASSIFIED]]
-    found = _findings.findings(pair, pics.finding_crops, images, cell_exemplars=crops_by_cell)
+    found = _findings.findings(pair, pics.finding_crops, images, cell_exemplars=crops_by_cell, classes=classes)
     return {
         "anchor": f"pair-{index}", "a": pair.a, "b": pair.b, "confused": pair.confused,
         "kind": pair.kind, "near_miss": pair.kind == "near_miss",
@@ -195,7 +195,8 @@ def pair_view(index: int, pair: PairRecord, pics: PairPictures, images: Images) 
 
 def pairs(record: RunRecord, manifest: Manifest, images: Images) -> list[dict]:
     """The run's pairs in its order, each with the pictures the manifest gives for it."""
-    return [pair_view(k, pair, manifest.pair(pair.a, pair.b), images) for k, pair in enumerate(record.pairs, start=1)]
+    return [pair_view(k, pair, manifest.pair(pair.a, pair.b), images, record.classes)
+            for k, pair in enumerate(record.pairs, start=1)]
 
 
 def _round(value: float) -> float:
