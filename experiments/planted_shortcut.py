@@ -1,27 +1,34 @@
 """Ground truth on CIFAR-10: plant a trigger in a fraction of one class's training images, then let
-the toolkit, not told the trigger, find it; and check that a clean model is not accused.
+the toolkit, not told the trigger, find it and name it; and check that a clean model is not accused.
 
-For each trigger kind x poisoning fraction: train a CifarResNet on the poisoned training split,
+For each trigger variant x poisoning fraction: train a CifarResNet on the poisoned training split,
 analyse validation data drawn from the same poisoned source (`poison_val`) at each layer, and
 report per (layer, pair A -> planted class):
 - learned: the true trigger, pasted on other classes' validation images, sends them to the planted
   class (rows where it does not are no ground truth);
-- the rank among the run's findings (summary.json `pairs[].findings[]`, best first) of the first
-  finding whose cell's exemplars mostly (>= 50 %) contain the trigger inside the sample's receptive
-  field, and that share for the top finding;
+- whether the top finding (summary.json `pairs[].findings[]`, best first) is the trigger: most
+  (>= 50 %) of its exemplars, over all its cells, contain the trigger inside the sample's receptive
+  field; how many findings of the pair mostly carry it (one: the feature appears once); whether
+  it is flagged `suspected_shortcut`, with its evidence and its best real crop;
 - the best synthesized patch (icon, icon crop, optimised, in-context) on the held-out half: flip
   rate with its 95 % interval and both controls;
-- the true trigger's own flip rate (same images, random positions) against a noise square;
+- the true trigger's own flip rate (same images, its own positions) against a noise square;
 - on a clean model (trained without the trigger, analysed on the same data): findings flagged as
-  suspected shortcuts (should be none).
+  suspected shortcuts (should be none); and once per process the natural run, the clean model on
+  clean validation data;
+- the flag's recall (learned rows whose top finding is the trigger and flagged) and precision
+  (flagged findings that carry a learned trigger, over planted, clean and natural runs).
 
-Trigger kinds: "checker" and "cross" (`debugatlas.data.PlantedShortcut`), and, defined here by
-`Trigger` (a `PlantedShortcut` with more patterns): "square" (a flat magenta square), "line" (a
-one-pixel yellow horizontal line across the box, nothing else pasted) and "glyph" (a cyan "T").
+Variants (`VARIANTS`): "checker" and "cross" (`debugatlas.data.PlantedShortcut`), "square" (a flat
+magenta square), "line" (a one-pixel yellow line), "glyph" (a cyan "T"), all 5 px at random
+positions in the airplanes; and shapes the toolkit was not built around: "corner" (the checker at
+one fixed place), "faint" (the checker at 50 % opacity), "stamp" (white text "OK"), "large" (an
+8 px checker, a quarter of the side) and "cross-cat" (the cross planted in the cats, pairs dog and
+truck -> cat).
 
-    python experiments/planted_shortcut.py                       # reduced CPU configuration
-    python experiments/planted_shortcut.py --device cuda --triggers checker cross square line \
-        --fractions 0.5 0.2 0.1 --layers layer2 layer3          # the full one (GPU)
+    python experiments/planted_shortcut.py --device cpu --out reports/planted_cpu   # reduced CPU configuration
+    python experiments/planted_shortcut.py --device cpu --out reports/planted_cpu --fractions 0.2
+    python experiments/planted_shortcut.py --device cuda --fractions 0.5 0.2 0.1 --layers layer2 layer3  # GPU
 
 Each configuration's rows are saved as `<out>/<trigger>_<fraction>.json` and RESULTS.md is
 rebuilt from every such file in `<out>`, so configurations can run as separate processes (in
@@ -44,25 +51,43 @@ from _common import add_data_args, cifar10_split, command_line, device_name, pct
 from debugatlas.data import PlantedShortcut  # noqa: E402
 
 SYNTHESIZED = ("icon", "icon_crop", "optimised", "in_context")
-KINDS = ("checker", "cross", "square", "line", "glyph")
-GOAL_FLIP, GOAL_NOISE, GOAL_SHARE, LEARNED = 0.30, 0.05, 0.5, 0.5
-FORMAT = 2  # layout of the per-configuration JSON files (rows per layer and pair)
-_COLOURS = {"square": (1.0, 0.0, 1.0), "line": (1.0, 1.0, 0.0), "glyph": (0.0, 1.0, 1.0)}
+KINDS = ("checker", "cross", "square", "line", "glyph", "text")
+GOAL_FLIP, GOAL_NOISE, GOAL_SHARE, LEARNED, GOAL_FLAGGED = 0.30, 0.05, 0.5, 0.5, 0.9
+FORMAT = 3  # layout of the per-configuration JSON files (rows per layer and pair)
+_COLOURS = {"square": (1.0, 0.0, 1.0), "line": (1.0, 1.0, 0.0), "glyph": (0.0, 1.0, 1.0), "text": (1.0, 1.0, 1.0)}
+# "OK" in a 3 x 5 pixel font, one column apart: a text stamp 7 px wide, 5 px high
+_TEXT = ("###.#.#", "#.#.#.#", "#.#.##.", "#.#.#.#", "###.#.#")
+# The shapes of the benchmark: the four small opaque patterns pasted anywhere, and shapes the
+# toolkit was not built around: a tag at one fixed place, a semi-transparent one, a text stamp, a
+# larger one (a quarter of the side), and a trigger planted in another class (cat, not airplane).
+VARIANTS = {
+    "checker": {"kind": "checker"}, "cross": {"kind": "cross"}, "square": {"kind": "square"},
+    "line": {"kind": "line"}, "glyph": {"kind": "glyph"},
+    "corner": {"kind": "checker", "position": "corner", "about": "checker at one fixed place (bottom right)"},
+    "faint": {"kind": "checker", "alpha": 0.5, "about": "checker at 50 % opacity"},
+    "stamp": {"kind": "text", "size": 7, "about": "white text stamp \"OK\", 7 x 5 px"},
+    "large": {"kind": "checker", "size": 8, "about": "checker 8 x 8 px, a quarter of the side"},
+    "cross-cat": {"kind": "cross", "target": 3, "pairs": ("dog", "truck"), "about": "cross planted in the cats"},
+}
 
 
 class Trigger(PlantedShortcut):
-    """`PlantedShortcut` with more trigger kinds (see `KINDS`); only the masked pixels are pasted.
+    """`PlantedShortcut` with more trigger kinds (see `KINDS`); only the masked pixels are pasted,
+    blended at `alpha` (1.0: opaque).
 
     checker / cross: as `PlantedShortcut` (the whole size x size box, black background included).
     square: the whole box in magenta (grey 1.0 on one channel). line: the box's middle row in
-    yellow. glyph: a "T" (top row and middle column) in cyan. Same seeded positions as the base.
+    yellow. glyph: a "T" (top row and middle column) in cyan. text: "OK" in white (`_TEXT`, rows 1-5
+    of a 7 px box). Same seeded positions as the base.
     """
 
     def __init__(self, target: int, fraction: float = 0.3, size: int = 5, kind: str = "checker",
-                 position: str = "random", seed: int = 0) -> None:
+                 position: str = "random", seed: int = 0, alpha: float = 1.0) -> None:
         if kind not in KINDS:
             raise ValueError(f"Trigger(kind={kind!r}): choose from {list(KINDS)}")
-        self.kind = kind
+        if kind == "text" and size < 7:
+            raise ValueError("Trigger(kind='text') needs size >= 7 (the stamp is 7 px wide)")
+        self.kind, self.alpha = kind, float(alpha)
         super().__init__(target=target, fraction=fraction, size=size,
                          trigger=kind if kind in ("checker", "cross") else "checker", position=position, seed=seed)
 
@@ -75,6 +100,11 @@ class Trigger(PlantedShortcut):
         elif self.kind == "glyph":
             mask[0] = True
             mask[:, s // 2] = True
+        elif self.kind == "text":
+            top = (s - len(_TEXT)) // 2
+            for r, row in enumerate(_TEXT):
+                for c, ch in enumerate(row):
+                    mask[top + r, c] = ch == "#"
         else:
             mask[:] = True
         return mask
@@ -88,7 +118,9 @@ class Trigger(PlantedShortcut):
     def apply(self, image: torch.Tensor, index: int) -> torch.Tensor:
         r0, r1, c0, c1 = trigger_box(self, index, image.shape[1], image.shape[2])
         out = image.clone()
-        out[:, r0:r1, c0:c1] = torch.where(self.mask(), self.pattern(image.shape[0]), out[:, r0:r1, c0:c1])
+        box = out[:, r0:r1, c0:c1]
+        blended = self.alpha * self.pattern(image.shape[0]) + (1.0 - self.alpha) * box
+        out[:, r0:r1, c0:c1] = torch.where(self.mask(), blended, box)
         return out
 
 
@@ -188,9 +220,10 @@ def _findings(pair: dict) -> list[dict]:
     return list(pair.get("findings") or [])
 
 
-def _share(model, layer, val, acts, atlas, shortcut, cell) -> tuple[int, int]:
-    """(samples containing the trigger, exemplars) of the atlas cell `cell`."""
-    ex = atlas.exemplars.get(tuple(cell), []) if cell is not None else []
+def _carries(model, layer, val, acts, atlas, shortcut, finding: dict) -> tuple[int, int]:
+    """(exemplar samples containing the trigger, exemplar samples) over every cell of `finding`."""
+    cells = [tuple(c["cell"]) for c in finding.get("cells") or []] or [tuple(finding["cell"])]
+    ex = list(dict.fromkeys(s for c in cells for s in atlas.exemplars.get(c, [])))
     if not ex:
         return 0, 0
     return int(trigger_in_field(model, layer, val, acts, shortcut, ex).sum()), len(ex)
@@ -202,36 +235,68 @@ def shortcut_candidates(atlas, labels, b):
     return ranked(atlas, labels, b)
 
 
-def analyse_layer(args, model, val, shortcut, layer: str, log, clean: bool = False):
+def analyse_layer(args, model, val, layer: str, target: int, pair_classes, tag: str, title: str):
     from debugatlas import analyze
 
     names = val.classes
-    pairs = [(a, names[args.target]) for a in args.pair_classes]
-    tag = "clean" if clean else f"{shortcut.kind}_{shortcut.fraction:g}"
+    pairs = [(a, names[target]) for a in pair_classes]
     out = Path(args.out) / f"{tag}_{layer}"
     t0 = time.perf_counter()
     result = analyze(model, val, layer, pairs=pairs, out_dir=out, seed=args.seed, device=args.device,
-                     title=f"{'clean model' if clean else 'planted ' + shortcut.kind} at {layer}", **args.options)
+                     title=title, **args.options)
     return result, time.perf_counter() - t0
 
 
-def run_config(args, kind: str, fraction: float, log) -> dict:
-    shortcut = Trigger(target=args.target, fraction=fraction, size=args.size, kind=kind, seed=args.seed)
+def _flags(result) -> list[dict]:
+    """Every finding flagged as a suspected shortcut in a run: pair, cell, evidence numbers."""
+    return [{"pair": f"{p['a']} → {p['b']}", "cell": f["cell"],
+             "enrichment": (f.get("shortcut_evidence") or {}).get("enrichment")}
+            for p in result.summary["pairs"] for f in _findings(p) if f.get("suspected_shortcut")]
+
+
+def _evidence(finding: dict | None) -> dict | None:
+    ev = (finding or {}).get("shortcut_evidence") or {}
+    keep = ("exemplar_b_share", "real_beats_noise", "real_confirmed", "real_tested", "enrichment", "images_b", "n_images_b",
+            "other_images", "n_images_other", "spot", "real_crop")
+    return {k: ev.get(k) for k in keep} if ev else None
+
+
+def run_natural(args, log) -> dict:
+    """The clean model on clean validation data (the natural CIFAR-10 run): flags, per layer."""
+    _, val = cifar10_split(args, shortcut=None, poison_val=False)
+    model = clean_model(args, log)
+    rows = []
+    for layer in args.layers:
+        result, seconds = analyse_layer(args, model, val, layer, args.target, args.pair_classes, "natural",
+                                        f"clean model, clean data, at {layer}")
+        rows.append({"layer": layer, "flags": _flags(result), "accuracy": result.summary["accuracy"],
+                     "findings": sum(len(_findings(p)) for p in result.summary["pairs"]), "analyze_s": seconds})
+        log.info("natural run at %s: %s", layer, json.dumps(rows[-1], default=str))
+    return {"format": FORMAT, "rows": rows, "command": command_line()}
+
+
+def run_config(args, variant: str, fraction: float, log) -> dict:
+    spec = dict(VARIANTS[variant])
+    target, pair_classes = spec.pop("target", args.target), list(spec.pop("pairs", args.pair_classes))
+    about = spec.pop("about", spec["kind"])
+    spec.setdefault("size", args.size)
+    shortcut = Trigger(target=target, fraction=fraction, seed=args.seed, **spec)
     train, val = cifar10_split(args, shortcut=shortcut, poison_val=True)
     names = train.classes
-    model, history, train_s = _train(args, shortcut, train, log, f"{kind} {fraction:g}")
-    others = [i for i in range(len(val)) if int(val.labels[i]) != args.target][:500]
+    model, history, train_s = _train(args, shortcut, train, log, f"{variant} {fraction:g}")
+    others = [i for i in range(len(val)) if int(val.labels[i]) != target][:500]
     with torch.no_grad():
         pasted = torch.stack([shortcut.apply(val.images[i], 10_000 + i) for i in others]).to(args.device)
         clean_imgs = val.images[others].to(args.device)
-        learned = float((model(pasted).argmax(-1) == args.target).float().mean())
-        base = float((model(clean_imgs).argmax(-1) == args.target).float().mean())
-    log.info("%s %.2f: trigger pasted on other classes -> %s: %.3f (clean %.3f)", kind, fraction,
-             names[args.target], learned, base)
+        learned = float((model(pasted).argmax(-1) == target).float().mean())
+        base = float((model(clean_imgs).argmax(-1) == target).float().mean())
+    log.info("%s %.2f: trigger pasted on other classes -> %s: %.3f (clean %.3f)", variant, fraction,
+             names[target], learned, base)
     clean = clean_model(args, log) if args.clean else None
     rows = []
     for layer in args.layers:
-        result, analyze_s = analyse_layer(args, model, val, shortcut, layer, log)
+        result, analyze_s = analyse_layer(args, model, val, layer, target, pair_classes, f"{variant}_{fraction:g}",
+                                          f"planted {about} at {layer}")
         acts, atlas = result.activations, result.atlases[result.config.grid_size]
         hit = trigger_in_field(model, layer, val, acts, shortcut)
         purity = {cell: (float(hit[atlas.members(cell)].mean()), len(atlas.members(cell)))
@@ -239,15 +304,16 @@ def run_config(args, kind: str, fraction: float, log) -> dict:
         trigger_cell = max(purity, key=lambda c: purity[c]) if purity else None
         clean_flags = None
         if clean is not None:
-            clean_result, _ = analyse_layer(args, clean, val, shortcut, layer, log, clean=True)
-            clean_flags = sum(bool(f.get("suspected_shortcut")) for p in clean_result.summary["pairs"]
-                              for f in _findings(p))
+            clean_result, _ = analyse_layer(args, clean, val, layer, target, pair_classes, f"clean_{variant}_{fraction:g}",
+                                            f"clean model at {layer}, data of {variant} {fraction:g}")
+            clean_flags = _flags(clean_result)
         for pair in result.summary["pairs"]:
             a, b = names.index(pair["a"]), names.index(pair["b"])
             island = [c for c, _ in shortcut_candidates(atlas, acts.labels, b)]
             findings = _findings(pair)
-            shares = [_share(model, layer, val, acts, atlas, shortcut, f.get("cell")) for f in findings]
-            rank = next((k + 1 for k, (h, n) in enumerate(shares) if n and h / n >= GOAL_SHARE), None)
+            shares = [_carries(model, layer, val, acts, atlas, shortcut, f) for f in findings]
+            carries = [bool(n and h / n >= GOAL_SHARE) for h, n in shares]
+            rank = next((k + 1 for k, c in enumerate(carries) if c), None)
             syn = [r for r in pair.get("patches", []) if r.get("placement") == "random"
                    and r.get("source") in SYNTHESIZED and r.get("flip_rate") is not None]
             best = max(syn, key=lambda r: r["flip_rate"], default=None)
@@ -255,33 +321,39 @@ def run_config(args, kind: str, fraction: float, log) -> dict:
                                      args.seed)
             top_share = shares[0] if shares else (0, 0)
             row = {
-                "trigger": kind, "fraction": fraction, "layer": layer, "pair": f"{pair['a']} → {pair['b']}",
+                "trigger": variant, "about": about, "fraction": fraction, "layer": layer,
+                "pair": f"{pair['a']} → {pair['b']}",
                 "learned": learned, "clean_to_target": base, "accuracy": result.summary["accuracy"],
                 "trigger_cell": list(trigger_cell) if trigger_cell else None,
                 "trigger_cell_purity": purity.get(trigger_cell, (0.0, 0))[0],
                 "trigger_cell_count": purity.get(trigger_cell, (0.0, 0))[1],
-                "n_findings": len(findings), "rank_trigger_finding": rank,
+                "n_findings": len(findings), "rank_trigger_finding": rank, "n_carrying": sum(carries),
                 "rank_island": island.index(trigger_cell) + 1 if trigger_cell in island else None,
-                "top_share": list(top_share),
+                "top_share": list(top_share), "top_cells": len(findings[0].get("cells") or [1]) if findings else 0,
                 "top_suspected": bool(findings[0].get("suspected_shortcut")) if findings else None,
+                "top_evidence": _evidence(findings[0] if findings else None),
+                # every flagged finding of the pair, and whether its exemplars mostly carry the trigger
+                "flagged": [c for f, c in zip(findings, carries) if f.get("suspected_shortcut")],
                 "best_syn": best and {k: best.get(k) for k in ("id", "source", "cell", "flip_rate", "flip_rate_ci",
                                                               "noise_flip_rate", "natural_flip_rate", "n_images",
                                                               "verdict")},
                 "true_flip": true["flip"], "true_noise": true["noise"], "true_n": true["n"],
-                "clean_suspected": clean_flags,
-                "screening": result.summary.get("screening") or pair.get("screening"),
+                "clean_flags": clean_flags,
+                "screening": pair.get("screening"),
                 "train_s": train_s, "analyze_s": analyze_s, "timings": result.summary["timings_s"],
+                "cost_w": result.summary.get("cost_w"),
             }
             row["ground_truth"] = learned >= LEARNED
-            row["top_is_trigger"] = bool(top_share[1] and top_share[0] / top_share[1] >= GOAL_SHARE)
+            row["top_is_trigger"] = bool(carries and carries[0])
+            row["once"] = row["top_is_trigger"] and sum(carries) == 1
             row["patch_goal"] = bool(best and best["flip_rate"] >= GOAL_FLIP
                                      and (best.get("noise_flip_rate") or 0.0) <= GOAL_NOISE)
             log.info("%s", json.dumps(row, default=str))
             rows.append(row)
-    return {"format": FORMAT, "trigger": kind, "fraction": fraction, "rows": rows, "epochs": len(history), "history": history,
-            "poisoned_train": int(train.poisoned.sum()), "poisoned_val": int(val.poisoned.sum()),
+    return {"format": FORMAT, "trigger": variant, "fraction": fraction, "rows": rows, "epochs": len(history),
+            "history": history, "poisoned_train": int(train.poisoned.sum()), "poisoned_val": int(val.poisoned.sum()),
             "n_train": len(train), "n_val": len(val), "command": command_line(), "device": device_name(args.device),
-            "cpu": args.device == "cpu", "width": args.width, "blocks": args.blocks, "size": args.size,
+            "cpu": args.device == "cpu", "width": args.width, "blocks": args.blocks,
             "options": args.options, "clean": args.clean, "clean_epochs": len(_CLEAN.get("history", []))}
 
 
@@ -289,72 +361,111 @@ def _rank(value) -> str:
     return "–" if value is None else str(value)
 
 
-def write_results(runs: list[dict], path: Path) -> None:
+def _times(value) -> str:
+    if value is None:
+        return "–"
+    return "∞" if value == float("inf") else f"{value:.0f}×" if value >= 10 else f"{value:.1f}×"
+
+
+def flag_scores(runs: list[dict], natural: dict | None) -> dict:
+    """Recall: rows where the trigger was learned whose top finding is the trigger and flagged.
+    Precision: of every flagged finding (planted models, clean models, the natural run), the share
+    whose exemplars mostly carry a trigger the model learned (rows of models that did not learn
+    their trigger count in neither)."""
+    rows = [r for run in runs for r in run["rows"]]
+    truth = [r for r in rows if r["ground_truth"]]
+    recalled = sum(1 for r in truth if r["top_is_trigger"] and r["top_suspected"])
+    true_flags = sum(sum(r["flagged"]) for r in truth)
+    false_flags = (sum(len(r["flagged"]) - sum(r["flagged"]) for r in truth)
+                   + len({(r["trigger"], r["fraction"], r["layer"], f["pair"], tuple(f["cell"]))
+                          for r in rows for f in (r["clean_flags"] or [])})
+                   + sum(len(n["flags"]) for n in (natural or {}).get("rows", [])))
+    flags = true_flags + false_flags
+    return {"rows": len(truth), "recalled": recalled, "recall": recalled / len(truth) if truth else None,
+            "flags": flags, "true_flags": true_flags, "precision": true_flags / flags if flags else None,
+            "once": sum(1 for r in truth if r["once"])}
+
+
+def write_results(runs: list[dict], path: Path, natural: dict | None = None) -> None:
     first = runs[0]
-    target = first["rows"][0]["pair"].split("→ ")[1] if first["rows"] else "?"
     commands = list(dict.fromkeys(run["command"] for run in runs))
     lines = [
-        "# Planted shortcut on CIFAR-10: does the toolkit find a trigger it is not told?", "",
+        "# Planted shortcut on CIFAR-10: does the toolkit find and name a trigger it is not told?", "",
         ("**Reduced CPU run**: " if first["cpu"] else "")
         + f"{first['n_train']} training images, {first['n_val']} validation images analysed (drawn from the same "
         f"poisoned source), CifarResNet(width={first['width']}, blocks={first['blocks']}), epochs per "
-        f"configuration in the timings table. Trigger: {first['size']}×{first['size']} px box at random positions "
-        f"in a fraction of the `{target}` training images; kinds in `experiments/planted_shortcut.py`.", "",
+        "configuration in the timings table. Triggers (`VARIANTS` in `experiments/planted_shortcut.py`): 5 px "
+        "patterns at random positions in a fraction of the airplanes, and the shapes named in the first column.", "",
         *[f"- Command: `{c}`" for c in commands],
         f"- Device: {first['device']}",
         f"- Analysis options: `{json.dumps(first['options'])}`",
-        f"- Goals (issue 15), in every row where the true trigger flips ≥ {LEARNED:.0%}: the top finding's "
-        f"exemplars contain the trigger (≥ {GOAL_SHARE:.0%}); its best synthesized patch flips ≥ {GOAL_FLIP:.0%} "
-        f"of held-out images with the noise control ≤ {GOAL_NOISE:.0%}; on the clean model nothing is flagged "
-        "as a suspected shortcut.", "",
-        "'learned': other classes' validation images sent to the planted class by the true trigger (clean "
-        "images in brackets). Trigger rank: 1-based rank among the findings of the first whose exemplars "
-        "mostly contain the trigger (poisoned image, trigger inside the sample's receptive field and near its "
-        "position); '–' = none. Flip rates: random placement, held-out images of A classified as A before. "
-        "Clean flags: findings flagged as suspected shortcuts when the clean model is analysed on the same data.",
-        "",
-        "Trigger cell: the valid cell whose samples most often contain the trigger (purity, samples; "
-        "'island rank': its rank by `shortcut.shortcut_candidates`).", "",
-        "| trigger | fraction | layer | pair | learned | trigger cell (purity, n), island rank "
-        "| trigger rank (of findings) | top finding: exemplars "
-        "with trigger, suspected | best synthesized patch: flip [95 % CI] (noise, natural) | true trigger: "
-        "flip (noise) | clean flags | goals met |",
+        f"- Goals, in every row where the true trigger flips ≥ {LEARNED:.0%} of other classes' images: the top "
+        f"finding is the trigger (≥ {GOAL_SHARE:.0%} of its exemplars carry it) and appears once (no other finding "
+        f"of the pair mostly carries it); it is flagged `suspected_shortcut` in ≥ {GOAL_FLAGGED:.0%} of the rows; "
+        "nothing is flagged on a clean model or on the natural run.", "",
+        "'learned': other classes' validation images sent to the planted class by the true trigger (clean images "
+        "in brackets). Top finding: exemplars (all its cells) that carry the trigger (poisoned image, trigger inside "
+        "the sample's receptive field and near its position), its cells, whether it is flagged, and its evidence "
+        "(real crops that beat the noise control / measured; enrichment: B's images with the feature against the other class that "
+        "has it most). 'carrying': findings of the pair whose exemplars mostly carry the trigger (1 = the feature "
+        "appears once). Flip rates: random placement, held-out images of A classified as A before. Clean flags: "
+        "findings flagged when the clean model is analysed on the same data.", "",
+        "| trigger | fraction | layer | pair | learned | top finding: trigger exemplars, cells, flagged "
+        "(real crops, enrichment) | carrying | best real crop of the top finding: flip [95 % CI] (noise, natural) "
+        "| best synthesized patch: flip [95 % CI] (noise, natural) | true trigger: flip (noise) | clean flags "
+        "| goals met |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    met = total = 0
     for run in runs:
         for r in run["rows"]:
-            syn = r["best_syn"]
-            ci = syn and syn.get("flip_rate_ci")
-            ci_s = f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else ""
-            syn_s = (f"{pct(syn['flip_rate'])}{ci_s} ({pct(syn['noise_flip_rate'])}, "
-                     f"{pct(syn['natural_flip_rate'])}) `{syn['id']}`" if syn else "none")
             h, n = r["top_share"]
-            goals = r["top_is_trigger"] and r["patch_goal"] and not r["clean_suspected"]
-            if r["ground_truth"]:
-                total += 1
-                met += goals
+            ev = r.get("top_evidence") or {}
+            real = ev.get("real_crop")
+            goals = r["once"] and r["top_suspected"] and not r["clean_flags"]
             lines.append(
-                f"| {r['trigger']} | {r['fraction']:g} | {r['layer']} | {r['pair']} | {pct(r['learned'])} "
-                f"({pct(r['clean_to_target'])}) | {r['trigger_cell']} ({r['trigger_cell_purity']:.2f}, "
-                f"{r['trigger_cell_count']}), {_rank(r.get('rank_island'))} "
-                f"| {_rank(r['rank_trigger_finding'])} of {r['n_findings']} "
-                f"| {h}/{n}, {'yes' if r['top_suspected'] else 'no'} | {syn_s} "
-                f"| {pct(r['true_flip'])} ({pct(r['true_noise'])}) | {_rank(r['clean_suspected'])} "
+                f"| {r['trigger']}{' (' + r['about'] + ')' if r['about'] != r['trigger'] else ''} | {r['fraction']:g} "
+                f"| {r['layer']} | {r['pair']} | {pct(r['learned'])} ({pct(r['clean_to_target'])}) "
+                f"| {h}/{n}, {r['top_cells']} cell{'s' if r['top_cells'] != 1 else ''}, "
+                f"{'**flagged**' if r['top_suspected'] else 'not flagged'} ({_rank(ev.get('real_beats_noise'))}/"
+                f"{_rank(ev.get('real_tested'))}, {_times(ev.get('enrichment'))}) "
+                f"| {r['n_carrying']} of {r['n_findings']} | {_rate(real)} | {_rate(r['best_syn'])} "
+                f"| {pct(r['true_flip'])} ({pct(r['true_noise'])}) | {len(r['clean_flags'] or [])} "
                 f"| {('yes' if goals else 'no') if r['ground_truth'] else 'not learned'} |")
-    lines += ["", "## Timings", "", "| trigger | fraction | layer | epochs | train | analyze() | capture | attribution "
-              "| layout | render | patches |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    scores = flag_scores(runs, natural)
+    lines += ["", f"Rows where the trigger was learned: {scores['rows']}. The top finding is the trigger and appears "
+              f"once in {scores['once']}; it is the trigger and flagged in {scores['recalled']} "
+              f"(flag recall {pct(scores['recall'])}, goal ≥ {GOAL_FLAGGED:.0%}). Flag precision: "
+              f"{scores['true_flags']} of {scores['flags']} flagged findings carry a learned trigger "
+              f"({pct(scores['precision'])}), over the planted models, the clean models and the natural run.", ""]
+    if natural:
+        lines += ["Natural run (the clean model on clean validation data, pairs toward airplane): "
+                  + "; ".join(f"{n['layer']}: {n['findings']} findings, {len(n['flags'])} flagged" for n in natural["rows"])
+                  + ".", ""]
+    lines += ["## Timings", "", "| trigger | fraction | layer | epochs | train | analyze() | capture | attribution "
+              "| layout | render | patches | analysis in W |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for r in {row["layer"]: row for row in run["rows"]}.values():
             t = r["timings"]
+            cost = (r.get("cost_w") or {}).get("total")
             lines.append(f"| {r['trigger']} | {r['fraction']:g} | {r['layer']} | {run['epochs']} | {r['train_s']:.0f} s "
                          f"| {r['analyze_s']:.0f} s | "
                          + " | ".join(f"{t.get(k, 0.0):.1f} s" for k in ("capture", "attribution", "layout", "render",
-                                                                       "patches")) + " |")
-    lines += ["", f"All goals met in {met} of {total} rows where the model learned the trigger.", ""]
+                                                                       "patches"))
+                         + f" | {'–' if cost is None else f'{cost:.1f} W'} |")
+    lines.append("")
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
+
+
+def _rate(row: dict | None) -> str:
+    if not row or row.get("flip_rate") is None:
+        return "none"
+    ci = row.get("flip_rate_ci")
+    ci_s = f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else ""
+    name = row.get("id") or row.get("patch")
+    return (f"{pct(row['flip_rate'])}{ci_s} ({pct(row.get('noise_flip_rate'))}, {pct(row.get('natural_flip_rate'))})"
+            + (f" `{name}`" if name else ""))
 
 
 def main(argv=None) -> int:
@@ -362,12 +473,14 @@ def main(argv=None) -> int:
     add_data_args(parser)
     parser.add_argument("--out", default="reports/planted")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--triggers", nargs="+", default=["checker", "cross", "square", "line"], choices=KINDS)
+    parser.add_argument("--triggers", nargs="+", default=["checker", "cross", "square", "line", "corner", "faint",
+                                                          "stamp", "large", "cross-cat"], choices=list(VARIANTS))
     parser.add_argument("--fractions", nargs="+", type=float, default=None,
                         help="poisoned share of the planted class (default: 0.5 0.2 0.1; CPU: 0.5)")
     parser.add_argument("--layers", nargs="+", default=None, help="default: layer2 layer3 (CPU: layer2)")
     parser.add_argument("--no-clean", dest="clean", action="store_false",
-                        help="skip the clean model (trained once per process, analysed on each configuration's data)")
+                        help="skip the clean model (trained once per process, analysed on each configuration's data "
+                             "and, as the natural run, on clean data)")
     parser.add_argument("--target", type=int, default=0, help="planted class index (0 = airplane)")
     parser.add_argument("--pair-classes", nargs="+", default=["cat", "truck"], help="classes A of the pairs A → target")
     parser.add_argument("--size", type=int, default=5, help="trigger side in pixels")
@@ -408,13 +521,18 @@ def main(argv=None) -> int:
     tag = "_".join([*args.triggers, *(f"{f:g}" for f in args.fractions)])
     log = setup_logging(out / f"run_{tag}.log")
     log.info("command: %s", command_line())
+    natural_file = out / "natural.json"
+    natural = json.loads(natural_file.read_text()) if natural_file.is_file() else None
+    if args.clean and (natural is None or natural.get("format") != FORMAT):
+        natural = run_natural(args, log)
+        natural_file.write_text(json.dumps(natural, indent=1, default=str))
     for trigger in args.triggers:
         for fraction in args.fractions:
             run = run_config(args, trigger, fraction, log)
             (out / f"{trigger}_{fraction:g}.json").write_text(json.dumps(run, indent=1, default=str))
             runs = [json.loads(p.read_text()) for p in sorted(out.glob("*_*.json"))]
             runs = [r for r in runs if r.get("format") == FORMAT]  # files of earlier table layouts are skipped
-            write_results(runs, out / "RESULTS.md")
+            write_results(runs, out / "RESULTS.md", natural)
     log.info("wrote %s", out / "RESULTS.md")
     return 0
 
