@@ -218,7 +218,9 @@ class Finding(_Rated, _Record):
     leading cell's first;
     confirmed_sources: sources of all its confirmed patches; real_crops_tested: crops of real
     images from the cell measured on the held-out half; synthesized_only: no crop of a real image
-    confirmed; suspected_shortcut with its `shortcut_evidence` (see `shortcut.CRITERIA`).
+    confirmed; suspected_shortcut with its `shortcut_evidence` (see `shortcut.CRITERIA`);
+    stability: in how many more layouts of the same vectors it recurs (`pipeline.stability`):
+    {"recurred": k, "of": K, "layouts": [...]}, None when not checked.
     """
 
     cell: tuple[int, int]
@@ -241,13 +243,14 @@ class Finding(_Rated, _Record):
     shortcut_evidence: dict | None = None
     patch_file: str | None = None
     cells: tuple[FeatureCell, ...] = ()
+    stability: dict | None = None
     _KINDS = {"cell": "cell", "statement": "str", "patch": "str", "source": "str", "placement": "str",
               "n_images": "int", "flip_rate": "num?", "flip_rate_ci": "ci?", "p_value": "num?",
               "noise_flip_rate": "num?", "natural_flip_rate": "num?", "exemplar_ids": "ints", "icon": "str?",
               "confirmed_sources": "strs?", "real_crops_tested": "int?", "synthesized_only": "bool?",
               "suspected_shortcut": "bool", "shortcut_evidence": "dict?", "patch_file": "str?",
-              "cells": [FeatureCell]}
-    _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only", "cells")
+              "cells": [FeatureCell], "stability": "dict?"}
+    _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only", "cells", "stability")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ..core.model import Normalized, fast_precision, layer_name, on_device, reso
 from ..core.progress import RunProgress
 from ..data import class_names as _class_names
 from ..patches.split import split_images
-from . import examples, findings, icons, patch_stage, prepare, summary, views
+from . import examples, findings, icons, patch_stage, prepare, stability, summary, views
 from .config import AnalysisConfig, auto_filter_top_n
 from .context import RunContext
 from .cost import ForwardCost, measure_w
@@ -31,7 +31,7 @@ AUTO_PER_CELL = 5  # samples_per_image="auto" aims at this many vectors per cell
 SPARSE_PER_CELL = 2  # below this average of vectors per cell the grid shrinks, and the summary says so
 # expected shares of a run's time per progress-bar stage, from the digits demo: the bar's time left
 STAGE_WEIGHTS = (("capture", 2), ("attribution", 3), ("layout", 10), ("render", 30), ("patches", 50),
-                 ("examples", 5))
+                 ("stability", 5), ("examples", 5))
 
 
 def analyze(
@@ -148,6 +148,9 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
                                                    split=split))
         found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, whitening=rendered.whitening)
                  for p, t in zip(plans, tested)]
+    with ctx.stage("layout", shown_as="stability"), ctx.timer.stage("layout.stability"):
+        found = stability.check(ctx, acts=acts, attributions=attr, atlas=atlas, plans=plans, found=found,
+                                whitening=rendered.whitening)
     with ctx.stage("attribution", shown_as="examples"):
         shown = [examples.misclassified(ctx, acts=acts, plan=p) for p in plans]
         crops = [_finding_crops(ctx, acts, atlas, f) for f in found]

@@ -56,6 +56,9 @@ class AnalysisConfig:
     in_context_patches (also synthesise each candidate as a patch optimised in context),
     split_fraction (share of each class's images in the selection half), confirm_alpha (family-wise
     error rate of the verdicts, see `patches.stats`).
+    Stability: stability_layouts (K, 0 to skip): every confirmed finding is looked for again in K
+    more layouts of the same vectors (other seeds, `n_neighbors` and `min_dist` around the run's;
+    see `pipeline.stability`); not run for the PCA layout, which has no such hyperparameters.
     Report: n_examples (misclassified examples with pixel attributions per pair).
     Cost: budget_w (None: no limit): the run's budget in W, one float32 forward pass of the model over
     the analysed images (`pipeline.cost`); once the stages before a pair's patch tests have spent it,
@@ -103,6 +106,7 @@ class AnalysisConfig:
     confirm_alpha: float = 0.05
     n_examples: int = 6
     budget_w: float | None = None
+    stability_layouts: int = 5
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "AnalysisConfig":
@@ -147,6 +151,10 @@ class AnalysisConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DebugAtlasError(f"`{name}={value!r}` must be an integer >= 1.")
+        if not isinstance(self.stability_layouts, int) or isinstance(self.stability_layouts, bool) \
+                or self.stability_layouts < 0:
+            raise DebugAtlasError(f"`stability_layouts={self.stability_layouts!r}` must be an integer >= 0 "
+                                  "(0 skips the stability check).")
         grid_sizes = tuple(int(g) for g in self.grid_sizes)
         if self.grid_size not in grid_sizes:
             grid_sizes = (self.grid_size,) + grid_sizes

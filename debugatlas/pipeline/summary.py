@@ -10,7 +10,7 @@ import numpy as np
 
 from ..artifacts.paths import icon_path, suite_patches_prefix
 from ..artifacts.record import CellRow, PairRecord, RunRecord, Screening
-from ..artifacts.summary import PATCH_SUBSTAGES, SCHEMA_VERSION, TIMED_STAGES, dumps, patch_rows, versions
+from ..artifacts.summary import LAYOUT_SUBSTAGES, PATCH_SUBSTAGES, SCHEMA_VERSION, TIMED_STAGES, dumps, patch_rows, versions
 from ..capture import ActivationSet
 from ..confusion import SCORE_DESCRIPTION
 from ..patches.stats import DECISION_RULE
@@ -18,6 +18,7 @@ from ..shortcut import CRITERIA
 from .context import RunContext
 from .cost import ForwardCost
 from .records import PairFinding
+from .stability import RECUR_RULE
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,11 @@ def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFindin
     config.update({"seed": ctx.seed, "normalize": [list(map(float, v)) for v in normalize] if normalize else None,
                    "layout_params": facts.layout_params, "score": SCORE_DESCRIPTION, "model_spec": facts.model_spec,
                    "decision_rule": DECISION_RULE.format(alpha=ctx.config.confirm_alpha),
-                   "shortcut_rule": CRITERIA, "sampling_rules": _sampling(acts)})
+                   "shortcut_rule": CRITERIA, "stability_rule": RECUR_RULE, "sampling_rules": _sampling(acts)})
     if facts.split is not None:
         config["split"] = facts.split.to_dict(list(ctx.class_names), include_ids=False)
     timings = {k: ctx.timer.times.get(k, 0.0) for k in TIMED_STAGES}
-    costed = TIMED_STAGES[:-1] + PATCH_SUBSTAGES + TIMED_STAGES[-1:]
+    costed = TIMED_STAGES[:-1] + LAYOUT_SUBSTAGES + PATCH_SUBSTAGES + TIMED_STAGES[-1:]
     forwards = {k: int(ctx.timer.forwards.get(k, 0)) for k in costed if k != "total"}
     forwards["total"] = int(sum(forwards[k] for k in TIMED_STAGES[:-1]))
     cost = {}

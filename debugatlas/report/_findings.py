@@ -58,6 +58,7 @@ def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Map
             "synthesized_only": f.synthesized_only is True,
             "real_crops_tested": f.real_crops_tested,
             "evidence": _evidence(f.shortcut_evidence, classes),
+            "stability": _stability(f.stability),
             "gauge": gauge(flip, f.flip_rate_ci, noise, natural),
         })
     return out
@@ -86,6 +87,17 @@ def _evidence(raw: Any, classes: Sequence[str] = ()) -> dict | None:
         "enrichment": _num(raw.get("enrichment")), "spot": _num(raw.get("spot")),
         "map": position_map(raw.get("positions")),
     }
+
+
+def _stability(raw: Any) -> dict | None:
+    """{"recurred", "of", "few"} from `findings[].stability`; None when it was not checked."""
+    from ..pipeline.stability import FEW
+
+    raw = _mapping(raw)
+    recurred, of = _int(raw.get("recurred")), _int(raw.get("of"))
+    if recurred is None or not of:
+        return None
+    return {"recurred": recurred, "of": of, "few": recurred <= min(FEW, of - 1)}
 
 
 def position_map(raw: Any) -> dict | None:

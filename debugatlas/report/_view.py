@@ -306,7 +306,8 @@ def overview(record: RunRecord, manifest: Manifest) -> dict:
     cost = mapping(record.cost_w)
     forwards = mapping(record.forwards)
     w = as_float(mapping(record.w_s).get("seconds"))
-    parts = [(k, as_float(cost.get(k))) for k in cost if k.startswith("patches.")]
+    parts = {stage: [(k, as_float(cost.get(k))) for k in cost if k.startswith(stage + ".")]
+             for stage in ("layout", "patches")}
 
     def row(stage: str, seconds: float | None, label: str | None = None) -> dict:
         return {"stage": label or stage, "seconds": seconds, "width": 100.0 * (seconds or 0.0) / longest,
@@ -315,8 +316,8 @@ def overview(record: RunRecord, manifest: Manifest) -> dict:
     timed = []
     for k, v in stages:
         timed.append(row(k, v))
-        if k == "patches":
-            timed += [row(p, c * w if c is not None and w else None, "· " + p.split(".", 1)[1]) for p, c in parts]
+        timed += [row(p, c * w if c is not None and w else None, "· " + p.split(".", 1)[1])
+                  for p, c in parts.get(k, ())]
     return {
         "rows": rows,
         "timings": timed,
