@@ -332,6 +332,7 @@ def run_config(args, variant: str, fraction: float, log) -> dict:
                 "top_share": list(top_share), "top_cells": len(findings[0].get("cells") or [1]) if findings else 0,
                 "top_suspected": bool(findings[0].get("suspected_shortcut")) if findings else None,
                 "top_evidence": _evidence(findings[0] if findings else None),
+                "top_stability": (findings[0].get("stability") or None) if findings else None,
                 # every flagged finding of the pair, and whether its exemplars mostly carry the trigger
                 "flagged": [c for f, c in zip(findings, carries) if f.get("suspected_shortcut")],
                 "best_syn": best and {k: best.get(k) for k in ("id", "source", "cell", "flip_rate", "flip_rate_ci",
@@ -409,12 +410,13 @@ def write_results(runs: list[dict], path: Path, natural: dict | None = None) -> 
         "(real crops that beat the noise control / measured; enrichment: B's images with the feature against the other class that "
         "has it most). 'carrying': findings of the pair whose exemplars mostly carry the trigger (1 = the feature "
         "appears once). Flip rates: random placement, held-out images of A classified as A before. Clean flags: "
-        "findings flagged when the clean model is analysed on the same data.", "",
+        "findings flagged when the clean model is analysed on the same data. Recurs in: other layouts of the same "
+        "vectors (seeds, n_neighbors, min_dist) in which the top finding is found again (`pipeline.stability`).", "",
         "| trigger | fraction | layer | pair | learned | top finding: trigger exemplars, cells, flagged "
         "(real crops, enrichment) | carrying | best real crop of the top finding: flip [95 % CI] (noise, natural) "
         "| best synthesized patch: flip [95 % CI] (noise, natural) | true trigger: flip (noise) | clean flags "
-        "| goals met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| top finding recurs in | goals met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for r in run["rows"]:
@@ -430,6 +432,7 @@ def write_results(runs: list[dict], path: Path, natural: dict | None = None) -> 
                 f"{_rank(ev.get('real_tested'))}, {_times(ev.get('enrichment'))}) "
                 f"| {r['n_carrying']} of {r['n_findings']} | {_rate(real)} | {_rate(r['best_syn'])} "
                 f"| {pct(r['true_flip'])} ({pct(r['true_noise'])}) | {len(r['clean_flags'] or [])} "
+                f"| {_recurs(r.get('top_stability'))} "
                 f"| {('yes' if goals else 'no') if r['ground_truth'] else 'not learned'} |")
     scores = flag_scores(runs, natural)
     lines += ["", f"Rows where the trigger was learned: {scores['rows']}. The top finding is the trigger and appears "
@@ -456,6 +459,10 @@ def write_results(runs: list[dict], path: Path, natural: dict | None = None) -> 
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
+
+
+def _recurs(stability: dict | None) -> str:
+    return "–" if not stability else f"{stability['recurred']} of {stability['of']} layouts"
 
 
 def _rate(row: dict | None) -> str:
