@@ -79,3 +79,5 @@ def test_the_planted_cross_is_one_flagged_finding_in_each_pair_whatever_cells_it
         assert len(carry) == 1 and pair.findings[0] is carry[0], pair.name
         assert carry[0].suspected_shortcut, pair.name
         assert len(carry[0].cells) >= 1 and all(c.flip_rate is not None for c in carry[0].cells)
+        # the trigger is in the vectors, not in one layout: found again in other seeds and settings
+        assert carry[0].stability["of"] == 5 and carry[0].stability["recurred"] >= 4, carry[0].stability
