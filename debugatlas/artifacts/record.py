@@ -19,7 +19,8 @@ The rules that give the numbers their meaning live here and nowhere else:
 - `margin`: a rate above the stronger of its two controls (noise patch, crop of a real B);
 - `rate_interval` and `gate`: the 95 % interval of a rate (the recorded one, else Wilson from the
   rate and its image count) and the interval gate that `diff` and `check` apply to two of them;
-- `sentence`: the one-sentence statement of a finding (its recorded `statement`).
+- `sentence`: the one-sentence statement of a finding (its recorded `statement`);
+- `recurs_in_few`: a finding's stability too low to read it as more than one layout's.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from ._schema import REDO, Record as _Record
 SCHEMA_VERSION = 1
 CONFIRMED = "confirmed"
 GATE_EPS = 1e-9  # two interval bounds closer than this count as touching
+FEW_LAYOUTS = 2  # a finding found again in at most this many other layouts recurs in few
 
 
 def is_confirmed(verdict: str | None) -> bool:
@@ -80,6 +82,11 @@ def gate(new: tuple[float, float], reference: tuple[float, float], tolerance: fl
     if reference[0] - new[1] > tolerance + GATE_EPS:
         return "below"
     return "within"
+
+
+def recurs_in_few(recurred: int, of: int) -> bool:
+    """Found again in at most `FEW_LAYOUTS` of `of` other layouts (and not in all of them)."""
+    return recurred <= min(FEW_LAYOUTS, of - 1)
 
 
 def percent(rate: float | None) -> str:

@@ -16,8 +16,9 @@ a layout when one of its valid cells (`RECUR_RULE`)
 
 `findings[].stability` = {"recurred": k, "of": K, "layouts": [per layout: seed, n_neighbors,
 min_dist, recurred, the matching cell, its cosine and share of the exemplar samples]}. A finding
-that recurs in at most `FEW` of them is marked as such in the report: read it as a property of
-one layout until another run shows it again. No patch is measured again; the cost is K layouts.
+that recurs in at most `FEW` of them (`artifacts.record.recurs_in_few`) is marked as such in the
+report: read it as a property of one layout until another run shows it again. No patch is
+measured again; the cost is K layouts.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..artifacts.record import Finding
+from ..artifacts.record import FEW_LAYOUTS, Finding
 from ..atlas import Atlas, build_atlas
 from ..capture import ActivationSet
 from . import features
@@ -35,7 +36,7 @@ from .records import PairPlan
 
 SAME_DIRECTION = features.SAME_DIRECTION
 SHARED_EXEMPLARS = 0.5
-FEW = 2
+FEW = FEW_LAYOUTS
 # (seed offset, n_neighbors factor, min_dist factor) of the layouts, in order; more than five repeat
 # the factors with further seeds
 _STEPS = ((1, 1.0, 1.0), (2, 0.6, 1.0), (3, 1.6, 1.0), (4, 1.0, 0.4), (5, 1.0, 2.5))
@@ -91,7 +92,8 @@ def relayout(acts: ActivationSet, attributions: torch.Tensor, atlas: Atlas, whit
     vectors = acts.vectors.float().numpy()
     runs = []
     for v in layouts:
-        fitted = Layout(**{**options, "seed": v.seed, "n_neighbors": v.n_neighbors, "min_dist": v.min_dist}).fit(vectors)
+        settings = {**options, "seed": v.seed, "n_neighbors": v.n_neighbors, "min_dist": v.min_dist}
+        fitted = Layout(**settings).fit(vectors)
         again = build_atlas(np.asarray(fitted.embedding_, dtype=np.float32), acts, attributions, atlas.grid_size,
                             min_count, n_exemplars)
         runs.append((v, _Cells(again, attributions, whitening)))

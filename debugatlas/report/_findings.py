@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..artifacts.record import PairRecord
+from ..artifacts.record import PairRecord, recurs_in_few
 from ._values import as_float as _num, as_int as _int, mapping as _mapping, sequence as _sequence
 
 VERDICTS = {
@@ -18,6 +18,7 @@ VERDICTS = {
     "not_confirmed": ("not confirmed", "does not beat both controls"),
 }
 MAX_FINDING_EXEMPLARS = 6
+ONE_PLACE = 0.8  # a shortcut whose densest spot holds this share of its samples "sits at one place"
 
 
 def verdict(value: Any) -> dict | None:
@@ -85,19 +86,18 @@ def _evidence(raw: Any, classes: Sequence[str] = ()) -> dict | None:
         "other": None if other is None else (classes[other] if 0 <= other < len(classes) else str(other)),
         "other_images": _int(raw.get("other_images")), "n_images_other": _int(raw.get("n_images_other")),
         "enrichment": _num(raw.get("enrichment")), "spot": _num(raw.get("spot")),
+        "one_place": (_num(raw.get("spot")) or 0.0) >= ONE_PLACE,
         "map": position_map(raw.get("positions")),
     }
 
 
 def _stability(raw: Any) -> dict | None:
     """{"recurred", "of", "few"} from `findings[].stability`; None when it was not checked."""
-    from ..pipeline.stability import FEW
-
     raw = _mapping(raw)
     recurred, of = _int(raw.get("recurred")), _int(raw.get("of"))
     if recurred is None or not of:
         return None
-    return {"recurred": recurred, "of": of, "few": recurred <= min(FEW, of - 1)}
+    return {"recurred": recurred, "of": of, "few": recurs_in_few(recurred, of)}
 
 
 def position_map(raw: Any) -> dict | None:
