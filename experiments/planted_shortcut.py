@@ -30,6 +30,10 @@ truck -> cat).
     python experiments/planted_shortcut.py --device cpu --out reports/planted_cpu --fractions 0.2
     python experiments/planted_shortcut.py --device cuda --fractions 0.5 0.2 0.1 --layers layer2 layer3  # GPU
 
+Each trained model is kept under `--weights` (default `~/.cache/debugatlas/planted`, outside the
+repository), named by its configuration and recipe, and reused by later runs; `--train-only` trains
+them all without analysing, so the analyses can be rerun later at the cost of the analyses alone.
+
 Each configuration's rows are saved as `<out>/<trigger>_<fraction>.json` and RESULTS.md is
 rebuilt from every such file in `<out>`, so configurations can run as separate processes (in
 parallel on one GPU) and still land in one table; each process logs to its own `run_*.log`.
@@ -189,18 +193,42 @@ def true_trigger_flip(model, shortcut, dataset, a: int, b: int, limit: int, devi
             "noise": float(noise[keep].float().mean()) if n else None, "n": n}
 
 
-def _train(args, shortcut, train, log, what: str):
+def _weights_file(args, name: str) -> Path | None:
+    """Where the weights of one trained model are kept (`--weights`), named by everything that
+    decides them: the configuration, the recipe and the data."""
+    if not args.weights:
+        return None
+    recipe = (f"w{args.width}b{args.blocks}e{args.epochs}lr{args.lr:g}bs{args.batch_size}s{args.seed}"
+              f"n{args.n_train}-{args.n_val}t{args.train_seconds or 0:g}")
+    return Path(args.weights).expanduser() / f"{name}_{recipe}.pt"
+
+
+def _train(args, shortcut, train, log, what: str, name: str):
+    """The model of one configuration: trained here, or loaded from `--weights` when an earlier run
+    of the same recipe left it there (its recorded training history and time come with it)."""
     from debugatlas.models import CifarResNet, train_classifier
 
+    model = CifarResNet(10, width=args.width, blocks=args.blocks)
+    path = _weights_file(args, name)
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["state_dict"])
+        log.info("%s: weights reused from %s (trained %d epochs in %.0f s)", what, path, len(saved["history"]),
+                 saved["seconds"])
+        return model.to(args.device).eval(), saved["history"], saved["seconds"]
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     history: list[dict] = []
-    model = train_classifier(CifarResNet(10, width=args.width, blocks=args.blocks), train, epochs=args.epochs,
-                             lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                             max_seconds=args.train_seconds, history=history)
+    model = train_classifier(model, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             seed=args.seed, device=args.device, max_seconds=args.train_seconds, history=history)
     seconds = time.perf_counter() - t0
     log.info("%s: %d epochs in %.0f s, last mean training loss %.3f", what, len(history), seconds,
              history[-1]["loss"] if history else float("nan"))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"state_dict": state, "history": history, "seconds": seconds}, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)
     return model.eval(), history, seconds
 
 
@@ -212,7 +240,7 @@ def clean_model(args, log):
     configuration)."""
     if "model" not in _CLEAN:
         train, _ = cifar10_split(args, shortcut=None, poison_val=False)
-        _CLEAN["model"], _CLEAN["history"], _CLEAN["seconds"] = _train(args, None, train, log, "clean model")
+        _CLEAN["model"], _CLEAN["history"], _CLEAN["seconds"] = _train(args, None, train, log, "clean model", "clean")
     return _CLEAN["model"]
 
 
@@ -283,7 +311,9 @@ def run_config(args, variant: str, fraction: float, log) -> dict:
     shortcut = Trigger(target=target, fraction=fraction, seed=args.seed, **spec)
     train, val = cifar10_split(args, shortcut=shortcut, poison_val=True)
     names = train.classes
-    model, history, train_s = _train(args, shortcut, train, log, f"{variant} {fraction:g}")
+    model, history, train_s = _train(args, shortcut, train, log, f"{variant} {fraction:g}", f"{variant}_{fraction:g}")
+    if args.train_only:
+        return {}
     others = [i for i in range(len(val)) if int(val.labels[i]) != target][:500]
     with torch.no_grad():
         pasted = torch.stack([shortcut.apply(val.images[i], 10_000 + i) for i in others]).to(args.device)
@@ -501,6 +531,11 @@ def main(argv=None) -> int:
     parser.add_argument("--samples-per-image", type=int, default=None)
     parser.add_argument("--sampling", default="guided", help="capture sampling rule (guided | random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", default="~/.cache/debugatlas/planted",
+                        help="folder where each trained model is kept and reused by later runs of the same recipe "
+                             "('' trains every model afresh)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or find) every configuration's model and the clean one, analyse nothing")
     parser.add_argument("--layout", default=None, help="layout method (default: umap); pca for a fast CPU run")
     parser.add_argument("--grid-size", type=int, default=None)
     args = parser.parse_args(argv)
@@ -530,6 +565,13 @@ def main(argv=None) -> int:
     log.info("command: %s", command_line())
     natural_file = out / "natural.json"
     natural = json.loads(natural_file.read_text()) if natural_file.is_file() else None
+    if args.train_only:
+        if args.clean:
+            clean_model(args, log)
+        for trigger in args.triggers:
+            for fraction in args.fractions:
+                run_config(args, trigger, fraction, log)
+        return 0
     if args.clean and (natural is None or natural.get("format") != FORMAT):
         natural = run_natural(args, log)
         natural_file.write_text(json.dumps(natural, indent=1, default=str))
