@@ -18,15 +18,20 @@ def _result(pid, source, cell, rate, verdict):
     return r
 
 
-def _atlas(exemplars: dict, counts: np.ndarray, directions: dict | None = None, mixes: dict | None = None):
-    """An atlas stand-in: each cell its own direction and class mix unless given."""
+def _atlas(exemplars: dict, counts: np.ndarray, directions: dict | None = None, mixes: dict | None = None,
+           cells: dict | None = None):
+    """An atlas stand-in: each cell its own direction and class mix unless given; its valid cells
+    are the cells with samples, and `cells` ({cell: class mix}) adds cells that hold no finding."""
     g = counts.shape[0]
     means = np.zeros((g, g, 16), dtype=np.float32)
     hist = np.zeros((g, g, 10), dtype=np.int64)
     for k, cell in enumerate(exemplars):
         means[cell] = (directions or {}).get(cell, np.eye(16, dtype=np.float32)[k % 16])
         hist[cell] = (mixes or {}).get(cell, np.eye(10, dtype=np.int64)[k % 10] * 5)
-    return SimpleNamespace(exemplars=exemplars, counts=counts, mean_activation=means, class_histogram=hist)
+    for cell, mix in (cells or {}).items():
+        hist[cell], counts[cell] = mix, int(np.sum(mix))
+    return SimpleNamespace(exemplars=exemplars, counts=counts, mean_activation=means, class_histogram=hist,
+                           valid=counts > 0)
 
 
 def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ranked(monkeypatch):
@@ -46,7 +51,8 @@ def test_the_cell_that_holds_most_kept_patches_comes_first_whatever_one_patch_ra
     counts = np.zeros((20, 20), dtype=np.int64)
     counts[feature], counts[neighbour] = 9, 5
     atlas = _atlas({feature: [0, 1], neighbour: [2]}, counts)
-    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7]), image_ids=torch.tensor([10, 11, 12]), positions=None,
+    # the neighbour's exemplar is of another class: a different thing beside the feature
+    acts = SimpleNamespace(labels=torch.tensor([7, 7, 1]), image_ids=torch.tensor([10, 11, 12]), positions=None,
                            spatial_shape=None)
     plan = PairPlan(1, 7, "1", "7", 3)
     out = findings.pair_findings(plan=plan, test=PairTest(suite=suite), atlas=atlas, acts=acts)
@@ -91,7 +97,9 @@ def test_a_cell_whose_real_crops_flip_too_is_not_synthesized_only(monkeypatch):
     assert by_cell[real].real_crops_tested == 1 and by_cell[synthetic].real_crops_tested == 1
 
 
-def _grouped(cells_and_rates, exemplars, directions, mixes=None, monkeypatch=None):
+def _grouped(cells_and_rates, exemplars, directions, mixes=None, labels=None, cells=None):
+    """pair_findings on confirmed icon patches of the given cells (ranked in the listed order);
+    `labels`: the class of each of the 20 samples (default: all 7)."""
     kept = [(f"c{c[0]}-{c[1]}-icon", "icon", c) for c, _ in cells_and_rates]
     results = [_result(pid, source, cell, rate, "confirmed") for (pid, source, cell), (_, rate) in zip(kept, cells_and_rates)]
     suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
@@ -99,9 +107,9 @@ def _grouped(cells_and_rates, exemplars, directions, mixes=None, monkeypatch=Non
     counts = np.zeros((10, 10), dtype=np.int64)
     for k, (c, _) in enumerate(cells_and_rates):
         counts[c] = 20 - k  # the listed order is the ranked order
-    atlas = _atlas(exemplars, counts, directions, mixes)
-    acts = SimpleNamespace(labels=torch.full((20,), 7), image_ids=torch.arange(100, 120), positions=None,
-                           spatial_shape=None)
+    atlas = _atlas(exemplars, counts, directions, mixes, cells)
+    acts = SimpleNamespace(labels=torch.full((20,), 7) if labels is None else torch.as_tensor(labels),
+                           image_ids=torch.arange(100, 120), positions=None, spatial_shape=None)
     return findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas,
                                   acts=acts)
 
@@ -126,23 +134,30 @@ def test_one_feature_over_several_cells_is_one_finding(monkeypatch):
     assert out[0].exemplar_ids == (100, 101, 102, 103, 104) and out[1].exemplar_ids == (105, 106)
 
 
-def test_shared_images_or_a_neighbour_with_the_same_mix_join_a_feature_and_distinct_ones_stay_apart(monkeypatch):
-    from debugatlas.pipeline import features
-
+def test_shared_images_or_one_island_of_the_same_mix_join_a_feature_and_distinct_ones_stay_apart(monkeypatch):
     evidence = SimpleNamespace(suspected=False, to_dict=lambda: {})
     monkeypatch.setattr(findings, "feature_evidence", lambda *args, **kwargs: evidence)
-    mix = np.array([0, 3, 0, 0, 0, 0, 0, 9, 0, 0])
-    a, b, far, near = (1, 1), (8, 8), (4, 4), (4, 5)
-    out = _grouped([(a, 0.9), (b, 0.8), (far, 0.7), (near, 0.6)],
-                   {a: [0, 1, 2], b: [1, 2, 9], far: [10], near: [11]},
-                   {a: _direction(1), b: _direction(0, 1), far: _direction(0, 0, 1, 0.9), near: _direction(0, 0, 1.0)},
-                   {far: mix, near: mix})
-    # a and b share two of three exemplar images; far and near touch with the same class mix and agree
-    assert [[m.cell for m in f.cells] for f in out] == [[a, b], [far, near]]
-    # the same neighbours pointing apart (cosine below NEIGHBOUR_DIRECTION) are two features
-    out = _grouped([(far, 0.7), (near, 0.6)], {far: [10], near: [11]},
-                   {far: _direction(1, 0.2), near: _direction(-0.2, 1)}, {far: mix, near: mix})
-    assert [f.cell for f in out] == [far, near] and features.NEIGHBOUR_DIRECTION > 0.19
+    sevens = np.eye(10, dtype=np.int64)[7] * 9
+    a, b, left, right = (1, 1), (8, 8), (4, 2), (4, 5)
+    apart = {a: _direction(1), b: _direction(0, 1), left: _direction(0, 0, 1), right: _direction(0, 0, 0, 1)}
+    exemplars = {a: [0, 1, 2], b: [1, 2, 9], left: [10], right: [11]}
+    # a and b share two of three exemplar images; left and right point apart, touch no common cell,
+    # and hold exemplars of the same class
+    out = _grouped([(a, 0.9), (b, 0.8), (left, 0.7), (right, 0.6)], exemplars, apart, {left: sevens, right: sevens})
+    assert [[m.cell for m in f.cells] for f in out] == [[a, b], [left], [right]]
+    # two cells of 7s between them make one island of the same mix: left and right are one feature
+    path = {(4, 3): sevens, (5, 4): sevens + np.eye(10, dtype=np.int64)[1]}
+    out = _grouped([(left, 0.7), (right, 0.6)], exemplars, apart, {left: sevens, right: sevens}, cells=path)
+    assert [[m.cell for m in f.cells] for f in out] == [[left, right]]
+    # the same path through a cell of another mix, or ends whose exemplars are of other classes: apart
+    other = {(4, 3): sevens, (5, 4): np.eye(10, dtype=np.int64)[1] * 9}
+    out = _grouped([(left, 0.7), (right, 0.6)], exemplars, apart, {left: sevens, right: sevens}, cells=other)
+    assert [f.cell for f in out] == [left, right]
+    labels = [7] * 20
+    labels[11] = 1  # right's exemplar is a 1
+    out = _grouped([(left, 0.7), (right, 0.6)], exemplars, apart, {left: sevens, right: sevens}, labels=labels,
+                   cells=path)
+    assert [f.cell for f in out] == [left, right]
 
 
 def test_a_feature_is_judged_over_all_its_cells_with_the_real_crops_of_every_one(monkeypatch):

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _planted import pasted_flip_rate, train_until_learned
@@ -119,6 +120,25 @@ def test_planted_trigger_is_the_top_finding(planted_result, planted_model, analy
     assert all(share >= MIN_TRIGGER_SHARE for _, share, _ in shares), f"top findings' trigger shares: {shares}"
     flagged = [bool((p.get("findings") or [{}])[0].get("suspected_shortcut")) for p in planted_result.summary["pairs"]]
     assert all(flagged), f"top findings flagged as suspected shortcuts: {flagged}"
+
+
+def test_the_trigger_is_one_finding_over_several_cells(planted_result, planted_model, analysis_data):
+    """The trigger spreads over several confirmed cells of each pair; they are one finding, the top
+    one and flagged: no other finding of the pair has exemplars that mostly contain the trigger."""
+    script = _experiment()
+    atlas = planted_result.atlases[planted_result.config.grid_size]
+    for pair in planted_result.summary["pairs"]:
+        name, carrying, cells = f"{pair['a']}->{pair['b']}", [], 0
+        for finding in pair.get("findings") or []:
+            per_cell = [atlas.exemplars.get(tuple(c["cell"]), []) for c in finding["cells"]]
+            hits = [script.trigger_in_field(planted_model, "layer2", analysis_data, planted_result.activations,
+                                            TRIGGER, samples) if samples else np.zeros(0, bool) for samples in per_cell]
+            cells += sum(bool(len(h)) and float(h.mean()) >= MIN_TRIGGER_SHARE for h in hits)
+            every = np.concatenate(hits)
+            carrying.append(bool(every.size) and float(every.mean()) >= MIN_TRIGGER_SHARE)
+        assert cells >= 2, f"{name}: the trigger is in {cells} confirmed cell(s), no case for grouping"
+        assert carrying[:1] == [True] and sum(carrying) == 1, f"{name}: findings carrying the trigger {carrying}"
+        assert pair["findings"][0]["suspected_shortcut"], f"{name}: the trigger's finding is not flagged"
 
 
 def test_same_check_fails_on_a_clean_model(analysis_data, clean_result):

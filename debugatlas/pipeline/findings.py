@@ -61,8 +61,10 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     ids = [tuple(int(i) for i in acts.image_ids[atlas.exemplars.get(c, [])].tolist()) if atlas.exemplars.get(c)
            else () for c in cells]
     links = features.linked(cells, means=np.stack([np.asarray(atlas.mean_activation[c]) for c in cells]),
-                            whitening=whitening, mixes=np.stack([atlas.class_histogram[c] for c in cells]),
-                            exemplars=[set(i) for i in ids])
+                            whitening=whitening, exemplars=[set(i) for i in ids],
+                            mixes=np.stack([np.bincount(labels[atlas.exemplars.get(c, [])],
+                                                        minlength=atlas.class_histogram.shape[-1]) for c in cells]),
+                            grid_mixes=atlas.class_histogram, valid=atlas.valid)
     judge = _Judge(plan, test, atlas, acts, rank)
     evidence = [judge([c]) for c in cells]
     out = []
