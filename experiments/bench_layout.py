@@ -22,6 +22,14 @@ for umap-learn and for the torch backend (no warm-up, ``--pca-dims`` ignored), w
 the on-disk cache saves (umap-learn compiles in every process, its functions are not cached).
 
     .venv/bin/python experiments/bench_layout.py --startup 3 --n 1078 --dim 64
+
+Stability layouts (``--stability K``): the K layouts of a finding's stability check
+(`debugatlas.pipeline.stability.variants`: other seeds, ``n_neighbors`` and ``min_dist`` around
+the defaults) of the same ``--n`` x ``--dim`` vectors, each with its own neighbour search against
+one search shared by all (at the largest ``n_neighbors``, `Layout.neighbours`), side by side after a
+warm-up, with the trustworthiness of each side's layouts:
+
+    .venv/bin/python experiments/bench_layout.py --stability 5 --n 12000 --dim 32 --pca-dims 0
 """
 from __future__ import annotations
 
@@ -109,6 +117,37 @@ def startup(args) -> None:
                       f"warm fit {warm:6.1f} s  first - warm {first - warm:6.1f} s", flush=True)
 
 
+def stability(args: argparse.Namespace) -> None:
+    """Seconds of the K stability layouts, each searching its own neighbours vs one shared search."""
+    from sklearn.manifold import trustworthiness
+
+    from debugatlas.pipeline.stability import variants
+
+    warnings.filterwarnings("ignore")
+    pca = args.pca_dims or None
+    Layout(pca_dims=pca, knn=args.knn).fit(synthetic(5000, args.dim, seed=1))  # numba compilation
+    x = synthetic(args.n, args.dim)
+    sub = np.random.default_rng(0).choice(args.n, size=min(args.subsample, args.n), replace=False)
+    layouts = variants(0, args.neighbors, 0.05, args.stability, args.n)
+    seconds, trust = {}, {}
+    for side in ("own search", "shared search"):
+        start = time.perf_counter()
+        shared = None
+        if side == "shared search":
+            widest = max(v.n_neighbors for v in layouts)
+            shared = Layout(n_neighbors=widest, seed=1, pca_dims=pca, knn=args.knn).neighbours(x)
+        fits = [Layout(seed=v.seed, n_neighbors=v.n_neighbors, min_dist=v.min_dist, pca_dims=pca,
+                       knn=args.knn).fit(x, neighbours=shared) for v in layouts]
+        seconds[side] = time.perf_counter() - start
+        trust[side] = [trustworthiness(x[sub], f.embedding_[sub], n_neighbors=10, metric="cosine") for f in fits]
+        stages = "  ".join(f"{k} {sum(f.params_['stage_seconds'][k] for f in fits):.1f} s"
+                           for k in fits[0].params_["stage_seconds"])
+        print(f"{side:14s} {len(fits)} layouts {seconds[side]:7.1f} s   ({stages})   trustworthiness "
+              + " ".join(f"{t:.4f}" for t in trust[side]), flush=True)
+    print(f"n={args.n} dim={args.dim} K={len(layouts)}: own / shared {seconds['own search'] / seconds['shared search']:.2f}x, "
+          f"mean trustworthiness difference (shared - own) {np.mean(trust['shared search']) - np.mean(trust['own search']):+.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
@@ -127,7 +166,11 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true", help="time only the fast path")
     parser.add_argument("--startup", type=int, default=0,
                         help="measure first vs warm call in this many fresh processes instead")
+    parser.add_argument("--stability", type=int, default=0,
+                        help="time this many stability layouts, own vs shared neighbour search, instead")
     args = parser.parse_args()
+    if args.stability:
+        return stability(args)
     if args.startup:
         return startup(args)
     from sklearn.manifold import trustworthiness

@@ -386,3 +386,22 @@ def test_auto_backend_rule_and_bad_backend_settings():
     for kwargs, message in bad:
         with pytest.raises(DebugAtlasError, match=message):
             Layout(**kwargs).fit(x)
+
+
+def test_layouts_can_share_one_neighbour_search_cut_to_their_own_n_neighbors(digits_graph):
+    """The stability layouts search neighbours once, at the largest n_neighbors, and each layout
+    cuts the lists to its own: the same lists as its own search, so the same layout."""
+    x = digits_graph[0] + np.random.default_rng(0).normal(0, 1e-3, digits_graph[0].shape).astype(np.float32)
+    settings = dict(backend="torch", metric="cosine", knn="exact", seed=0, n_epochs=30)
+    narrow = Layout(n_neighbors=15, **settings)
+    wide = Layout(n_neighbors=40, **settings).neighbours(x)
+    assert wide[0].shape == (len(x), 40) and wide[2] == "exact (torch, cpu)"
+    own_idx, own_dist = exact_knn(x, 15, "cosine")
+    np.testing.assert_array_equal(wide[0][:, :15].numpy(), own_idx)
+    np.testing.assert_allclose(wide[1][:, :15].numpy(), own_dist, atol=1e-6)
+    alone, shared = narrow.fit(x), Layout(n_neighbors=15, **settings).fit(x, neighbours=wide)
+    np.testing.assert_array_equal(shared.raw_embedding_, alone.raw_embedding_)
+    assert shared.params_["knn"] == "exact (torch, cpu), shared: the first 15 of 40"
+    with pytest.raises(DebugAtlasError, match="fewer than n_neighbors=40"):
+        Layout(n_neighbors=40, **settings).fit(x, neighbours=Layout(n_neighbors=15, **settings).neighbours(x))
+    assert Layout(n_neighbors=15, backend="umap-learn").neighbours(x) is None

@@ -20,16 +20,25 @@ from ._settings import Settings
 GRAPH_MIN_CPU = 50_000  # on the CPU from here on the graph is umap-learn's (less memory)
 
 
-def fit(x: torch.Tensor, s: Settings) -> tuple[np.ndarray, dict[str, Any]]:
+def fit(x: torch.Tensor, s: Settings, shared: tuple[torch.Tensor, torch.Tensor, str] | None = None
+        ) -> tuple[np.ndarray, dict[str, Any]]:
     """UMAP of `x` [N, C] float32 on x's device: (raw layout [N, n_components], the entries of
-    ``params_`` that say which parts ran, with `stage_seconds`)."""
+    ``params_`` that say which parts ran, with `stage_seconds`).
+
+    shared: kNN lists of the same vectors from `neighbours` (indices, distances [N, k] with
+    k >= n_neighbors, and how they were found): cut to the first n_neighbors instead of searched.
+    """
     n, device, features = x.shape[0], x.device, x.shape[1]
     n_epochs = s.epochs(n)
     lap = Laps(device)
     info: dict[str, Any] = {"pca_dims": s.pca_dims}
     x = project(x, s.pca_dims)
     lap("pca")
-    indices, dists, info["knn"] = _neighbours(x, s, features)
+    if shared is None:
+        indices, dists, info["knn"] = _neighbours(x, s, features)
+    else:
+        indices, dists = (t[:, :s.n_neighbors].to(device).contiguous() for t in shared[:2])
+        info["knn"] = f"{shared[2]}, shared: the first {s.n_neighbors} of {shared[0].shape[1]}"
     lap("knn")
     head, tail, weight, info["graph"] = _graph(indices, dists, s, device)
     keep = weight >= weight.max() / n_epochs  # umap-learn drops edges too weak to be sampled
@@ -47,6 +56,12 @@ def fit(x: torch.Tensor, s: Settings) -> tuple[np.ndarray, dict[str, Any]]:
     lap("optimise")
     info["stage_seconds"] = lap.seconds
     return raw, info
+
+
+def neighbours(x: torch.Tensor, s: Settings) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The kNN lists `fit` would search for `x` [N, C] with `s` (after the ``pca_dims``
+    projection): indices, distances [N, n_neighbors] and how they were found."""
+    return _neighbours(project(x, s.pca_dims), s, x.shape[1])
 
 
 def _neighbours(x: torch.Tensor, s: Settings, features: int) -> tuple[torch.Tensor, torch.Tensor, str]:

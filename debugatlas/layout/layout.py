@@ -144,8 +144,26 @@ class Layout:
         return self
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, vectors: torch.Tensor | np.ndarray) -> "Layout":
-        """Lay out `vectors` [N, C] (any float dtype, torch or numpy); returns self."""
+    def neighbours(self, vectors: torch.Tensor | np.ndarray) -> tuple | None:
+        """The nearest-neighbour lists `fit` would search for `vectors` with these settings, to be
+        shared by several layouts of the same vectors (`fit(..., neighbours=)`): layouts with
+        other seeds, `min_dist` or a smaller `n_neighbors` cut them instead of searching again.
+        None where the backend that runs is not "torch" (the others search their own)."""
+        settings = self.get_params()
+        s = check_settings(settings)
+        x = as_float32(vectors)
+        check_samples(settings, x)
+        if s.method != "umap" or self._backend(x.shape[0]) != "torch":
+            return None
+        return _torch.neighbours(torch.as_tensor(x, device=s.run_device), s)
+
+    def fit(self, vectors: torch.Tensor | np.ndarray, neighbours: tuple | None = None) -> "Layout":
+        """Lay out `vectors` [N, C] (any float dtype, torch or numpy); returns self.
+
+        neighbours: the lists of `neighbours` for the same vectors, from a Layout with the same
+        metric, `pca_dims` and `knn` and at least this `n_neighbors` (the torch backend cuts them;
+        the other backends search their own).
+        """
         settings = self.get_params()
         s = check_settings(settings)
         x = as_float32(vectors)
@@ -160,7 +178,7 @@ class Layout:
             params["degenerate"] = reason
             raw = np.zeros((x.shape[0], s.n_components), dtype=np.float32)
         else:
-            raw, info = self._run(backend, x, xt, s)
+            raw, info = self._run(backend, x, xt, s, neighbours)
             params.update(info)
         params["versions"] = package_versions(("umap-learn", "scikit-learn", "numpy", "torch",
                                                *(("torchdr",) if backend == "torchdr" else ())), missing="not installed")
@@ -178,12 +196,16 @@ class Layout:
         `backend="auto"`, which picks the same at every `n` and on every device."""
         return pick_backend(self.method, self.backend, self.metric)
 
-    def _run(self, backend: str | None, x: np.ndarray, xt: torch.Tensor, s: Settings
-             ) -> tuple[np.ndarray, dict[str, Any]]:
+    def _run(self, backend: str | None, x: np.ndarray, xt: torch.Tensor, s: Settings,
+             neighbours: tuple | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """The raw layout of `x` (numpy) / `xt` (on the backend's device) and the entries of
         ``params_`` that say what ran."""
         if backend == "torch":
-            return self._torch_or_fallback(x, xt, s)
+            if neighbours is not None and neighbours[0].shape[1] < s.n_neighbors:
+                raise DebugAtlasError(f"`Layout.fit(neighbours=...)` holds {neighbours[0].shape[1]} neighbours per "
+                                      f"vector, fewer than n_neighbors={s.n_neighbors}; compute them with the "
+                                      "largest n_neighbors of the layouts that share them.")
+            return self._torch_or_fallback(x, xt, s, neighbours)
         if backend == "torchdr":
             return _torchdr.fit(xt, s)
         if s.method == "umap":
@@ -192,12 +214,12 @@ class Layout:
             return _tsne.fit(x, s)
         return _pca.fit(x, s)
 
-    def _torch_or_fallback(self, x: np.ndarray, xt: torch.Tensor, s: Settings
+    def _torch_or_fallback(self, x: np.ndarray, xt: torch.Tensor, s: Settings, neighbours: tuple | None = None
                            ) -> tuple[np.ndarray, dict[str, Any]]:
         """The torch backend. When "auto" chose it and it fails on a GPU (e.g. out of memory),
         umap-learn runs instead, logged and recorded in ``params_["backend_fallback"]``."""
         try:
-            return _torch.fit(xt, s)
+            return _torch.fit(xt, s, neighbours)
         except RuntimeError as exc:
             if s.backend != "auto" or xt.device.type == "cpu":
                 raise

@@ -18,7 +18,8 @@ a layout when one of its valid cells (`RECUR_RULE`)
 min_dist, recurred, the matching cell, its cosine and share of the exemplar samples]}. A finding
 that recurs in at most `FEW` of them (`artifacts.record.recurs_in_few`) is marked as such in the
 report: read it as a property of one layout until another run shows it again. No patch is
-measured again; the cost is K layouts.
+measured again; the cost is one neighbour search (at the largest `n_neighbors` of the layouts,
+shared by all) and K graphs and optimisations.
 """
 from __future__ import annotations
 
@@ -86,14 +87,18 @@ def relayout(acts: ActivationSet, attributions: torch.Tensor, atlas: Atlas, whit
              options: dict, layouts: list[Variant], *, min_count: int, n_exemplars: int) -> list[tuple]:
     """(variant, its cells) for every layout of `layouts`: the vectors laid out again with `options`
     (`layout.Layout` keywords) and that variant's seed, `n_neighbors` and `min_dist`, binned on the
-    grid of `atlas`."""
+    grid of `atlas`. The layouts share one neighbour search, at the largest `n_neighbors` of
+    them; the others take the first of its lists (`Layout.neighbours`)."""
     from ..layout import Layout
 
     vectors = acts.vectors.float().numpy()
+    widest = max(layouts, key=lambda v: v.n_neighbors, default=None)
+    shared = None if widest is None else Layout(**{**options, "seed": widest.seed,
+                                                   "n_neighbors": widest.n_neighbors}).neighbours(vectors)
     runs = []
     for v in layouts:
         settings = {**options, "seed": v.seed, "n_neighbors": v.n_neighbors, "min_dist": v.min_dist}
-        fitted = Layout(**settings).fit(vectors)
+        fitted = Layout(**settings).fit(vectors, neighbours=shared)
         again = build_atlas(np.asarray(fitted.embedding_, dtype=np.float32), acts, attributions, atlas.grid_size,
                             min_count, n_exemplars)
         runs.append((v, _Cells(again, attributions, whitening)))
