@@ -513,3 +513,19 @@ def test_the_split_is_said_in_a_few_words(tmp_path):
     assert said({"split": split}) == "seed 3 · fraction 0.5 · selection 266 images · confirmation 1,273 images"
     assert said({"split": {"rule": "x"}}) is None
     assert said({}) is None and said({"split": True}) is None
+
+
+def test_a_finding_says_what_its_misclassified_images_hold_besides_it(tmp_path):
+    co = {"images": 7, "images_correct": 5, "cells": [
+        {"cell": [3, 3], "images": 6, "share": 6 / 7, "share_correct": 0.2, "finding": 2},
+        {"cell": [0, 3], "images": 2, "share": 2 / 7, "share_correct": None, "finding": None}]}
+    found = [{"cell": [1, 1], "patch": "p1", "statement": "FIRST", "co_occurrence": co},
+             {"cell": [2, 2], "patch": "p1", "statement": "SECOND",
+              "co_occurrence": {"images": 0, "images_correct": 3, "cells": []}}]
+    summary = complete({"pairs": [{"a": "cat", "b": "dog", "confused": 9, "findings": found,
+                                   "patches": [{"id": "p1", "flip_rate": 0.6, "verdict": "confirmed"}]}]})
+    text = " ".join(_section(render_report(summary, {}, tmp_path), "findings").split())
+    assert ("In the 7 images of cat called dog that hold it, it comes with cell (3, 3) (finding 2) in 6 "
+            "(86 %; 20 % of the 5 it gets right) and cell (0, 3) in 2 (29 %).") in text
+    assert ("None of the 9 images of cat the model calls dog holds it: it can push cat toward dog, "
+            "but is not what the model reads in those mistakes.") in text

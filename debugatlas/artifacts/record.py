@@ -227,7 +227,8 @@ class Finding(_Rated, _Record):
     images from the cell measured on the held-out half; synthesized_only: no crop of a real image
     confirmed; suspected_shortcut with its `shortcut_evidence` (see `shortcut.CRITERIA`);
     stability: in how many more layouts of the same vectors it recurs (`pipeline.stability`):
-    {"recurred": k, "of": K, "layouts": [...]}, None when not checked.
+    {"recurred": k, "of": K, "layouts": [...]}, None when not checked; co_occurrence: the cells
+    its misclassified images of A use besides it (`pipeline.composition`), None when not counted.
     """
 
     cell: tuple[int, int]
@@ -251,13 +252,15 @@ class Finding(_Rated, _Record):
     patch_file: str | None = None
     cells: tuple[FeatureCell, ...] = ()
     stability: dict | None = None
+    co_occurrence: dict | None = None
     _KINDS = {"cell": "cell", "statement": "str", "patch": "str", "source": "str", "placement": "str",
               "n_images": "int", "flip_rate": "num?", "flip_rate_ci": "ci?", "p_value": "num?",
               "noise_flip_rate": "num?", "natural_flip_rate": "num?", "exemplar_ids": "ints", "icon": "str?",
               "confirmed_sources": "strs?", "real_crops_tested": "int?", "synthesized_only": "bool?",
               "suspected_shortcut": "bool", "shortcut_evidence": "dict?", "patch_file": "str?",
-              "cells": [FeatureCell], "stability": "dict?"}
-    _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only", "cells", "stability")
+              "cells": [FeatureCell], "stability": "dict?", "co_occurrence": "dict?"}
+    _OPTIONAL = ("confirmed_sources", "real_crops_tested", "synthesized_only", "cells", "stability",
+                 "co_occurrence")
 
 
 @dataclass(frozen=True)

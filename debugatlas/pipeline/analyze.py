@@ -20,7 +20,7 @@ from ..core.model import Normalized, fast_precision, layer_name, on_device, reso
 from ..core.progress import RunProgress
 from ..data import class_names as _class_names
 from ..patches.split import split_images
-from . import examples, findings, icons, patch_stage, prepare, stability, summary, views
+from . import composition, examples, findings, icons, patch_stage, prepare, stability, summary, views
 from .config import AnalysisConfig, auto_filter_top_n
 from .context import RunContext
 from .cost import ForwardCost, measure_w
@@ -151,6 +151,7 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
     with ctx.stage("layout", shown_as="stability"), ctx.timer.stage("layout.stability"):
         found = stability.check(ctx, acts=acts, attributions=attr, atlas=atlas, plans=plans, found=found,
                                 whitening=rendered.whitening)
+    found = composition.annotate(acts=acts, atlas=atlas, plans=plans, found=found)
     with ctx.stage("attribution", shown_as="examples"):
         shown = [examples.misclassified(ctx, acts=acts, plan=p) for p in plans]
         crops = [_finding_crops(ctx, acts, atlas, f) for f in found]

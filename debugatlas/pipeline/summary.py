@@ -18,6 +18,7 @@ from ..shortcut import CRITERIA
 from .context import RunContext
 from .cost import ForwardCost
 from .records import PairFinding
+from .composition import CO_OCCURRENCE_RULE
 from .stability import RECUR_RULE
 
 
@@ -78,7 +79,8 @@ def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFindin
     config.update({"seed": ctx.seed, "normalize": [list(map(float, v)) for v in normalize] if normalize else None,
                    "layout_params": facts.layout_params, "score": SCORE_DESCRIPTION, "model_spec": facts.model_spec,
                    "decision_rule": DECISION_RULE.format(alpha=ctx.config.confirm_alpha),
-                   "shortcut_rule": CRITERIA, "stability_rule": RECUR_RULE, "sampling_rules": _sampling(acts)})
+                   "shortcut_rule": CRITERIA, "stability_rule": RECUR_RULE,
+                   "co_occurrence_rule": CO_OCCURRENCE_RULE, "sampling_rules": _sampling(acts)})
     if facts.split is not None:
         config["split"] = facts.split.to_dict(list(ctx.class_names), include_ids=False)
     timings = {k: ctx.timer.times.get(k, 0.0) for k in TIMED_STAGES}

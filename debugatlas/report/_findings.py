@@ -60,6 +60,7 @@ def findings(pair: PairRecord, pictures: Mapping, images, *, cell_exemplars: Map
             "real_crops_tested": f.real_crops_tested,
             "evidence": _evidence(f.shortcut_evidence, classes),
             "stability": _stability(f.stability),
+            "co_occurring": _co_occurring(f.co_occurrence, pair.confused),
             "gauge": gauge(flip, f.flip_rate_ci, noise, natural),
         })
     return out
@@ -98,6 +99,26 @@ def _stability(raw: Any) -> dict | None:
     if recurred is None or not of:
         return None
     return {"recurred": recurred, "of": of, "few": recurs_in_few(recurred, of)}
+
+
+def _co_occurring(raw: Any, confused: int = 0) -> dict | None:
+    """{"images", "images_correct", "confused", "cells": [{"cell", "images", "share", "share_correct",
+    "finding"}]} (confused: the pair's images of A called B)
+    from `findings[].co_occurrence`, the cells as "(i, j)"; None when it was not counted."""
+    raw = _mapping(raw)
+    if _int(raw.get("images")) is None:
+        return None
+    cells = []
+    for c in _sequence(raw.get("cells")):
+        c = _mapping(c)
+        at = _sequence(c.get("cell"))
+        if len(at) != 2 or _int(c.get("images")) is None:
+            continue
+        cells.append({"cell": f"({_int(at[0])}, {_int(at[1])})", "images": _int(c.get("images")),
+                      "share": _num(c.get("share")), "share_correct": _num(c.get("share_correct")),
+                      "finding": _int(c.get("finding"))})
+    return {"images": _int(raw.get("images")), "images_correct": _int(raw.get("images_correct")),
+            "confused": _int(confused) or 0, "cells": cells}
 
 
 def position_map(raw: Any) -> dict | None:
