@@ -100,6 +100,20 @@ def test_a_strong_patch_is_confirmed_at_the_first_look_and_a_dud_stops_there_too
     assert log.forwards < 100 * 5 * 4  # far fewer than every patch and control on every image
 
 
+def test_a_look_that_counts_no_image_settles_nothing():
+    """Images of A the model already gets wrong are not counted; a first look made of them only
+    holds no evidence, so no patch may leave there as futile: it is measured on the next looks."""
+    model, exp, patches, controls = _setup(0.95, 0.3, 4)
+    pool = _images(400, 11)
+    wrong = model(pool).argmax(1) != 0
+    images = torch.cat([pool[wrong][:16], pool[~wrong][:84]])
+    log = TrialLog(model, exp, (1, 8, 8))
+    result = confirm(log, patches, controls, images)
+    assert log.n_images([0]) == 0 and result.stopped_at[patches[0].id] >= 1
+    found = result.evaluation.get(patches[0].id, "random")
+    assert found.n_images > 0 and found.verdict == "confirmed"
+
+
 def test_with_one_look_the_sequential_rule_is_the_fixed_sample_rule():
     """Up to `FIRST_LOOK` images there is one look: the same rates, verdicts and intervals as
     `evaluate_patches` + `judge_evaluation` on the same images, measured patch by patch, as oracle."""
@@ -140,6 +154,20 @@ def test_the_race_keeps_the_strong_patch_and_measures_weak_ones_on_the_first_chu
     assert result.rounds[0] == (4, 31) and result.rounds[1][1] == 11
     assert len(log.chunks_of(weak[0].id)) <= 2 and len(log.chunks_of(patches[0].id)) >= 2
     assert len(result.ranked) == 31
+
+
+def test_a_race_round_that_counted_no_image_drops_nobody():
+    """With a first chunk the model gets wrong throughout, ranking would be by the candidates'
+    order alone; the strong patch, listed last, must survive to be ranked on counted images."""
+    model, exp, patches, controls = _setup(0.9, 0.1, 2)
+    gen = torch.Generator().manual_seed(8)
+    weak = [Patch(f"c{k}-1-icon", (k, 1), "icon", torch.rand(1, 2, 2, generator=gen)).quantized() for k in range(12)]
+    pool = _images(400, 13)
+    wrong = model(pool).argmax(1) != 0
+    log = TrialLog(model, exp.with_(placements=("random",)), (1, 8, 8))
+    result = race(log, weak + patches, controls, torch.cat([pool[wrong][:4], pool[~wrong][:44]]), keep=3, first=4)
+    assert log.n_images([0]) == 0 and result.rounds[1] == (8, 13)  # all 13 measured again after the empty round
+    assert result.ranked[0].patch_id == patches[0].id
 
 
 class _Images(torch.utils.data.Dataset):

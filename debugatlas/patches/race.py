@@ -4,7 +4,8 @@ Round r measures the candidates still in the race on a new chunk of images (the 
 `first` images, each next one twice as many, until the images run out), ranks them on every
 image measured so far, with their controls on the same images, and keeps the best third (never
 fewer than `keep`, plus the best of each reserved kind). The race ends when no more than `keep`
-are left, or when the images are used up. A strong candidate is kept after a few images; the many
+are left, or when the images are used up; a round before which no image was counted (the model
+already gets every one wrong) drops nobody. A strong candidate is kept after a few images; the many
 weak ones cost one small chunk each. Only choosing happens here: the held-out confirmation
 (`patches.sequential`) measures the chosen ones again on other images.
 """
@@ -66,14 +67,18 @@ def race(log: TrialLog, candidates: Sequence[Patch], controls: Sequence[Patch], 
     rounds = []
     start = 0
     sizes = chunk_sizes(len(images), first)
+    chunks = []
     for r, size in enumerate(sizes):
         chunk = log.add_images(images[start:start + size])
+        chunks.append(chunk)
         start += size
         geometries = {_geom(log, p) for p in open_}
         log.measure(open_ + [c for c in controls if _geom(log, c) in geometries], chunk)
         rounds.append((size, len(open_)))
         ranked = sorted((log.with_controls(p.id, placement) for p in open_), key=rank_key)
         last = r == len(sizes) - 1
+        if not last and log.n_images(chunks) == 0:
+            continue  # no image of A counted yet (the model gets them all wrong): nothing to rank on
         target = max(int(keep), math.ceil(len(open_) * KEEP_FRACTION))
         if last or len(open_) <= keep:
             return RaceResult(tuple(ranked + left), tuple(rounds))

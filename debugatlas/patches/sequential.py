@@ -3,7 +3,7 @@
 The confirmation images are measured in `looks` (cumulative image counts, doubling from `first`,
 the last one all of them). After each look a patch leaves the experiment when its verdict is
 settled: confirmed already at the final threshold, or futile (no placement beats its stronger
-control by `FUTILITY_LIFT`). Its verdict and interval come from the images up to the look where
+control by `FUTILITY_LIFT`), judged on the images counted so far (none counted settles nothing). Its verdict and interval come from the images up to the look where
 it left.
 
 Why the error rate and coverage hold for any stopping rule: at each look a patch's one-sided
@@ -110,10 +110,13 @@ def confirm(log: TrialLog, patches: Sequence[Patch], controls: Sequence[Patch], 
 
 def _settled(results, m: int, design: SequentialDesign) -> bool:
     """Confirmed at every placement with the final thresholds (Bonferroni over the `m` patches,
-    a bound Holm never exceeds), or futile at every placement."""
+    a bound Holm never exceeds), or futile at every placement. Nothing is settled on no image:
+    a look whose images of A the model already gets wrong counts none, and says nothing."""
     confirmed = futile = True
     for r in results:
         counts = counts_of(r)
+        if not counts.n:
+            return False
         p = 1.0
         if counts.noise_flips is not None and counts.natural_flips is not None and counts.n:
             p = max(fisher_greater(int(counts.flips), counts.n, int(counts.noise_flips), counts.n),
