@@ -61,12 +61,12 @@ def test_the_patch_stage_chooses_on_a_capped_selection_half_and_reports_on_the_o
     from debugatlas.artifacts.paths import SUITE_FILE, suite_dir
 
     out = tmp_path / "run"
-    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=out, seed=0, layout="pca",
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("1", "2")], out_dir=out, seed=0, layout="pca",
             grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=3, n_random=2, n_examples=1,
             selection_images=6, max_patch_images=9)
     meta = json.loads((out / suite_dir(0) / SUITE_FILE).read_text())["metadata"]
     selection, confirmation = meta["selection_image_ids"], meta["confirmation_image_ids"]
-    assert len(selection) == 6 and len(confirmation) == 9  # the digits' 8s hold more than 15
+    assert len(selection) == 6 and len(confirmation) == 9  # the digits' 1s hold more than 15
     assert not set(selection) & set(confirmation)
     rows = json.loads((out / "summary.json").read_text())["pairs"][0]["patches"]
     assert rows and all(r["n_images"] <= 9 for r in rows)  # counted on the confirmation half only
@@ -103,7 +103,7 @@ def test_many_candidates_race_on_a_few_images_before_the_whole_selection_half(mo
 
     calls = _record_trials(monkeypatch)
     monkeypatch.setattr(patch_stage, "DESIGN", dataclasses.replace(patch_stage.DESIGN, keep=2))
-    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("1", "2")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=4, n_random=2,
             n_examples=1, selection_images=12, max_patch_images=9, crop_sizes=(4, 6))
     _screen, selection, _confirmation = _by_log(calls)
@@ -126,7 +126,7 @@ def test_choosing_runs_at_the_chosen_precision_and_the_confirmation_at_the_model
     import json
 
     calls = _record_trials(monkeypatch)
-    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("1", "2")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=3, n_random=2, n_examples=1,
             selection_images=12, max_patch_images=9, choosing_precision="bfloat16")
     screen, selection, confirmation = _by_log(calls)
@@ -144,7 +144,7 @@ def test_choosing_runs_at_the_chosen_precision_and_the_confirmation_at_the_model
 def test_auto_precision_is_resolved_and_recorded(tmp_path, trained_cnn, digits_data):
     from debugatlas.core.model import PRECISIONS, fast_precision
 
-    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], seed=0, layout="pca",
+    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("1", "2")], seed=0, layout="pca",
                      grid_size=8, grid_sizes=(8,), render=False, patches=False, n_examples=1)
     assert result.summary["config"]["choosing_precision"] == fast_precision("cpu") in PRECISIONS
 
@@ -157,7 +157,7 @@ def test_many_screened_cells_race_on_a_few_images_before_the_full_screen(monkeyp
 
     calls = _record_trials(monkeypatch)
     monkeypatch.setattr(patch_stage, "DESIGN", dataclasses.replace(patch_stage.DESIGN, screen_race_images=3))
-    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], out_dir=tmp_path / "run", seed=0,
+    analyze(trained_cnn, digits_data[1], "layer3", pairs=[("1", "2")], out_dir=tmp_path / "run", seed=0,
             layout="pca", grid_size=8, grid_sizes=(8,), render_steps=4, patch_cells=1, n_random=2, n_examples=1,
             selection_images=12, max_patch_images=9)
     screen = _by_log(calls)[0]
@@ -183,10 +183,10 @@ def test_auto_filter_top_n_is_one_class_share_of_the_samples_at_most_the_papers_
 
 
 def test_a_spent_budget_cuts_the_patch_tests_and_says_so(tmp_path, trained_cnn, digits_data):
-    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1"), ("3", "5")], seed=0, layout="pca",
+    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("1", "2"), ("3", "5")], seed=0, layout="pca",
                      grid_size=8, grid_sizes=(8,), render_steps=4, n_examples=1, budget_w=1e-3)
     summary = result.summary
-    assert summary["budget"] == {"budget_w": 1e-3, "cut_pairs": ["8->1", "3->5"]}
+    assert summary["budget"] == {"budget_w": 1e-3, "cut_pairs": ["1->2", "3->5"]}
     assert all(p["patches"] == [] and any("budget_w" in n for n in p["notes"]) for p in summary["pairs"])
     assert summary["forwards"]["patches"] == 0 and summary["cost_w"]["total"] > 1e-3
     with pytest.raises(DebugAtlasError, match="budget_w"):
@@ -194,7 +194,7 @@ def test_a_spent_budget_cuts_the_patch_tests_and_says_so(tmp_path, trained_cnn, 
 
 
 def test_cost_in_w_and_forwards_per_stage_are_recorded(trained_cnn, digits_data):
-    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("8", "1")], seed=0, layout="pca",
+    result = analyze(trained_cnn, digits_data[1], "layer3", pairs=[("1", "2")], seed=0, layout="pca",
                      grid_size=8, grid_sizes=(8,), render_steps=4, n_examples=1)
     s = result.summary
     assert s["w_s"]["images"] == len(digits_data[1]) and s["w_s"]["seconds"] > 0

@@ -529,3 +529,22 @@ def test_a_finding_says_what_its_misclassified_images_hold_besides_it(tmp_path):
             "(86 %; 20 % of the 5 it gets right) and cell (0, 3) in 2 (29 %).") in text
     assert ("None of the 9 images of cat the model calls dog holds it: it can push cat toward dog, "
             "but is not what the model reads in those mistakes.") in text
+
+
+def test_patches_that_act_together_are_said_in_findings_and_tabled_in_the_pair(tmp_path):
+    rows = [{"patches": ["c1-1-icon", "c5-5-icon"], "first_cell": [1, 1], "second_cell": [5, 5], "n_images": 58,
+             "flip_rate": 0.9, "flip_rate_ci": [0.79, 0.95], "first_alone": 0.03, "second_alone": 0.05,
+             "noise_flip_rate": 0.1, "p_value": 1e-18, "verdict": "together"},
+            {"patches": ["c1-1-icon", "c7-7-ex0"], "first_cell": [1, 1], "second_cell": [7, 7], "n_images": 58,
+             "flip_rate": 0.05, "flip_rate_ci": [0.02, 0.14], "first_alone": 0.03, "second_alone": 0.04,
+             "noise_flip_rate": 0.1, "p_value": 1.0, "verdict": "not_together"}]
+    summary = complete({"pairs": [{"a": "cat", "b": "dog", "confused": 4, "findings": [], "composition": rows,
+                                   "patches": [{"id": "c1-1-icon", "flip_rate": 0.03, "verdict": "not_confirmed"}]}]})
+    html = render_report(summary, {}, tmp_path)
+    findings = " ".join(re.sub(r"<[^>]+>", "", _section(html, "findings")).split())
+    assert ("Cells (1, 1) and (5, 5) act together: pasted at once, their patches make the model say dog in 90 % "
+            "[79–95 %] of 58 held-out images of cat, against 3 % and 5 % for each alone and 10 % for two noise "
+            "patches.") in findings
+    assert "(7, 7) act together" not in findings and "Nothing confirmed for cat → dog" in findings
+    detail = " ".join(html.split())
+    assert "<h3>Patches together</h3>" in detail and "c1-1-icon + c7-7-ex0" in detail and "not together" in detail

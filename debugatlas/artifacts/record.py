@@ -264,6 +264,33 @@ class Finding(_Rated, _Record):
 
 
 @dataclass(frozen=True)
+class JointRow(_Record):
+    """Two of a pair's strongest patches of distinct cells measured together on the held-out
+    images of A (`pairs[].composition[]`, `patches.joint.JOINT_RULE`): the rate together with its
+    interval, each patch's rate alone at its position, two noise patches' rate, the adjusted p and
+    the verdict ("together": the two act together, more than either alone)."""
+
+    patches: tuple[str, ...]
+    first_cell: tuple[int, int] | None
+    second_cell: tuple[int, int] | None
+    n_images: int
+    flip_rate: float | None
+    flip_rate_ci: tuple[float, float] | None
+    first_alone: float | None
+    second_alone: float | None
+    noise_flip_rate: float | None
+    p_value: float
+    verdict: str
+    _KINDS = {"patches": "strs", "first_cell": "cell?", "second_cell": "cell?", "n_images": "int",
+              "flip_rate": "num?", "flip_rate_ci": "ci?", "first_alone": "num?", "second_alone": "num?",
+              "noise_flip_rate": "num?", "p_value": "num", "verdict": "str"}
+
+    @property
+    def together(self) -> bool:
+        return self.verdict == "together"
+
+
+@dataclass(frozen=True)
 class Screening(_Record):
     """The patch stage's screen of a pair: cells screened, its seconds, full candidates measured."""
 
@@ -276,7 +303,8 @@ class Screening(_Record):
 @dataclass(frozen=True)
 class PairRecord(_Record):
     """One studied pair: a = true class, b = predicted class (names); confused: images of A
-    predicted B; kind: "confused", or "near_miss" when none was and the pair was studied anyway."""
+    predicted B; kind: "confused", or "near_miss" when none was and the pair was studied anyway;
+    composition: its strongest patches measured two at a time (`JointRow`)."""
 
     a: str
     b: str
@@ -287,10 +315,12 @@ class PairRecord(_Record):
     patches: tuple[PatchRow, ...] = ()
     screening: Screening | None = None
     notes: tuple[str, ...] = ()
+    composition: tuple[JointRow, ...] | None = field(default=None, metadata={"omit_none": True})
     extra: dict = field(default_factory=dict, compare=False)
     _KINDS = {"a": "str", "b": "str", "kind": "str", "confused": "int", "confusing_cells": [CellRow],
-              "findings": [Finding], "patches": [PatchRow], "screening": Screening, "notes": "strs"}
-    _OPTIONAL = ("kind", "findings", "screening")
+              "findings": [Finding], "patches": [PatchRow], "screening": Screening, "notes": "strs",
+              "composition": [JointRow]}
+    _OPTIONAL = ("kind", "findings", "screening", "composition")
 
     @property
     def name(self) -> str:

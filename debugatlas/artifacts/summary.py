@@ -19,7 +19,8 @@ from .record import REDO, SCHEMA_VERSION, PairRecord, PatchRow, RunRecord
 
 TIMED_STAGES = ("capture", "attribution", "layout", "render", "patches", "total")
 # the patch stage's parts, timed and costed apart in `cost_w` and `forwards`
-PATCH_SUBSTAGES = ("patches.screening", "patches.synthesis", "patches.selection", "patches.confirmation")
+PATCH_SUBSTAGES = ("patches.screening", "patches.synthesis", "patches.selection", "patches.confirmation",
+                   "patches.composition")
 LAYOUT_SUBSTAGES = ("layout.stability",)
 _PACKAGES = ("debugatlas", "torch", "torchvision", "captum", "umap-learn", "numpy", "pytorch-lightning")
 

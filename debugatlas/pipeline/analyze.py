@@ -148,6 +148,8 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
                                                    split=split))
         found = [findings.pair_findings(plan=p, test=t, atlas=atlas, acts=acts, whitening=rendered.whitening)
                  for p, t in zip(plans, tested)]
+        with ctx.timer.stage("patches.composition"):
+            joint = composition.joint_tests(ctx, plans=plans, tested=tested)
     with ctx.stage("layout", shown_as="stability"), ctx.timer.stage("layout.stability"):
         found = stability.check(ctx, acts=acts, attributions=attr, atlas=atlas, plans=plans, found=found,
                                 whitening=rendered.whitening)
@@ -155,8 +157,8 @@ def _run(ctx: RunContext, given: ActivationSet | None, normalize, model_spec: st
     with ctx.stage("attribution", shown_as="examples"):
         shown = [examples.misclassified(ctx, acts=acts, plan=p) for p in plans]
         crops = [_finding_crops(ctx, acts, atlas, f) for f in found]
-    pair_results = [_finding(k, plan, view, rendered, test, found[k], crops[k], shown[k], cfg.render_cells)
-                    for k, (plan, view, test) in enumerate(zip(plans, pair_views, tested))]
+    pair_results = [dataclasses.replace(_finding(k, plan, view, rendered, test, found[k], crops[k], shown[k], cfg.render_cells),
+                            composition=joint[k]) for k, (plan, view, test) in enumerate(zip(plans, pair_views, tested))]
     ctx.timer.times["total"] = round(time.perf_counter() - started, 3)
     facts = summary.RunFacts(layer=user_layer, layout_params=layout.params, normalize=normalize,
                              model_spec=model_spec, split=split, sparse=sparse)

@@ -9,7 +9,11 @@ over the images of A that the model gets right and that hold the finding is the 
 that the misclassified images share far more often than the correctly classified ones is a
 candidate partner of the feature (`findings[].co_occurrence`, `CO_OCCURRENCE_RULE`).
 
-This measures no patch: it says where to look, not that the two act together.
+That count measures no patch: it says where to look. `joint_tests` measures: the pair's strongest
+kept patches of distinct cells (`joint_patches`, in the selection half's order, confirmed or not:
+two halves that flip only together are confirmed neither alone) are pasted two at a time on the
+held-out images of A, against each alone and two noise patches (`patches.joint.JOINT_RULE`), the
+family of the correction being every pair of patches tested in the run.
 """
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..artifacts.record import Finding
+from ..artifacts.record import Finding, JointRow
 from ..atlas import Atlas
 from ..capture import ActivationSet
-from .records import PairPlan
+from ..patches.joint import judge_all, measure_pairs
+from .context import RunContext
+from .records import PairPlan, PairTest
 
 LISTED = 3  # co-occurring cells kept per finding
 MIN_IMAGES = 2  # a cell listed co-occurs in at least this many misclassified images
@@ -74,3 +80,34 @@ def co_occurrence(finding: Finding, a: int, b: int, image_cells: np.ndarray, act
             "cells": [{"cell": [c // g, c % g], "images": int(mis[c]), "share": round(mis[c] / n_mis, 4),
                        "share_correct": round(ok.get(c, 0) / n_ok, 4) if n_ok else None,
                        "finding": holder.get(c)} for c in ranked]}
+
+
+def joint_tests(ctx: RunContext, *, plans: tuple[PairPlan, ...], tested: list[PairTest]) -> list[tuple[JointRow, ...]]:
+    """Per pair of `plans`, its strongest kept patches of distinct cells measured two at a time on
+    the pair's held-out images (see the module docstring); () where the pair has fewer than two."""
+    from dataclasses import asdict
+
+    from .patch_stage import choosing_positions, pair_experiment
+
+    cfg = ctx.config
+    measured, owner = [], []
+    for k, (plan, test) in enumerate(zip(plans, tested)):
+        if cfg.joint_patches < 2 or test.suite is None:
+            continue
+        firsts = {}
+        for patch in test.suite.patches:  # the selection half's order
+            if patch.cell is not None and len(firsts) < cfg.joint_patches:
+                firsts.setdefault(tuple(patch.cell), patch)
+        ids = test.suite.metadata.get("confirmation_image_ids") or []
+        if len(firsts) < 2 or not ids:
+            continue
+        experiment = pair_experiment(ctx, plan, sizes=tuple(test.suite.sizes[:1]) or cfg.patch_sizes[:1],
+                                     placements=("random",), n_random=choosing_positions(cfg.n_random),
+                                     precision="float32")
+        pairs = measure_pairs(ctx.model, ctx.images(np.asarray(ids, dtype=np.int64)), list(firsts.values()), experiment)
+        measured += pairs
+        owner += [k] * len(pairs)
+    out: list[list[JointRow]] = [[] for _ in plans]
+    for k, result in zip(owner, judge_all(measured, alpha=cfg.confirm_alpha)):
+        out[k].append(JointRow(**asdict(result)))
+    return [tuple(rows) for rows in out]

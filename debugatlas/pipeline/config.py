@@ -59,6 +59,8 @@ class AnalysisConfig:
     Stability: stability_layouts (K, 0 to skip): every confirmed finding is looked for again in K
     more layouts of the same vectors (other seeds, `n_neighbors` and `min_dist` around the run's;
     see `pipeline.stability`); not run for the PCA layout, which has no such hyperparameters.
+    Composition: joint_patches (0 to skip): the pair's strongest kept patches of distinct cells, this
+    many, are measured two at a time on the held-out images (`pipeline.composition.joint_tests`).
     Report: n_examples (misclassified examples with pixel attributions per pair).
     Cost: budget_w (None: no limit): the run's budget in W, one float32 forward pass of the model over
     the analysed images (`pipeline.cost`); once the stages before a pair's patch tests have spent it,
@@ -107,6 +109,7 @@ class AnalysisConfig:
     n_examples: int = 6
     budget_w: float | None = None
     stability_layouts: int = 5
+    joint_patches: int = 3
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "AnalysisConfig":
@@ -155,6 +158,9 @@ class AnalysisConfig:
                 or self.stability_layouts < 0:
             raise DebugAtlasError(f"`stability_layouts={self.stability_layouts!r}` must be an integer >= 0 "
                                   "(0 skips the stability check).")
+        if not isinstance(self.joint_patches, int) or isinstance(self.joint_patches, bool) or self.joint_patches < 0:
+            raise DebugAtlasError(f"`joint_patches={self.joint_patches!r}` must be an integer >= 0 "
+                                  "(0 skips the test of patches together).")
         grid_sizes = tuple(int(g) for g in self.grid_sizes)
         if self.grid_size not in grid_sizes:
             grid_sizes = (self.grid_size,) + grid_sizes

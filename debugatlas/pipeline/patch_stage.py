@@ -139,7 +139,7 @@ def _sample(ids: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(rng.permutation(ids)[:limit])
 
 
-def _choosing_positions(n_random: int) -> int:
+def choosing_positions(n_random: int) -> int:
     """Random positions per image while screening and selecting: half of the confirmation's, at
     least `DESIGN.min_choosing_positions` (or all of them when there are fewer)."""
     return min(int(n_random), max(DESIGN.min_choosing_positions, int(n_random) // 2))
@@ -164,7 +164,7 @@ def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Render
     images = images_a[:DESIGN.screen_images]
     screened = len({p.cell for p in patches})
     keep = max(DESIGN.screen_keep_per_cell * ctx.config.patch_cells, screened // DESIGN.screen_keep_one_in)
-    experiment = _experiment(ctx, plan, sizes=ctx.config.patch_sizes[:1], placements=(RACE_PLACEMENT,),
+    experiment = pair_experiment(ctx, plan, sizes=ctx.config.patch_sizes[:1], placements=(RACE_PLACEMENT,),
                              precision=ctx.config.choosing_precision)
     log = TrialLog(ctx.model, experiment, images.shape[1:])
     result = race(log, patches, [], images, keep=keep, first=DESIGN.screen_race_images)
@@ -176,11 +176,11 @@ def _screen(ctx: RunContext, plan: PairPlan, cells: list[Cell], rendered: Render
     return [(cell, rate) for cell, (_, rate) in sorted(best.items(), key=lambda cr: (cr[1][0], order[cr[0]]))]
 
 
-def _experiment(ctx: RunContext, plan: PairPlan, **changes) -> Experiment:
+def pair_experiment(ctx: RunContext, plan: PairPlan, **changes) -> Experiment:
     """The run's patch experiment for `plan`, with `changes` (sizes, placements, precision, ...)."""
     cfg = ctx.config
     base = Experiment(plan.a, plan.b, sizes=cfg.patch_sizes, placements=PLACEMENTS,
-                      n_random=_choosing_positions(cfg.n_random), seed=ctx.seed, batch_size=cfg.patch_batch_size,
+                      n_random=choosing_positions(cfg.n_random), seed=ctx.seed, batch_size=cfg.patch_batch_size,
                       batched=cfg.patch_batching == "batched", device=ctx.device, precision=cfg.choosing_precision)
     return base.with_(**changes)
 
@@ -268,7 +268,7 @@ def _select(ctx: RunContext, plan: PairPlan, candidates: list[Patch], images_sel
     cfg = ctx.config
     shape = tuple(int(v) for v in images_sel.shape[1:])
     controls = [p.quantized() for p in control_patches(candidates, images_b, shape, cfg.patch_sizes, ctx.seed)]
-    chooser = TrialLog(ctx.model, _experiment(ctx, plan, placements=(RACE_PLACEMENT,)), shape,
+    chooser = TrialLog(ctx.model, pair_experiment(ctx, plan, placements=(RACE_PLACEMENT,)), shape,
                        progress=ctx.bar(f"{plan.a_name}->{plan.b_name}"))
     synthesized = {p.id for p in candidates if p.source not in REAL_SOURCES}
     rule = DESIGN.keep_rule
@@ -306,7 +306,7 @@ def run_pair(ctx: RunContext, *, acts: ActivationSet, atlas: Atlas, plan: PairPl
     with ctx.timer.stage("patches.selection"):
         selection = _select(ctx, plan, [p.quantized() for p in candidates], images_sel, images_b)
     with ctx.timer.stage("patches.confirmation"):
-        experiment = _experiment(ctx, plan, sizes=selection.sizes, n_random=cfg.n_random, precision="float32")
+        experiment = pair_experiment(ctx, plan, sizes=selection.sizes, n_random=cfg.n_random, precision="float32")
         confirmer = TrialLog(ctx.model, experiment, shape)
         confirmed = confirm(confirmer, selection.kept, selection.controls, ctx.images(conf_a),
                             alpha=cfg.confirm_alpha)

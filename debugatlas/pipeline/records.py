@@ -110,6 +110,7 @@ class PairFinding:
     findings: confirmed features, best first (`artifacts.record.Finding`);
     finding_crops: cell -> [n, C, h, w] receptive-field crops of that cell's exemplars (any class).
     screening: {"n_screened", "seconds", "n_candidates"} of the patch stage.
+    composition: the pair's strongest patches measured two at a time (`artifacts.record.JointRow`).
     """
 
     a: int
@@ -132,6 +133,7 @@ class PairFinding:
     findings: tuple[Finding, ...] = ()
     finding_crops: dict = field(default_factory=dict)
     screening: dict = field(default_factory=dict)
+    composition: tuple = ()
 
 
 @dataclass(frozen=True)

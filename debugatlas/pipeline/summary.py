@@ -18,6 +18,7 @@ from ..shortcut import CRITERIA
 from .context import RunContext
 from .cost import ForwardCost
 from .records import PairFinding
+from ..patches.joint import JOINT_RULE
 from .composition import CO_OCCURRENCE_RULE
 from .stability import RECUR_RULE
 
@@ -62,7 +63,7 @@ def _pair(index: int, finding: PairFinding, acts: ActivationSet) -> PairRecord:
         findings=tuple(replace(f, patch_file=f"{prefix}{f.patch}.png") for f in finding.findings),
         patches=patch_rows(finding.patches, prefix) if finding.patches is not None else (),
         screening=Screening.from_dict(screening, "screening") if screening else None,
-        notes=tuple(finding.notes),
+        notes=tuple(finding.notes), composition=tuple(finding.composition),
     )
 
 
@@ -80,7 +81,7 @@ def build(ctx: RunContext, *, acts: ActivationSet, findings: Sequence[PairFindin
                    "layout_params": facts.layout_params, "score": SCORE_DESCRIPTION, "model_spec": facts.model_spec,
                    "decision_rule": DECISION_RULE.format(alpha=ctx.config.confirm_alpha),
                    "shortcut_rule": CRITERIA, "stability_rule": RECUR_RULE,
-                   "co_occurrence_rule": CO_OCCURRENCE_RULE, "sampling_rules": _sampling(acts)})
+                   "co_occurrence_rule": CO_OCCURRENCE_RULE, "joint_rule": JOINT_RULE, "sampling_rules": _sampling(acts)})
     if facts.split is not None:
         config["split"] = facts.split.to_dict(list(ctx.class_names), include_ids=False)
     timings = {k: ctx.timer.times.get(k, 0.0) for k in TIMED_STAGES}

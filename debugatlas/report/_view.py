@@ -190,7 +190,20 @@ def pair_view(index: int, pair: PairRecord, pics: PairPictures, images: Images, 
         "cells": cells, "cells_dropped": dropped, "cells_from_summary": not pics.cell_crops and bool(cells),
         "misclassified": misclassified, "misclassified_total": len(pics.misclassified),
         "patch_rows": shown, "patch_rows_folded": folded, "patch_entries": entries,
+        "together": _together(pair.composition or ()),
     }
+
+
+def _together(rows) -> list[dict]:
+    """The pair's patches measured two at a time (`pairs[].composition`), those that act together first."""
+    out = []
+    for r in sorted(rows, key=lambda r: (not r.together, r.p_value)):
+        cells = [f"({c[0]}, {c[1]})" if c is not None else "—" for c in (r.first_cell, r.second_cell)]
+        out.append({"patches": list(r.patches), "cells": cells, "n_images": r.n_images,
+                    "flip_rate": as_float(r.flip_rate), "ci": r.flip_rate_ci, "first": as_float(r.first_alone),
+                    "second": as_float(r.second_alone), "noise": as_float(r.noise_flip_rate),
+                    "p_value": as_float(r.p_value), "together": r.together})
+    return out
 
 
 def pairs(record: RunRecord, manifest: Manifest, images: Images) -> list[dict]:
