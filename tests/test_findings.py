@@ -189,3 +189,35 @@ def test_a_feature_is_judged_over_all_its_cells_with_the_real_crops_of_every_one
     # every real crop of its cells, in the selection half's order; the exemplar images' classes, one per image
     assert [r.patch_id for r in together["real"]] == ["c2-3-ex0", "c2-2-ex1"]
     assert sorted(together["exemplar_labels"]) == [1, 7, 7, 7] and together["b"] == 7
+
+
+def test_a_feature_whose_union_misses_the_flag_is_flagged_on_a_cell_that_meets_it_alone(monkeypatch):
+    """Where a feature meets the rest of the atlas its cells hold other classes' samples too and
+    dilute the union's enrichment; one of its cells meeting the flag alone flags the feature, on
+    that cell's evidence. No cell meeting it: no flag."""
+    a, b = (2, 2), (2, 3)
+
+    def judge_with(flagged):
+        def judge(atlas, **kwargs):
+            cells = [tuple(c) for c in kwargs["cells"]]
+            hit = len(cells) == 1 and cells[0] in flagged
+            return SimpleNamespace(suspected=hit, to_dict=lambda: {"cells": [list(c) for c in cells]})
+        return judge
+
+    kept = [("c2-2-icon", "icon", a), ("c2-3-icon", "icon", b)]
+    results = [_result("c2-2-icon", "icon", a, 0.8, "confirmed"), _result("c2-3-icon", "icon", b, 0.7, "confirmed")]
+    suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
+                                     for pid, source, cell in kept], baseline=SimpleNamespace(results=results))
+    counts = np.zeros((10, 10), dtype=np.int64)
+    counts[a], counts[b] = 20, 19
+    atlas = _atlas({a: [0, 1], b: [2, 3]}, counts, {a: _direction(1, 0.1), b: _direction(1, 0.2)})
+    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7, 1]), image_ids=torch.tensor([10, 11, 12, 13]),
+                           positions=None, spatial_shape=None)
+    plan, test = PairPlan(1, 7, "1", "7", 3), PairTest(suite=suite)
+    monkeypatch.setattr(findings, "feature_evidence", judge_with({b}))
+    (out,) = findings.pair_findings(plan=plan, test=test, atlas=atlas, acts=acts)
+    assert out.suspected_shortcut and out.shortcut_evidence == {"cells": [[2, 3]]}
+    assert [m.suspected_shortcut for m in out.cells] == [False, True]
+    monkeypatch.setattr(findings, "feature_evidence", judge_with(set()))
+    (out,) = findings.pair_findings(plan=plan, test=test, atlas=atlas, acts=acts)
+    assert not out.suspected_shortcut and out.shortcut_evidence == {"cells": [[2, 2], [2, 3]]}

@@ -39,8 +39,9 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     many crops of real images from its cells the held-out half measured, and whether its confirmed
     patches are all synthesized (then the finding says the model can be pushed toward B along
     this direction, not yet that real images carry it). Whether it is a suspected shortcut is
-    judged on the feature as a whole, all its cells together (`shortcut.feature_evidence`); each
-    cell carries the same judgement of itself alone. `whitening`: the run's whitening of cell
+    judged on the feature as a whole, all its cells together (`shortcut.feature_evidence`), or on
+    one of its cells alone where that meets the flag and the union does not (`_judged`); each
+    cell carries its judgement of itself alone. `whitening`: the run's whitening of cell
     directions (`icons.run_whitening`; None compares plain mean activations).
     """
     if test.suite is None:
@@ -70,8 +71,18 @@ def pair_findings(*, plan: PairPlan, test: PairTest, atlas: Atlas, acts: Activat
     out = []
     for group in features.groups(links)[:limit]:
         members = [(cells[k], order[k][1], ids[k], evidence[k]) for k in group]
-        out.append(_feature(plan, test, confirmed, members, judge([cells[k] for k in group])))
+        out.append(_feature(plan, test, confirmed, members, _judged(judge([cells[k] for k in group]), members)))
     return tuple(out)
+
+
+def _judged(together, members):
+    """The evidence a feature is judged on: of all its cells together, unless that misses the flag
+    and one of its cells alone meets it (then the first such cell's, in rank order). Cells where the
+    feature meets the rest of the atlas hold samples of other classes and dilute the union's
+    enrichment; a cell that alone is a shortcut's is evidence about the one feature all the same."""
+    if together.suspected:
+        return together
+    return next((m[3] for m in members if m[3].suspected), together)
 
 
 class _Judge:
