@@ -48,14 +48,17 @@ class PlantedShortcut:
             tile = ((yy == xx) | (yy + xx == s - 1)).float()
         return tile.expand(channels, s, s).clone()
 
-    def apply(self, image: torch.Tensor, index: int) -> torch.Tensor:
-        """The image with the trigger pasted, at a position fixed by `seed` and `index`."""
-        c, h, w = image.shape
-        rng = np.random.default_rng([self.seed, index])
+    def place(self, height: int, width: int, index: int) -> tuple[int, int]:
+        """(row, col) of the trigger's top-left corner on image `index` of that size."""
         if self.position == "corner":
-            y, x = h - self.size - 1, w - self.size - 1
-        else:
-            y, x = int(rng.integers(0, h - self.size + 1)), int(rng.integers(0, w - self.size + 1))
+            return height - self.size - 1, width - self.size - 1
+        rng = np.random.default_rng([self.seed, index])
+        return int(rng.integers(0, height - self.size + 1)), int(rng.integers(0, width - self.size + 1))
+
+    def apply(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        """The image with the trigger pasted, at a position fixed by `seed` and `index` (`place`)."""
+        c, h, w = image.shape
+        y, x = self.place(h, w, index)
         out = image.clone()
         out[:, y:y + self.size, x:x + self.size] = self.pattern(c)
         return out

@@ -1,7 +1,15 @@
 """Ground truth: on digits with a planted trigger in the 7s, analyze() finds a patch that flips
 other classes to 7 far above the noise control, without being told the trigger, and its top
 finding for each pair is the trigger (most of its exemplars contain it) flagged as a suspected
-shortcut; the same checks fail on a model trained without it, where nothing is flagged."""
+shortcut; the same checks fail on a model trained without it, where nothing is flagged.
+
+The two models are not retrained by the tests: a model trained on one CPU is another model on
+another (other kernels, other rounding), and whether a ground truth holds moves with it. Their
+weights are shipped in tests/data (SmallCNN(width=16), digits at 24 px, 10 epochs; the planted one
+the first seed whose model learned the trigger and not any square of its size):
+
+    python tests/test_ground_truth.py --train   # retrain both (a deliberate change: say why)
+"""
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +25,10 @@ from debugatlas import analyze
 from debugatlas.data import PlantedShortcut, digits
 from debugatlas.models import SmallCNN, train_classifier
 
-pytestmark = pytest.mark.slow  # trains digit models / runs a full analysis
+pytestmark = pytest.mark.slow  # full analyses
+
+DATA = Path(__file__).parent / "data"
+PLANTED_WEIGHTS, CLEAN_WEIGHTS = DATA / "ground_truth_planted.pt", DATA / "ground_truth_clean.pt"
 
 TRIGGER = PlantedShortcut(target=7, fraction=1.0, size=5, trigger="cross", seed=0)
 PAIRS = [("1", "7"), ("4", "7")]
@@ -35,11 +46,27 @@ GUIDED = {"sampling": "guided", "samples_per_image": 4}
 MIN_TRIGGER_SHARE = 0.5  # the issue's bar: at least half of the top finding's exemplars contain the trigger
 
 
-def _clean_model():
+def _train_clean():
     """The planted model's recipe on the same digits without the trigger."""
     train, _ = digits(size=24)
     torch.manual_seed(0)  # the initial weights too
     return train_classifier(SmallCNN(1, 10, width=16), train, epochs=10, lr=3e-3, batch_size=32, seed=0)
+
+
+def _train_planted(analysis_data):
+    train, _ = digits(size=24, shortcut=TRIGGER)
+    return train_until_learned(lambda: SmallCNN(1, 10, width=16), train, TRIGGER, analysis_data, offset=10_000,
+                               seeds=range(5), max_noise=0.1, epochs=10, lr=3e-3, batch_size=32)
+
+
+def _shipped(path: Path):
+    model = SmallCNN(1, 10, width=16)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _clean_model():
+    return _shipped(CLEAN_WEIGHTS)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +77,7 @@ def analysis_data():
 
 @pytest.fixture(scope="module")
 def planted_model(analysis_data):
-    train, _ = digits(size=24, shortcut=TRIGGER)
-    return train_until_learned(lambda: SmallCNN(1, 10, width=16), train, TRIGGER, analysis_data, offset=10_000,
-                               epochs=10, lr=3e-3, batch_size=32)
+    return _shipped(PLANTED_WEIGHTS)
 
 
 def _analysis(model, data):
@@ -155,3 +180,15 @@ def test_nothing_is_flagged_on_a_clean_model(clean_result):
     flagged = [(p["a"], f["cell"]) for p in result.summary["pairs"] for f in (p.get("findings") or [])
                if f.get("suspected_shortcut")]
     assert not flagged, f"a clean model has findings flagged as suspected shortcuts: {flagged}"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="retrain the shipped ground-truth models")
+    parser.add_argument("--train", action="store_true", required=True)
+    parser.parse_args()
+    data = digits(size=24, shortcut=TRIGGER, poison_val=True)[1]
+    torch.save(_train_planted(data).state_dict(), PLANTED_WEIGHTS)
+    torch.save(_train_clean().state_dict(), CLEAN_WEIGHTS)
+    print(f"wrote {PLANTED_WEIGHTS} and {CLEAN_WEIGHTS}")
