@@ -201,7 +201,7 @@ def fake_umap(monkeypatch):
 
     seen = []
 
-    def fit(x, settings):
+    def fit(x, settings, shared=None):
         seen.append(int(settings.n_neighbors))
         return np.random.default_rng(0).normal(size=(x.shape[0], settings.n_components)), {}
 
