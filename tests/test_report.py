@@ -529,6 +529,14 @@ def test_a_finding_says_what_its_misclassified_images_hold_besides_it(tmp_path):
             "(86 %; 20 % of the 5 it gets right) and cell (0, 3) in 2 (29 %).") in text
     assert ("None of the 9 images of cat the model calls dog holds it: it can push cat toward dog, "
             "but is not what the model reads in those mistakes.") in text
+    for f in found:  # when no finding of the pair is held by a mistake, the page says so once
+        f["co_occurrence"] = {"images": 0, "images_correct": 3, "cells": []}
+    summary = complete({"pairs": [{"a": "cat", "b": "dog", "confused": 9, "findings": found,
+                                   "patches": [{"id": "p1", "flip_rate": 0.6, "verdict": "confirmed"}]}]})
+    text = " ".join(_section(render_report(summary, {}, tmp_path), "findings").split())
+    assert text.count("None of the 9 images") == 1
+    assert ("None of the 9 images of cat the model calls dog holds any of these features: they can push cat "
+            "toward dog, but are not what the model reads in those mistakes.") in text
 
 
 def test_patches_that_act_together_are_said_in_findings_and_tabled_in_the_pair(tmp_path):

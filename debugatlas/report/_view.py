@@ -179,7 +179,13 @@ def pair_view(index: int, pair: PairRecord, pics: PairPictures, images: Images, 
     misclassified = [{"id": m.id, "p_b": as_float(m.p_b), "image": images(m.image), "heatmap": images(m.heatmap)}
                      for m in pics.misclassified[:MAX_MISCLASSIFIED]]
     found = _findings.findings(pair, pics.finding_crops, images, cell_exemplars=crops_by_cell, classes=classes)
+    # said once for the pair, not under every finding, when no misclassified image holds any of them
+    none_hold = bool(found) and bool(pair.confused) and all(
+        f["co_occurring"] is not None and f["co_occurring"]["images"] == 0 for f in found)
+    if none_hold:
+        found = [{**f, "co_occurring": None} for f in found]
     return {
+        "none_hold": none_hold,
         "anchor": f"pair-{index}", "a": pair.a, "b": pair.b, "confused": pair.confused,
         "kind": pair.kind, "near_miss": pair.kind == "near_miss",
         "notes": list(dict.fromkeys(notes)),
