@@ -53,5 +53,5 @@ def test_the_cell_the_misclassified_images_share_is_listed_with_its_share_among_
 
 def test_a_finding_no_misclassified_image_holds_lists_nothing():
     acts, atlas = _run([(0, 0, [FEATURE, PARTNER])] * 4 + [(1, 1, [PARTNER])] * 3)
-    co = composition.co_occurrence(_finding(FEATURE), 0, 1, composition._image_cells(acts, atlas), acts, 4)
+    co = composition.co_occurrence(_finding(FEATURE), 0, 1, composition._image_cells(acts, atlas), acts.per_image(), 4)
     assert co == {"images": 0, "images_correct": 4, "cells": []}

@@ -160,6 +160,20 @@ def test_shared_images_or_one_island_of_the_same_mix_join_a_feature_and_distinct
     assert [f.cell for f in out] == [left, right]
 
 
+def _two_close_cells(kept, results) -> dict:
+    """`pair_findings` arguments for pair 1 -> 7 with the patches `kept` [(id, source, cell)] and their
+    held-out `results`, on two cells (2, 2) and (2, 3) of nearly the same direction, three 7s and a 1."""
+    a, b = (2, 2), (2, 3)
+    suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
+                                     for pid, source, cell in kept], baseline=SimpleNamespace(results=results))
+    counts = np.zeros((10, 10), dtype=np.int64)
+    counts[a], counts[b] = 20, 19
+    atlas = _atlas({a: [0, 1], b: [2, 3]}, counts, {a: _direction(1, 0.1), b: _direction(1, 0.2)})
+    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7, 1]), image_ids=torch.tensor([10, 11, 12, 13]),
+                           positions=None, spatial_shape=None)
+    return {"plan": PairPlan(1, 7, "1", "7", 3), "test": PairTest(suite=suite), "atlas": atlas, "acts": acts}
+
+
 def test_a_feature_is_judged_over_all_its_cells_with_the_real_crops_of_every_one(monkeypatch):
     calls = []
 
@@ -174,14 +188,7 @@ def test_a_feature_is_judged_over_all_its_cells_with_the_real_crops_of_every_one
     results = [_result("c2-2-icon", "icon", a, 0.8, "confirmed"), _result("c2-3-icon", "icon", b, 0.7, "confirmed"),
                _result("c2-2-ex1", "exemplar", a, 0.6, "confirmed"),
                _result("c2-3-ex0", "exemplar", b, 0.5, "not_confirmed")]
-    suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
-                                     for pid, source, cell in kept], baseline=SimpleNamespace(results=results))
-    counts = np.zeros((10, 10), dtype=np.int64)
-    counts[a], counts[b] = 20, 19
-    atlas = _atlas({a: [0, 1], b: [2, 3]}, counts, {a: _direction(1, 0.1), b: _direction(1, 0.2)})
-    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7, 1]), image_ids=torch.tensor([10, 11, 12, 13]),
-                           positions=None, spatial_shape=None)
-    out = findings.pair_findings(plan=PairPlan(1, 7, "1", "7", 3), test=PairTest(suite=suite), atlas=atlas, acts=acts)
+    out = findings.pair_findings(**_two_close_cells(kept, results))
     # one feature, flagged on the evidence of both cells together; each cell judged alone is not
     assert len(out) == 1 and out[0].suspected_shortcut and out[0].shortcut_evidence == {"cells": [[2, 2], [2, 3]]}
     assert [m.suspected_shortcut for m in out[0].cells] == [False, False]
@@ -206,18 +213,11 @@ def test_a_feature_whose_union_misses_the_flag_is_flagged_on_a_cell_that_meets_i
 
     kept = [("c2-2-icon", "icon", a), ("c2-3-icon", "icon", b)]
     results = [_result("c2-2-icon", "icon", a, 0.8, "confirmed"), _result("c2-3-icon", "icon", b, 0.7, "confirmed")]
-    suite = SimpleNamespace(patches=[Patch(pid, cell, source, torch.zeros(1, 5, 5), resize=False)
-                                     for pid, source, cell in kept], baseline=SimpleNamespace(results=results))
-    counts = np.zeros((10, 10), dtype=np.int64)
-    counts[a], counts[b] = 20, 19
-    atlas = _atlas({a: [0, 1], b: [2, 3]}, counts, {a: _direction(1, 0.1), b: _direction(1, 0.2)})
-    acts = SimpleNamespace(labels=torch.tensor([7, 7, 7, 1]), image_ids=torch.tensor([10, 11, 12, 13]),
-                           positions=None, spatial_shape=None)
-    plan, test = PairPlan(1, 7, "1", "7", 3), PairTest(suite=suite)
+    run = _two_close_cells(kept, results)
     monkeypatch.setattr(findings, "feature_evidence", judge_with({b}))
-    (out,) = findings.pair_findings(plan=plan, test=test, atlas=atlas, acts=acts)
+    (out,) = findings.pair_findings(**run)
     assert out.suspected_shortcut and out.shortcut_evidence == {"cells": [[2, 3]]}
     assert [m.suspected_shortcut for m in out.cells] == [False, True]
     monkeypatch.setattr(findings, "feature_evidence", judge_with(set()))
-    (out,) = findings.pair_findings(plan=plan, test=test, atlas=atlas, acts=acts)
+    (out,) = findings.pair_findings(**run)
     assert not out.suspected_shortcut and out.shortcut_evidence == {"cells": [[2, 2], [2, 3]]}

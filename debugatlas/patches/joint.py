@@ -13,13 +13,13 @@ largest of the three, multiplied by the number of pairs of patches tested in the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..artifacts.record import JointRow
 from ..core.model import preserved_model_state
 from .evaluate import _classified, _device, _logits, paste_variants
 from .stats import fisher_greater, wilson_interval
@@ -33,29 +33,6 @@ JOINT_RULE = (
     "at p <= alpha"
 )
 CONDITIONS = ("together", "first", "second", "noise")
-
-
-@dataclass(frozen=True)
-class JointResult:
-    """One pair of patches measured together: their ids and cells, the images counted, the rate
-    together with its Wilson 95 % interval, each patch's rate alone, the two noise patches' rate,
-    the Bonferroni-adjusted p-value and the verdict ("together" or "not_together")."""
-
-    patches: tuple[str, str]
-    first_cell: tuple[int, int] | None
-    second_cell: tuple[int, int] | None
-    n_images: int
-    flip_rate: float | None
-    flip_rate_ci: tuple[float, float] | None
-    first_alone: float | None
-    second_alone: float | None
-    noise_flip_rate: float | None
-    p_value: float
-    verdict: str
-
-    @property
-    def together(self) -> bool:
-        return self.verdict == "together"
 
 
 def joint_positions(height: int, width: int, first: tuple[int, int], second: tuple[int, int], n: int,
@@ -113,7 +90,7 @@ def measure_joint(model: nn.Module, images_a: torch.Tensor, first: Patch, second
 
 
 def judge_joint(first: Patch, second: Patch, fractions: dict[str, torch.Tensor], *, family: int,
-                alpha: float = 0.05) -> JointResult:
+                alpha: float = 0.05) -> JointRow:
     """The verdict of one pair of patches from `measure_joint`'s fractions (`JOINT_RULE`); `family`:
     the number of pairs of patches tested in the run."""
     n = int(fractions["together"].numel())
@@ -123,7 +100,7 @@ def judge_joint(first: Patch, second: Patch, fractions: dict[str, torch.Tensor],
     if n:
         p = max(fisher_greater(flips["together"], n, flips[other], n) for other in CONDITIONS[1:])
     adjusted = min(1.0, p * max(1, int(family)))
-    return JointResult(
+    return JointRow(
         patches=(first.id, second.id), first_cell=first.cell, second_cell=second.cell, n_images=n,
         flip_rate=rate["together"], flip_rate_ci=wilson_interval(flips["together"], n) if n else None,
         first_alone=rate["first"], second_alone=rate["second"], noise_flip_rate=rate["noise"], p_value=adjusted,
@@ -138,7 +115,7 @@ def measure_pairs(model: nn.Module, images_a: torch.Tensor, patches: Sequence[Pa
 
 
 def judge_all(measured: Sequence[tuple[Patch, Patch, dict[str, torch.Tensor]]], *, alpha: float = 0.05
-              ) -> list[JointResult]:
+              ) -> list[JointRow]:
     """`judge_joint` of every measured pair, the family being all of them."""
     return [judge_joint(first, second, fractions, family=len(measured), alpha=alpha)
             for first, second, fractions in measured]

@@ -40,8 +40,9 @@ CO_OCCURRENCE_RULE = (
 def annotate(*, acts: ActivationSet, atlas: Atlas, plans: tuple[PairPlan, ...],
              found: list[tuple[Finding, ...]]) -> list[tuple[Finding, ...]]:
     """Every finding of `found` (one tuple per pair of `plans`) with its `co_occurrence`."""
-    image_cells = _image_cells(acts, atlas)
-    return [tuple(replace(f, co_occurrence=co_occurrence(f, plan.a, plan.b, image_cells, acts, atlas.grid_size, pair))
+    image_cells, per_image = _image_cells(acts, atlas), acts.per_image()
+    return [tuple(replace(f, co_occurrence=co_occurrence(f, plan.a, plan.b, image_cells, per_image, atlas.grid_size,
+                                                         pair))
                   for f in pair) for plan, pair in zip(plans, found)]
 
 
@@ -54,15 +55,17 @@ def _image_cells(acts: ActivationSet, atlas: Atlas) -> np.ndarray:
     return np.unique(np.stack([ids, flat[keep]], axis=1), axis=0) if keep.any() else np.zeros((0, 2), np.int64)
 
 
-def co_occurrence(finding: Finding, a: int, b: int, image_cells: np.ndarray, acts: ActivationSet, grid_size: int,
+def co_occurrence(finding: Finding, a: int, b: int, image_cells: np.ndarray,
+                  per_image: tuple[np.ndarray, np.ndarray, np.ndarray], grid_size: int,
                   pair: tuple[Finding, ...] = ()) -> dict:
     """`findings[].co_occurrence` of one finding of the pair (a, b): {"images": the images of A called
     B that hold it, "images_correct": those of A called A that hold it, "cells": [{"cell", "images",
     "share", "share_correct", "finding"}]}; "finding" is the 1-based rank of the pair's finding that
-    holds the cell, None when none does. `image_cells`: `_image_cells` of the run's atlas."""
+    holds the cell, None when none does. `image_cells`: `_image_cells` of the run's atlas;
+    `per_image`: `ActivationSet.per_image()` of its samples."""
     g = int(grid_size)
     own = {int(i) * g + int(j) for i, j in ([m.cell for m in finding.cells] or [finding.cell])}
-    uid, labels, preds = acts.per_image()
+    uid, labels, preds = per_image
     with_feature = np.unique(image_cells[np.isin(image_cells[:, 1], list(own)), 0])
     at = np.searchsorted(uid, with_feature)
     groups = {}
@@ -85,8 +88,6 @@ def co_occurrence(finding: Finding, a: int, b: int, image_cells: np.ndarray, act
 def joint_tests(ctx: RunContext, *, plans: tuple[PairPlan, ...], tested: list[PairTest]) -> list[tuple[JointRow, ...]]:
     """Per pair of `plans`, its strongest kept patches of distinct cells measured two at a time on
     the pair's held-out images (see the module docstring); () where the pair has fewer than two."""
-    from dataclasses import asdict
-
     from .patch_stage import choosing_positions, pair_experiment
 
     cfg = ctx.config
@@ -108,6 +109,6 @@ def joint_tests(ctx: RunContext, *, plans: tuple[PairPlan, ...], tested: list[Pa
         measured += pairs
         owner += [k] * len(pairs)
     out: list[list[JointRow]] = [[] for _ in plans]
-    for k, result in zip(owner, judge_all(measured, alpha=cfg.confirm_alpha)):
-        out[k].append(JointRow(**asdict(result)))
+    for k, row in zip(owner, judge_all(measured, alpha=cfg.confirm_alpha)):
+        out[k].append(row)
     return [tuple(rows) for rows in out]
